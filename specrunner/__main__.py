@@ -1,0 +1,3 @@
+from specrunner.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The typed values every stage shares: a validated Spec and the Tasks planned from it.
+
+`spec.py` builds a Spec from YAML; `plan.py` expands a Spec into Tasks; the runner, the
+store and the reports consume Tasks. Everything here is a frozen value with no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from specrunner.errors import Loc
+
+Scalar = Union[str, int, float, bool, None]
+
+# Keys of a matrix combination or variant that are not request fields or variables.
+BUILTIN_KEYS = ("input", "prompt")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A seed or mask image: a local file, an https URL, or a Runware image UUID."""
+
+    kind: str  # "file" | "url" | "uuid"
+    value: str  # absolute path for files; the URL or UUID otherwise
+    display: str  # as written in the spec (relative path, URL, UUID)
+    sha256: str | None = None  # hex digest of the file's bytes (files only)
+    size: tuple[int, int] | None = None  # (width, height) in pixels (files only)
+    format: str | None = None  # "PNG" | "JPEG" | "WEBP" (files only)
+
+
+@dataclass(frozen=True)
+class InputPair:
+    """A named seed/mask pair with its own template variables."""
+
+    name: str
+    seed: ImageRef
+    mask: ImageRef
+    polarity: str = "white-edits"  # "white-edits" (Runware's convention) | "black-edits"
+    vars: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A GitHub-Actions-style matrix: ordered axes plus include and exclude entries."""
+
+    axes: tuple[tuple[str, tuple[Scalar, ...]], ...]
+    include: tuple[Mapping[str, Scalar], ...] = ()
+    exclude: tuple[Mapping[str, Scalar], ...] = ()
+
+
+@dataclass(frozen=True)
+class VariantDecl:
+    """One explicit variant: `input`, `prompt`, field aliases and variables, plus optional id."""
+
+    values: Mapping[str, Scalar]
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: Path  # absolute
+    name: str = "{variant}"  # template of the file stem, relative to dir
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_usd: Decimal
+    max_tasks: int = 10_000
+
+
+@dataclass(frozen=True)
+class Execution:
+    concurrency: int = 8
+    delivery: str = "async"  # "async" | "sync"
+    upload: str = "upload"  # "upload" (imageUpload once per content hash) | "inline"
+    request_timeout_s: float = 60.0
+    task_deadline_s: float = 900.0
+    max_attempts: int = 3
+    retry_budget_ratio: float = 0.2
+    poll_interval_s: float = 1.0
+    poll_max_interval_s: float = 10.0
+    max_download_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated campaign. `locs` maps JSON paths ("$.prompts.neon") to source positions."""
+
+    path: Path  # absolute path of the spec file
+    source_sha256: str
+    name: str
+    model: str
+    defaults: Mapping[str, Any]  # request fields, nested as in the request
+    vars: Mapping[str, str]
+    inputs: Mapping[str, InputPair]  # declaration order
+    prompts: Mapping[str, str]  # declaration order
+    matrix: Matrix | None
+    variants: tuple[VariantDecl, ...] | None
+    repeat: int
+    output: OutputSettings
+    budget: Budget
+    execution: Execution
+    prices: Mapping[str, Decimal]  # model id -> USD per image (package table + overrides)
+    locs: Mapping[str, Loc] = field(default_factory=dict, compare=False, repr=False)
+    description: str = ""
+
+    def loc(self, path: str) -> Loc | None:
+        """The source position of `path`, or of its nearest ancestor that has one."""
+        while True:
+            if path in self.locs:
+                return self.locs[path]
+            if path == "$":
+                return Loc(str(self.path), 1, 1)
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else "$"
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """A local file the runner must send (uploaded once per sha256, or inlined)."""
+
+    path: Path
+    sha256: str
+    invert: bool = False  # black-edits masks are inverted before sending
+
+
+@dataclass(frozen=True)
+class Task:
+    """One planned imageInference request and everything needed to run and report it.
+
+    `request` is the exact body item sent to Runware, except that inputs naming local files
+    hold the placeholder "local:<sha256>" until the runner substitutes an imageUUID or data
+    URI (`local_inputs` says which file each placeholder stands for).
+    """
+
+    index: int
+    variant_id: str
+    task_key: str  # sha256 hex of the normalized request, input bytes and repeat index
+    task_uuid: str  # runware.task_uuid(task_key)
+    request: Mapping[str, Any]
+    input_name: str
+    prompt_name: str | None
+    axes: Mapping[str, Scalar]  # the combination that produced this task
+    repeat: int  # 0-based repeat index
+    number_results: int
+    est_cost: Decimal
+    output_stem: str  # relative to the output dir, no extension
+    output_ext: str  # "jpg" | "png" | "webp"
+    local_inputs: Mapping[str, LocalImage] = field(default_factory=dict)
+
+    def output_paths(self) -> list[str]:
+        """Relative output file paths, one per result: stem.ext, or stem-1.ext... when N>1."""
+        if self.number_results == 1:
+            return [f"{self.output_stem}.{self.output_ext}"]
+        return [f"{self.output_stem}-{i}.{self.output_ext}" for i in range(1, self.number_results + 1)]

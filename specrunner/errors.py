@@ -1,0 +1,108 @@
+"""The exception tree and exit codes of specrunner.
+
+    SpecrunnerError              root; carries the process exit code for the CLI
+    ├── UsageError               bad CLI value or environment (exit 2)
+    ├── SpecError                invalid spec; holds every Diagnostic found (exit 2)
+    ├── PlanLimitError           plan over budget or over the task cap (exit 2 at plan time)
+    ├── RecordError              run record damaged, or locked by another process (exit 2)
+    └── RunStopped               auth/quota failure stopping the whole run (exit 1)
+
+Expected per-task failures are records, not exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EXIT_OK = 0
+EXIT_TASKS_FAILED = 1
+EXIT_INVALID = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True, order=True)
+class Loc:
+    """A 1-based position in a source file."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in a spec: where (file:line:col and JSON path), what, and a hint."""
+
+    message: str
+    path: str = "$"
+    loc: Loc | None = None
+    code: str = "invalid"
+    hint: str | None = None
+    severity: str = "error"
+
+    def format(self) -> str:
+        where = str(self.loc) if self.loc else "<unknown>"
+        text = f"{where}: {self.severity}: {self.message} [{self.path}]"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.loc.file if self.loc else None,
+            "line": self.loc.line if self.loc else None,
+            "column": self.loc.col if self.loc else None,
+            "path": self.path,
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class SpecrunnerError(Exception):
+    """Root of specrunner's exceptions; `exit_code` is what the CLI exits with."""
+
+    exit_code: int = EXIT_INVALID
+
+
+class UsageError(SpecrunnerError):
+    """A bad command-line value or environment setting."""
+
+    exit_code = EXIT_INVALID
+
+
+@dataclass
+class SpecError(SpecrunnerError):
+    """A spec that does not validate; `diagnostics` lists every problem, most relevant first."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    exit_code: int = EXIT_INVALID
+
+    def __post_init__(self) -> None:
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return "\n".join(d.format() for d in self.diagnostics) or "invalid spec"
+
+
+class PlanLimitError(SpecrunnerError):
+    """The plan exceeds the budget (`max_usd`) or the task cap."""
+
+    exit_code = EXIT_INVALID
+
+
+class RecordError(SpecrunnerError):
+    """The run record is damaged, incompatible, or locked by another process."""
+
+    exit_code = EXIT_INVALID
+
+
+class RunStopped(SpecrunnerError):
+    """The whole run had to stop (auth or quota error from the API)."""
+
+    exit_code = EXIT_TASKS_FAILED

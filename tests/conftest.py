@@ -1,0 +1,13 @@
+"""Suite-wide fixtures.
+
+A canary API key sits in the environment of the whole test session: no test may ever see it
+in any output, file, record or report (checked by tests/test_secrets.py and by the run tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+CANARY_KEY = "rw-canary-7f3e9d1c2b4a5e6f8091a2b3c4d5e6f7"
+os.environ["RUNWARE_API_KEY"] = CANARY_KEY
+os.environ.pop("RUNWARE_BASE_URL", None)
