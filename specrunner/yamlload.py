@@ -1,0 +1,359 @@
+"""Safe YAML loading: plain data plus a JSON path -> source position map; bombs rejected.
+
+`load(path)` reads one YAML file and returns a `Loaded`: plain Python data (dict, list, str,
+int, float, bool, None), `locs` (JSON path of every value -> Loc of the value), `key_locs`
+(JSON path of every mapping entry -> Loc of its key) and `notes` (non-fatal Diagnostics).
+Problems that make the file unreadable raise `errors.SpecError` with one located Diagnostic.
+
+Behaviour, decided on purpose:
+- Nodes come from PyYAML's composer (SafeLoader machinery, so marks are kept); values are
+  constructed here, never by PyYAML's constructors, so no tag can run code.
+- Rejected (SpecError): missing file, a folder, larger than MAX_BYTES, not UTF-8 (a UTF-8 BOM
+  is accepted), empty or comments only, syntax errors (at PyYAML's mark), several documents,
+  nesting deeper than MAX_DEPTH, more than MAX_ALIASES alias uses, more than MAX_EXPANDED nodes
+  built through aliases (billion laughs fails after a few thousand nodes, in bounded memory),
+  recursive aliases, non-scalar mapping keys, merge keys (`<<`).
+- Collected (every one reported, in `notes` as errors): any explicit tag, core ones (`!!str`)
+  and the non-specific `!` included (quoting covers every need of the spec format; no tag
+  means no surprise); duplicate keys (PyYAML would keep the last silently).
+- Scalars resolve like YAML 1.2's core schema: null (`~`, `null`, empty), booleans only
+  `true`/`false` (any case form of those two), decimal integers (plus 0x/0o), floats
+  (`1.5`, `1e3`, `.inf`, `.nan`); everything else is a string. No dates, no sexagesimal, no
+  `yes`/`no`/`on`/`off`, no `_` in numbers. Mapping keys are always strings (their text).
+- YAML 1.1 surprises: when a plain scalar means something different to a YAML 1.1 reader
+  (PyYAML's default resolver: `NO` -> false, `0755` -> 493, `2024-01-01` -> a date,
+  `1_000` -> 1000, `12:30` -> 750, while `1e3` stays text), the spec is ambiguous between
+  tools, so an error note tells the user to quote it, e.g. "`NO` is the boolean false to YAML
+  1.1 readers but text in YAML 1.2; quote it: "NO"". These notes use code `yaml-1.1`.
+- Paths follow jsonschema's `json_path`: `$.a.b`, `$.a[0].b` (keys appended after a dot,
+  verbatim). The Loc of a value reached through an alias is that of the anchored node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from specrunner.errors import Diagnostic, Loc, SpecError
+
+MAX_BYTES = 5 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 100
+MAX_EXPANDED = 10_000
+
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+_OCT = re.compile(r"^0o[0-7]+$")
+_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+_INF = re.compile(r"^[-+]?\.(?:inf|Inf|INF)$")
+_NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
+_MARK = "tag:specrunner:"  # prefix of the resolver's own (never user-visible) tags
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A parsed YAML file: data, value positions, key positions and non-fatal notes."""
+
+    data: Any
+    locs: dict[str, Loc]
+    key_locs: dict[str, Loc]
+    notes: tuple[Diagnostic, ...]
+    plain: dict[str, str] = field(default_factory=dict)  # path -> source text of plain scalars
+    sha256: str = ""
+
+
+def resolve_scalar(text: str) -> Any:
+    """The value of a plain scalar under specrunner's YAML 1.2-core-like rules."""
+    if _NULL.match(text):
+        return None
+    if text in _BOOL:
+        return _BOOL[text]
+    if _INT.match(text):
+        return int(text)
+    if _HEX.match(text):
+        return int(text[2:], 16)
+    if _OCT.match(text):
+        return int(text[2:], 8)
+    if _FLOAT.match(text):
+        return float(text)
+    if _INF.match(text):
+        return -math.inf if text.startswith("-") else math.inf
+    if _NAN.match(text):
+        return math.nan
+    return text
+
+
+_R11 = yaml.resolver.Resolver()
+_C11 = yaml.constructor.SafeConstructor()
+
+
+def yaml11_value(text: str) -> Any:
+    """The value a YAML 1.1 reader (PyYAML's SafeLoader) gives a plain scalar."""
+    tag = _R11.resolve(ScalarNode, text, (True, False))
+    construct = _C11.yaml_constructors.get(tag)
+    if construct is None:  # e.g. the 1.1 `=` value tag: not constructible, so plain text
+        return text
+    try:
+        return construct(_C11, ScalarNode(tag, text))
+    except Exception:  # e.g. an impossible date such as 2024-13-45
+        return text
+
+
+def describe(value: Any) -> str:
+    """Name a loaded value for a message: 'the boolean false', 'the number 493', 'text'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "text"
+    return f"the {type(value).__name__} {value}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+class _Composer(yaml.SafeLoader):
+    """SafeLoader whose composer counts depth and aliases and remembers explicit tags."""
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.depth = 0
+        self.aliases = 0
+        self.tag_notes: list[Diagnostic] = []
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:  # type: ignore[override]
+        if kind is ScalarNode:
+            return _MARK + ("plain" if implicit[0] else "quoted")
+        return _MARK + ("seq" if kind is SequenceNode else "map")
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+        event = self.peek_event()
+        mark = event.start_mark
+        if isinstance(event, AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _fatal(self.file, mark, f"more than {MAX_ALIASES} aliases", "alias-limit")
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            self.tag_notes.append(
+                Diagnostic(
+                    f"YAML tags are not allowed (found `{shown}`); remove it, and quote the "
+                    "value if you mean text",
+                    loc=_loc(self.file, mark),
+                    code="yaml-tag",
+                )
+            )
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _fatal(self.file, mark, f"nesting deeper than {MAX_DEPTH} levels", "too-deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _loc(file: str, mark: Any) -> Loc:
+    return Loc(file, mark.line + 1, mark.column + 1)
+
+
+def _fatal(file: str, mark: Any, message: str, code: str, path: str = "$") -> SpecError:
+    loc = _loc(file, mark) if mark is not None else Loc(file, 1, 1)
+    return SpecError([Diagnostic(message, path=path, loc=loc, code=code)])
+
+
+class _Builder:
+    """Turns composed nodes into plain data, recording positions and enforcing budgets."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.locs: dict[str, Loc] = {}
+        self.key_locs: dict[str, Loc] = {}
+        self.plain: dict[str, str] = {}
+        self.notes: list[Diagnostic] = []
+        self.seen: set[int] = set()  # node ids built once already (a second visit = alias)
+        self.stack: set[int] = set()
+        self.expanded = 0
+
+    def build(self, node: Node, path: str, depth: int = 1, aliased: bool = False) -> Any:
+        nid = id(node)
+        if nid in self.stack:
+            raise _fatal(self.file, node.start_mark, "recursive alias", "alias-recursive", path)
+        if nid in self.seen or aliased:
+            aliased = True
+            self.expanded += 1
+            if self.expanded > MAX_EXPANDED:
+                raise _fatal(
+                    self.file, node.start_mark,
+                    f"aliases expand to more than {MAX_EXPANDED} nodes", "alias-limit", path,
+                )
+        if depth > MAX_DEPTH:
+            raise _fatal(self.file, node.start_mark, f"nesting deeper than {MAX_DEPTH} levels",
+                         "too-deep", path)
+        self.seen.add(nid)
+        self.locs.setdefault(path, _loc(self.file, node.start_mark))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path, aliased)
+        self.stack.add(nid)
+        try:
+            if isinstance(node, SequenceNode):
+                return [
+                    self.build(item, f"{path}[{i}]", depth + 1, aliased)
+                    for i, item in enumerate(node.value)
+                ]
+            return self._mapping(node, path, depth, aliased)
+        finally:
+            self.stack.discard(nid)
+
+    def _scalar(self, node: ScalarNode, path: str, aliased: bool) -> Any:
+        if node.tag != _MARK + "plain":
+            return node.value
+        value = resolve_scalar(node.value)
+        if not isinstance(value, str):
+            self.plain[path] = node.value
+        old = yaml11_value(node.value)
+        if not aliased and not _same(value, old):
+            text = node.value
+            self.notes.append(
+                Diagnostic(
+                    f"`{text}` is {describe(old)} to YAML 1.1 readers but {describe(value)} "
+                    f"in YAML 1.2; quote it: \"{text}\"",
+                    path=path,
+                    loc=_loc(self.file, node.start_mark),
+                    code="yaml-1.1",
+                    hint=_yaml11_hint(value, old),
+                )
+            )
+        return value
+
+    def _mapping(self, node: MappingNode, path: str, depth: int, aliased: bool) -> dict:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                raise _fatal(self.file, key_node.start_mark,
+                             "mapping keys must be plain names, not lists or mappings",
+                             "complex-key", path)
+            key = key_node.value
+            if key == "<<" and key_node.tag == _MARK + "plain":
+                raise _fatal(self.file, key_node.start_mark,
+                             "merge keys (<<) are not supported; repeat the fields",
+                             "merge-key", path)
+            child = f"{path}.{key}"
+            kloc = _loc(self.file, key_node.start_mark)
+            if key in out:
+                first = self.key_locs.get(child)
+                where = f" (first at line {first.line})" if first else ""
+                self.notes.append(
+                    Diagnostic(f"duplicate key `{key}`{where}", path=child, loc=kloc,
+                               code="duplicate-key")
+                )
+                continue
+            self.key_locs[child] = kloc
+            out[key] = self.build(value_node, child, depth + 1, aliased)
+        return out
+
+
+def _yaml11_hint(new: Any, old: Any) -> str | None:
+    if isinstance(old, bool) and isinstance(new, str):
+        return f"write {str(old).lower()} if you mean the boolean"
+    return None
+
+
+def _read_text(path: Path, file: str) -> tuple[str, bytes]:
+    first = Loc(file, 1, 1)
+
+    def fail(message: str, code: str, loc: Loc | None = first) -> SpecError:
+        return SpecError([Diagnostic(message, loc=loc, code=code)])
+
+    if not path.exists():
+        raise fail(f"no such file: {file}", "file-missing")
+    if path.is_dir():
+        raise fail(f"{file} is a folder, not a spec file", "file-is-folder")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror or exc}", "file-unreadable") from None
+    if len(raw) > MAX_BYTES:
+        raise fail(f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB", "file-too-large")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+        raise fail(f"file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                   "not-utf8", Loc(file, line, col)) from None
+    return text, raw
+
+
+def load(path: str | Path, display: str | None = None) -> Loaded:
+    """Load one YAML file safely; raise SpecError (one located Diagnostic) if unreadable.
+
+    `display` is the file name used in Locs (default: the path as given).
+    """
+    p = Path(path)
+    file = display if display is not None else str(path)
+    text, raw = _read_text(p, file)
+    composer: _Composer | None = None
+    try:
+        composer = _Composer(text, file)
+        root = composer.get_single_node()
+    except SpecError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if "expected a single document" in str(exc.context or ""):
+            raise _fatal(file, exc.problem_mark, "several YAML documents in one file; "
+                         "a spec is exactly one document", "multiple-documents") from None
+        message = "; ".join(x for x in (exc.context, exc.problem) if x) or "YAML syntax error"
+        raise _fatal(file, mark, f"YAML syntax error: {message}", "yaml-syntax") from None
+    except yaml.YAMLError as exc:  # reader errors: control characters and the like
+        mark = getattr(exc, "problem_mark", None)
+        if isinstance(exc, yaml.reader.ReaderError):
+            before = text[: exc.position]
+            loc = Loc(file, before.count("\n") + 1, len(before) - before.rfind("\n"))
+            char = exc.character if isinstance(exc.character, int) else 0
+            raise SpecError([Diagnostic(f"YAML syntax error: {exc.reason} (character "
+                                        f"U+{char:04X})", loc=loc, code="yaml-syntax")]) from None
+        raise _fatal(file, mark, f"YAML syntax error: {exc}", "yaml-syntax") from None
+    finally:
+        if composer is not None:
+            composer.dispose()
+    if root is None:
+        raise SpecError([Diagnostic("file is empty (no YAML content)", loc=Loc(file, 1, 1),
+                                    code="file-empty")])
+    builder = _Builder(file)
+    data = builder.build(root, "$")
+    paths = {}
+    for path_, loc in builder.locs.items():
+        paths.setdefault(loc, path_)
+    tag_notes = [replace(d, path=paths.get(d.loc, "$")) for d in composer.tag_notes]
+    notes = sorted(tag_notes + builder.notes, key=lambda d: (d.loc, d.code))
+    return Loaded(
+        data=data,
+        locs=builder.locs,
+        key_locs=builder.key_locs,
+        notes=tuple(notes),
+        plain=builder.plain,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
