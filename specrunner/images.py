@@ -9,9 +9,11 @@ before decoding (MAX_PIXELS) and files above MAX_FILE_BYTES are never opened. Pr
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
@@ -20,6 +22,10 @@ MAX_PIXELS = 64_000_000
 FORMATS = ("PNG", "JPEG", "WEBP")
 # A mask pixel edits when it is at least this far from "keep" (0-255); JPEG noise stays below.
 EDIT_THRESHOLD = 8
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+_SECRET_PARAMS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
+                  "key", "auth"}
 
 
 class ImageProblem(Exception):
@@ -123,3 +129,27 @@ def mask_coverage(path: Path, polarity: str = "white-edits") -> MaskCoverage:
     if polarity == "black-edits":
         low, high = 255 - high, 255 - low
     return MaskCoverage(edits_some=high >= EDIT_THRESHOLD, edits_all=low >= EDIT_THRESHOLD)
+
+
+def classify_ref(value: str) -> tuple[str, str | None]:
+    """Classify an image reference as written: ('url'|'uuid'|'file', problem or None).
+
+    https URLs only, without user:password@ or credential-like query parameters; an
+    8-4-4-4-12 hex string is a Runware image UUID; anything without a scheme is a path.
+    """
+    if UUID_RE.match(value):
+        return "uuid", None
+    scheme = SCHEME_RE.match(value)
+    if scheme is None:
+        return "file", None
+    if scheme.group(1).lower() != "https":
+        return "url", f"only https URLs are accepted, not {scheme.group(1)}:"
+    parts = urlsplit(value)
+    if not parts.hostname:
+        return "url", "URL has no host"
+    if "@" in parts.netloc:
+        return "url", "URL contains credentials (user:password@); remove them"
+    for k, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if re.sub(r"[-_ ]", "", k.lower()) in _SECRET_PARAMS:
+            return "url", f"URL carries a credential-like parameter `{k}`; remove it"
+    return "url", None
