@@ -270,6 +270,12 @@ def load_spec(path: str | Path, *, secrets: Sequence[str] = ()) -> Spec:
 
     `secrets`: values that must never appear in a spec (the CLI passes RUNWARE_API_KEY).
     """
+    return load_spec_checked(path, secrets=secrets)[0]
+
+
+def load_spec_checked(path: str | Path, *,
+                      secrets: Sequence[str] = ()) -> tuple[Spec, list[Diagnostic]]:
+    """Like load_spec, but also return the warnings of a valid spec."""
     secrets = tuple(s for s in secrets if s)
     display = str(path)
     try:
@@ -300,7 +306,8 @@ def load_spec(path: str | Path, *, secrets: Sequence[str] = ()) -> Spec:
     refs = check_references(ctx, data, model if known else models.DEFAULT_MODEL, folder)
     if ctx.errors():
         raise SpecError(_redact(ctx.sorted(), secrets))
-    return _build(Path(path).resolve(), loaded, data, refs)
+    warnings = _redact(ctx.sorted(), secrets)
+    return _build(Path(path).resolve(), loaded, data, refs), warnings
 
 
 def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, InputPair]) -> Spec:
