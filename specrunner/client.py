@@ -1,0 +1,281 @@
+"""Talks to Runware over an injected httpx.AsyncClient: send task arrays, upload, download.
+
+Foreign errors are translated here, in one place, into `Fault` (a transient or ambiguous
+transport outcome) so callers deal with Runware's categories only. Retry decisions are
+predicates (`retry_same_uuid`, ...), backoff is full jitter with an injected sleep and random
+source, and `set_testing(True)` switches every wait off (stamina-style). The API key travels
+only in the Authorization header of API POSTs: never in a body, a URL, a log or an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import anyio
+import httpx
+from PIL import Image
+
+from specrunner import runware
+from specrunner.runware import Category, Envelope
+
+_TESTING = False
+RETRY_AFTER_CAP_S = 120.0
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+OVERLOAD_STATUS = frozenset({429, 503, 504})
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def set_testing(on: bool) -> None:
+    """Turn all backoff and polling waits off (tests) or back on."""
+    global _TESTING
+    _TESTING = on
+
+
+def is_testing() -> bool:
+    """True when waits are switched off."""
+    return _TESTING
+
+
+async def default_sleep(seconds: float) -> None:
+    """anyio.sleep, skipped entirely in testing mode."""
+    await anyio.sleep(0 if _TESTING else seconds)
+
+
+class Fault(Exception):
+    """A request whose outcome is unknown or transient: connect error, timeout, 5xx, bad body.
+
+    `ambiguous` is True when the server may have accepted (and billed) the task.
+    `code` is a short stable name recorded in the run record.
+    """
+
+    def __init__(self, code: str, message: str, *, ambiguous: bool, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.ambiguous = ambiguous
+        self.status = status
+        self.retry_after = retry_after
+
+
+class DownloadError(Exception):
+    """An output image could not be fetched or is not an acceptable image."""
+
+    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A readable response: HTTP status, parsed envelope, latency in seconds."""
+
+    status: int
+    envelope: Envelope
+    latency: float
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Full-jitter exponential backoff: sleep = random(0, min(cap, base * 2**n))."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, retry: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (0-based); honours a capped Retry-After."""
+        d = rng.uniform(0, min(self.cap, self.base * (2 ** retry)))
+        if retry_after is not None:
+            d = max(d, min(retry_after, RETRY_AFTER_CAP_S))
+        return d
+
+
+class RetryBudget:
+    """A run-wide retry budget (Google SRE): retries may add at most `ratio` of first sends.
+
+    Every first send deposits `ratio` tokens; every retry spends one. `floor` tokens are
+    available from the start so a small run can still retry.
+    """
+
+    def __init__(self, ratio: float, floor: float = 10.0) -> None:
+        self.ratio = ratio
+        self.tokens = floor
+        self.spent = 0
+
+    def on_send(self) -> None:
+        self.tokens += self.ratio
+
+    def try_spend(self) -> bool:
+        """Take one retry token; False when the budget is exhausted."""
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.spent += 1
+            return True
+        return False
+
+
+def errors_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
+    """Errors addressed to `task_uuid` (or to nobody in particular: a one-task request)."""
+    return [e for e in env.errors if e.get("taskUUID") in (task_uuid, None, "")]
+
+
+def items_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
+    """Data items addressed to `task_uuid`."""
+    return [d for d in env.data if d.get("taskUUID") == task_uuid]
+
+
+def category(err: dict[str, Any], status: int | None) -> Category:
+    """The Runware category of one error object."""
+    code = err.get("code")
+    return runware.classify(code if isinstance(code, str) else None, status)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class RunwareClient:
+    """Sends JSON task arrays to one Runware-compatible endpoint over `http`."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.http = http
+        self.base_url = base_url
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.clock = clock
+        self.requests = 0
+
+    def __repr__(self) -> str:  # never show the headers
+        return f"RunwareClient({self.base_url!r})"
+
+    async def send(self, tasks: list[dict[str, Any]], timeout: float) -> Reply:
+        """POST `tasks`; return the parsed reply, or raise Fault for a transient outcome.
+
+        A readable envelope is returned whatever the HTTP status (errors are per task);
+        408/429/5xx without a readable envelope, timeouts, resets and non-JSON bodies raise.
+        """
+        body = json.dumps(tasks, separators=(",", ":")).encode()
+        t0 = self.clock()
+        self.requests += 1
+        try:
+            # fail_after also bounds transports that ignore httpx timeouts (ASGITransport).
+            with anyio.fail_after(timeout):
+                resp = await self.http.post(self.base_url, content=body, headers=self._headers,
+                                            timeout=timeout)
+        except TimeoutError:
+            raise Fault("timeout", "request timed out", ambiguous=True) from None
+        except httpx.ConnectError:
+            raise Fault("connectError", "could not connect", ambiguous=False) from None
+        except httpx.ConnectTimeout:
+            raise Fault("connectTimeout", "connect timed out", ambiguous=False) from None
+        except httpx.TimeoutException as exc:
+            raise Fault("timeout", f"request timed out ({type(exc).__name__})",
+                        ambiguous=True) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise Fault("transportError", f"connection failed ({type(exc).__name__})",
+                        ambiguous=True) from None
+        latency = self.clock() - t0
+        try:
+            env = runware.parse_envelope(resp.content)
+        except runware.UnreadableBody as exc:
+            raise Fault(f"http{resp.status_code}" if resp.status_code >= 400 else "unreadableBody",
+                        f"HTTP {resp.status_code}: {exc}", ambiguous=True,
+                        status=resp.status_code, retry_after=_retry_after(resp)) from None
+        if resp.status_code in TRANSIENT_STATUS and not env.data and not env.errors:
+            raise Fault(f"http{resp.status_code}", f"HTTP {resp.status_code}", ambiguous=True,
+                        status=resp.status_code, retry_after=_retry_after(resp))
+        return Reply(resp.status_code, env, latency)
+
+    async def upload(self, image: str, task_uuid: str, timeout: float) -> Reply:
+        """Send one imageUpload task (`image` is a data URI)."""
+        return await self.send([{"taskType": "imageUpload", "taskUUID": task_uuid,
+                                 "image": image}], timeout)
+
+    async def download(self, url: str, max_bytes: int, timeout: float) -> bytes:
+        """GET an output image (no credentials sent), capped at `max_bytes`, checked to decode.
+
+        Relative URLs resolve against the API's base URL (the local server hands those out).
+        """
+        url = str(httpx.URL(self.base_url).join(url))
+        try:
+            with anyio.fail_after(timeout):
+                return await self._download(url, max_bytes, timeout)
+        except TimeoutError:
+            raise DownloadError("timeout", "download timed out", transient=True) from None
+
+    async def _download(self, url: str, max_bytes: int, timeout: float) -> bytes:
+        try:
+            async with self.http.stream("GET", url, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    raise DownloadError(f"http{resp.status_code}",
+                                        f"download failed: HTTP {resp.status_code}",
+                                        transient=resp.status_code in TRANSIENT_STATUS
+                                        or resp.status_code == 404)
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise DownloadError("tooLarge", f"download larger than {max_bytes} bytes",
+                                        transient=False)
+                chunks, size = [], 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadError("tooLarge", f"download larger than {max_bytes} "
+                                            "bytes", transient=False)
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise DownloadError("transportError", f"download failed ({type(exc).__name__})",
+                                transient=True) from None
+        data = b"".join(chunks)
+        check_image(data)
+        return data
+
+
+def check_image(data: bytes) -> str:
+    """Return the image format of `data`; DownloadError (transient: truncated) if it is not one."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = str(im.format)
+            im.load()  # a full decode catches truncation that verify() misses for JPEG
+    except Exception as exc:
+        raise DownloadError("notAnImage", f"output is not a readable image ({type(exc).__name__})",
+                            transient=True) from None
+    return fmt
+
+
+def inline_output(item: dict[str, Any], max_bytes: int) -> bytes | None:
+    """Decode an imageBase64Data / imageDataURI result item; None if it carries a URL instead."""
+    raw = item.get("imageBase64Data") or item.get("imageDataURI")
+    if not isinstance(raw, str):
+        return None
+    if raw.startswith("data:"):
+        raw = raw.partition(",")[2]
+    if len(raw) * 3 // 4 > max_bytes:
+        raise DownloadError("tooLarge", f"inline output larger than {max_bytes} bytes",
+                            transient=False)
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise DownloadError("badBase64", "inline output is not valid base64", transient=True) \
+            from None
+    check_image(data)
+    return data
+
+
+def data_uri(data: bytes, fmt: str) -> str:
+    """A data URI for image bytes of Pillow format `fmt`."""
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(fmt, "image/png")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

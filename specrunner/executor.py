@@ -1,0 +1,638 @@
+"""The anyio fan-out: dispatch planned tasks under a capacity and a budget, retry safely.
+
+One task group owns every worker; an adaptive capacity limiter (AIMD) bounds the tasks in
+flight; each task's cost is reserved before dispatch. Every UUID is committed to the record
+before it is sent, and results are committed before a task counts as done, so a crash at any
+moment leaves only tasks in doubt, which the next run reconciles (getResponse, getTaskDetails)
+before re-sending the same UUID. Expected per-task failures are records, not exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+from PIL import Image, ImageOps
+
+from specrunner import runware, store as st
+from specrunner.campaign import Execution, LocalImage, Task
+from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, Reply,
+                               RetryBudget, RunwareClient, Sleep, category, check_image, data_uri,
+                               default_sleep, errors_for, inline_output, items_for)
+from specrunner.runware import Category
+from specrunner.store import Store, Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
+
+FINAL_FAIL = frozenset({Category.VALIDATION, Category.SAFETY, Category.NOT_FOUND})
+
+
+@dataclass
+class Counters:
+    """Live figures of a run (read by the progress display)."""
+
+    total: int = 0
+    skipped: int = 0  # already done before this run
+    done: int = 0
+    failed: int = 0
+    in_doubt: int = 0
+    in_flight: int = 0
+    retrying: int = 0
+    sends: int = 0
+    retries: int = 0
+    polls: int = 0
+    spent: Decimal = Decimal(0)
+    reserved: Decimal = Decimal(0)
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: `status` is complete | failed | budget | interrupted | stopped."""
+
+    status: str
+    counters: Counters
+    message: str = ""
+
+
+class _StopRun(Exception):
+    """Auth or quota failure: the whole run stops."""
+
+
+class _GiveUp(Exception):
+    """A task cannot progress in this run; `state` is failed or in_doubt."""
+
+    def __init__(self, state: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.state, self.code = state, code
+
+
+class AdaptiveLimit:
+    """AIMD over an anyio CapacityLimiter: halve-ish on overload, +1 after a window of successes.
+
+    Overload is a 429/503/504 or a latency EWMA above `growth` x the best seen.
+    """
+
+    def __init__(self, maximum: int, clock: Callable[[], float], *, minimum: int = 1,
+                 decrease: float = 0.7, growth: float = 3.0, floor_s: float = 0.05) -> None:
+        self.limiter = anyio.CapacityLimiter(maximum)
+        self.maximum, self.minimum, self.clock = maximum, minimum, clock
+        self.decrease, self.growth, self.floor_s = decrease, growth, floor_s
+        self.limit = maximum
+        self._streak = 0
+        self._ewma: float | None = None
+        self._best: float | None = None
+        self._last_cut = float("-inf")
+        self.cuts = 0
+
+    def _set(self, value: int) -> None:
+        self.limit = max(self.minimum, min(self.maximum, value))
+        self.limiter.total_tokens = self.limit
+
+    def on_overload(self) -> None:
+        """Multiplicative decrease, at most once per cool-down window."""
+        self._streak = 0
+        now = self.clock()
+        if now - self._last_cut < max(1.0, 2 * (self._ewma or 0)):
+            return
+        self._last_cut = now
+        self.cuts += 1
+        self._set(int(self.limit * self.decrease))
+
+    def on_success(self, latency: float) -> None:
+        """Feed a successful request's latency; additive increase after `limit` successes."""
+        self._ewma = latency if self._ewma is None else 0.8 * self._ewma + 0.2 * latency
+        self._best = self._ewma if self._best is None else min(self._best, self._ewma)
+        if self._ewma > self.growth * self._best and self._ewma - self._best > self.floor_s:
+            self.on_overload()
+            return
+        self._streak += 1
+        if self._streak >= self.limit and self.limit < self.maximum:
+            self._streak = 0
+            self._set(self.limit + 1)
+
+
+class Inputs:
+    """Local seed/mask files, read once and sent once per content (upload or inline)."""
+
+    def __init__(self, ex: "Executor", uploads: dict[tuple[str, bool], tuple[str, float]]) -> None:
+        self.ex = ex
+        self._known = uploads
+        self._cache: dict[tuple[str, bool], str] = {}
+        self._locks: dict[tuple[str, bool], anyio.Lock] = {}
+
+    def _bytes(self, img: LocalImage) -> tuple[bytes, str]:
+        data = img.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != img.sha256:
+            raise _GiveUp("failed", "inputChanged", f"{img.path.name} changed since planning")
+        if not img.invert:
+            return data, check_image(data)
+        with Image.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            ImageOps.invert(im.convert("L")).save(buf, "PNG")
+        return buf.getvalue(), "PNG"
+
+    async def resolve(self, img: LocalImage) -> str:
+        """The imageUUID or data URI standing for `img` (uploading it at most once)."""
+        key = (img.sha256, img.invert)
+        if key in self._cache:
+            return self._cache[key]
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            if key in self._cache:
+                return self._cache[key]
+            ex = self.ex
+            known = self._known.get(key)
+            if ex.execution.upload == "upload" and known and ex.wall() - known[1] < st.UPLOAD_TTL_S:
+                self._cache[key] = known[0]
+                return known[0]
+            data, fmt = await anyio.to_thread.run_sync(self._bytes, img)
+            uri = data_uri(data, fmt)
+            if ex.execution.upload == "inline":
+                self._cache[key] = uri
+                return uri
+            image_uuid = await self._upload(uri)
+            await ex.writer.write([st.op_upload(img.sha256, img.invert, image_uuid, ex.wall())])
+            self._cache[key] = image_uuid
+            return image_uuid
+
+    async def _upload(self, uri: str) -> str:
+        ex = self.ex
+        for attempt in range(ex.execution.max_attempts):
+            if attempt:
+                await ex.sleep(ex.backoff.delay(attempt - 1, ex.rng))
+            tid = str(uuidlib.UUID(int=ex.rng.getrandbits(128), version=4))
+            try:
+                reply = await ex.client.upload(uri, tid, ex.execution.request_timeout_s)
+            except Fault:
+                continue
+            for item in reply.envelope.data:
+                if isinstance(item.get("imageUUID"), str):
+                    return str(item["imageUUID"])
+            errs = reply.envelope.errors
+            if errs:
+                cat = category(errs[0], reply.status)
+                if cat in runware.STOP_RUN:
+                    raise _StopRun(f"upload refused: {errs[0].get('code')}")
+                if cat not in runware.RETRY_SAME_UUID and cat not in runware.RETRY_NEW_UUID:
+                    raise _GiveUp("failed", str(errs[0].get("code")), "input upload refused: "
+                                  f"{str(errs[0].get('message', ''))[:200]}")
+        raise _GiveUp("failed", "uploadFailed", "input upload failed after retries")
+
+
+@dataclass
+class _Job:
+    """Mutable progress of one task inside this run."""
+
+    task: Task
+    state: str
+    generation: int
+    uuid: str
+    sends: int = 0
+    ambiguous: bool = False
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Executor:
+    """Runs `tasks` (already recorded as planned) to completion, recording everything."""
+
+    def __init__(self, tasks: list[Task], store: Store, client: RunwareClient,
+                 execution: Execution, max_usd: Decimal, out_dir: Path, run_id: int, *,
+                 sleep: Sleep = default_sleep, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 notify: Callable[[str], None] = lambda msg: None,
+                 backoff: Backoff = Backoff()) -> None:
+        self.tasks, self.store, self.client = tasks, store, client
+        self.execution, self.max_usd, self.out_dir, self.run_id = execution, max_usd, out_dir, run_id
+        self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
+        self.notify, self.backoff = notify, backoff
+        self.writer = Writer(store)
+        self.limit = AdaptiveLimit(execution.concurrency, clock)
+        self.retry_budget = RetryBudget(execution.retry_budget_ratio)
+        self.c = Counters(total=len(tasks), limit=execution.concurrency)
+        self._draining = False
+        self._budget_hit = False
+        self._stop_message: str | None = None
+        self._interrupted = False
+        self._work: anyio.CancelScope | None = None
+
+    # -- control ---------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Stop dispatching; let tasks in flight finish (first Ctrl-C)."""
+        self._draining = self._interrupted = True
+
+    def cancel(self) -> None:
+        """Cancel tasks in flight too (second Ctrl-C); they stay in doubt in the record."""
+        self._draining = self._interrupted = True
+        if self._work is not None:
+            self._work.cancel()
+
+    async def run(self) -> RunOutcome:
+        """Dispatch every task not done yet; return how the run ended."""
+        rows = self.store.task_rows()
+        uploads = {(r[0], bool(r[1])): (r[2], r[3]) for r in self.store.conn.execute(
+            "SELECT sha256, inverted, image_uuid, uploaded_at FROM uploads")}
+        self.inputs = Inputs(self, uploads)
+        has_results = {r[0] for r in self.store.conn.execute("SELECT DISTINCT task_key FROM results")}
+        self._recorded: dict[str, list[dict[str, Any]]] = {}
+        for r in self.store.results():
+            if rows[r.task_key].state in ("received", "failed"):
+                self._recorded.setdefault(r.task_key, []).append(
+                    {"taskUUID": r.task_uuid, "imageUUID": r.image_uuid, "imageURL": r.url,
+                     "seed": r.seed, "cost": None if r.cost is None else str(r.cost),
+                     "NSFWContent": r.nsfw})
+        todo: list[_Job] = []
+        for t in self.tasks:
+            row = rows[t.task_key]
+            if row.state == "done":
+                self.c.skipped += 1
+                self.c.spent += row.cost if row.cost is not None else t.est_cost
+                continue
+            job = _Job(t, row.state, row.generation, row.task_uuid)
+            if row.state == "failed" and t.task_key not in has_results:
+                job.state = "planned"  # a finished failure: try again under a fresh UUID
+                job.generation += 1
+                job.uuid = runware.task_uuid(t.task_key, job.generation)
+            todo.append(job)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self.writer.run)
+            try:
+                with anyio.CancelScope() as self._work:
+                    async with anyio.create_task_group() as work:
+                        for job in todo:
+                            if not await self._dispatch(job, work):
+                                break
+            finally:
+                await self.writer.close()
+        return self._outcome()
+
+    def _outcome(self) -> RunOutcome:
+        c = self.c
+        if self._stop_message:
+            return RunOutcome("stopped", c, self._stop_message)
+        if self._interrupted:
+            return RunOutcome("interrupted", c)
+        if self._budget_hit:
+            return RunOutcome("budget", c, f"budget of ${self.max_usd} reached")
+        if c.failed or c.in_doubt:
+            return RunOutcome("failed", c)
+        return RunOutcome("complete", c)
+
+    async def _dispatch(self, job: _Job, work: anyio.abc.TaskGroup) -> bool:
+        token = object()
+        await self.limit.limiter.acquire_on_behalf_of(token)
+        if self._draining:
+            self.limit.limiter.release_on_behalf_of(token)
+            return False
+        est = job.task.est_cost
+        if self.c.spent + self.c.reserved + est > self.max_usd:
+            self.limit.limiter.release_on_behalf_of(token)
+            self._budget_hit = True
+            return False
+        self.c.reserved += est
+        self.c.in_flight += 1
+        work.start_soon(self._worker, job, token)
+        return True
+
+    # -- one task --------------------------------------------------------------------------
+    async def _worker(self, job: _Job, token: object) -> None:
+        t = job.task
+        charged: Decimal | None = None
+        try:
+            with anyio.move_on_after(self.execution.task_deadline_s) as deadline:
+                try:
+                    charged = await self._run_job(job)
+                except _GiveUp as g:
+                    await self._set_state(job, g.state, detail=g.code, error_code=g.code,
+                                          error_message=str(g)[:500])
+                except _StopRun as s:
+                    self._stop_message = str(s)
+                    self._draining = True
+                    if self._work is not None:
+                        self._work.cancel()
+            if deadline.cancelled_caught:
+                sent = job.state != "planned"
+                await self._set_state(job, "in_doubt" if sent else "failed", detail="deadline",
+                                      error_code="deadline",
+                                      error_message="task deadline passed")
+        finally:
+            self.c.in_flight -= 1
+            self.c.reserved -= t.est_cost
+            if job.state == "done":
+                self.c.done += 1
+                self.c.spent += charged if charged is not None else t.est_cost
+            elif job.state == "failed":
+                self.c.failed += 1
+                if job.sends and job.ambiguous:
+                    self.c.spent += t.est_cost  # it may have been charged: count it
+            elif job.state in st.IN_DOUBT_STATES and job.sends:
+                self.c.in_doubt += 1
+                self.c.spent += t.est_cost
+            self.limit.limiter.release_on_behalf_of(token)
+
+    async def _set_state(self, job: _Job, new: str, *, detail: str | None = None,
+                         extra: list[st.Op] | None = None, **cols: Any) -> None:
+        ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
+                       now=self.wall(), **cols)
+        await self.writer.write((extra or []) + ops)
+        job.state = new
+
+    def _request(self, job: _Job, resolved: dict[str, str]) -> dict[str, Any]:
+        req = dict(job.task.request)
+        if resolved:
+            req["inputs"] = {**req.get("inputs", {}), **resolved}
+        req["taskUUID"] = job.uuid
+        return req
+
+    async def _run_job(self, job: _Job) -> Decimal | None:
+        t = job.task
+        recorded = self._recorded.get(t.task_key)
+        if recorded and all(isinstance(i.get("imageURL"), str) for i in recorded):
+            try:
+                return await self._finish(job, recorded)
+            except _GiveUp:
+                pass  # the URLs expired or fail: ask the server again below
+        if job.state in st.IN_DOUBT_STATES:
+            items = await self._reconcile(job)
+            if items is not None:
+                return await self._finish(job, items)
+        resolved = {name: await self.inputs.resolve(img) for name, img in t.local_inputs.items()}
+        while True:
+            items = await self._send_until_accepted(job, resolved)
+            if items is None:
+                items = await self._poll(job)
+            if items is not None:
+                return await self._finish(job, items)
+            # The provider failed this generation: a fresh UUID, recorded before it is sent.
+            await self._new_generation(job)
+
+    async def _new_generation(self, job: _Job) -> None:
+        if job.sends >= self.execution.max_attempts:
+            raise _GiveUp("failed", "attemptsExhausted", "provider kept failing the task")
+        job.generation += 1
+        job.uuid = runware.task_uuid(job.task.task_key, job.generation)
+        job.ambiguous = False
+        job.results.clear()
+        await self._set_state(job, "planned", detail=f"generation {job.generation}",
+                              extra=[op_new_uuid(job.task.task_key, self.run_id, job.uuid,
+                                                 job.generation, self.wall())],
+                              generation=job.generation, task_uuid=job.uuid)
+
+    async def _retry_wait(self, job: _Job, retry: int, retry_after: float | None = None) -> None:
+        if not self.retry_budget.try_spend():
+            raise _GiveUp("in_doubt" if job.ambiguous else "failed", "retryBudgetExhausted",
+                          "the run-wide retry budget is exhausted")
+        self.c.retries += 1
+        self.c.retrying += 1
+        try:
+            await self.sleep(self.backoff.delay(retry, self.rng, retry_after))
+        finally:
+            self.c.retrying -= 1
+
+    async def _send_until_accepted(self, job: _Job, resolved: dict[str, str]
+                                   ) -> list[dict[str, Any]] | None:
+        """Send (same UUID on every retry) until results, an acknowledgement or a final error.
+
+        Returns result items, or None once the task is accepted (poll it next). A provider
+        failure moves to a fresh, recorded UUID and sends again.
+        """
+        t = job.task
+        timeout = self.execution.request_timeout_s
+        tries = 0
+        retry_after: float | None = None
+        while True:
+            if tries:
+                if job.sends >= self.execution.max_attempts:
+                    raise _GiveUp("in_doubt" if job.ambiguous else "failed", "attemptsExhausted",
+                                  f"no answer after {job.sends} sends")
+                await self._retry_wait(job, tries - 1, retry_after)
+            tries += 1
+            if job.state != "sending":
+                await self._set_state(job, "sending", attempts=job.sends + 1)
+            job.sends += 1
+            self.c.sends += 1
+            if tries == 1:
+                self.retry_budget.on_send()
+            started = self.wall()
+            retry_after = None
+            try:
+                reply = await self.client.send([self._request(job, resolved)], timeout)
+            except Fault as f:
+                job.ambiguous = job.ambiguous or f.ambiguous
+                retry_after = f.retry_after
+                if f.status in OVERLOAD_STATUS or f.code == "timeout":
+                    self.limit.on_overload()
+                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "send",
+                                                    started, self.wall(), f.status, "fault",
+                                                    f.code, str(f))])
+                continue
+            outcome = self._classify(job, reply)
+            await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "send",
+                                                started, self.wall(), reply.status, outcome[0],
+                                                outcome[1], outcome[2])])
+            kind = outcome[0]
+            if kind == "results":
+                return self._take_items(job, reply)
+            if kind in ("accepted", "conflict"):
+                await self._set_state(job, "accepted", detail=kind)
+                return None
+            if kind == "retry":
+                continue
+            if kind == "new_uuid":
+                await self._new_generation(job)
+                tries = 0
+                continue
+            if kind == "stop":
+                raise _StopRun(f"the API refused the run: {outcome[1]} ({outcome[2]})")
+            raise _GiveUp("failed", outcome[1] or "error", outcome[2] or "")
+
+    def _classify(self, job: _Job, reply: Reply) -> tuple[str, str | None, str | None]:
+        """(kind, error code, message) of a reply to imageInference or getResponse."""
+        env = reply.envelope
+        errs = errors_for(env, job.uuid)
+        if errs:
+            err = errs[0]
+            code, msg = err.get("code"), str(err.get("message", ""))[:300]
+            cat = category(err, reply.status)
+            code = str(code) if code else cat.value
+            if cat == Category.CONFLICT:
+                return "conflict", code, msg
+            if cat in runware.STOP_RUN:
+                return "stop", code, msg
+            if cat in runware.RETRY_NEW_UUID:
+                return "new_uuid", code, msg
+            if cat in runware.RETRY_SAME_UUID:
+                job.ambiguous = job.ambiguous or cat != Category.RATE_LIMIT
+                if reply.status in OVERLOAD_STATUS or cat == Category.RATE_LIMIT:
+                    self.limit.on_overload()
+                return "retry", code, msg
+            return "final", code, msg
+        self.limit.on_success(reply.latency)
+        items = items_for(env, job.uuid)
+        if any(self._is_result(i) for i in items):
+            return "results", None, None
+        return "accepted", None, None
+
+    @staticmethod
+    def _is_result(item: dict[str, Any]) -> bool:
+        return isinstance(item.get("imageUUID"), str) and item.get("status") != "processing"
+
+    def _take_items(self, job: _Job, reply: Reply) -> list[dict[str, Any]] | None:
+        for item in items_for(reply.envelope, job.uuid):
+            if self._is_result(item):
+                job.results.setdefault(item["imageUUID"], item)
+        if len(job.results) >= job.task.number_results:
+            return list(job.results.values())[: job.task.number_results]
+        return None
+
+    async def _poll(self, job: _Job) -> list[dict[str, Any]] | None:
+        """Poll getResponse until every result is in; None if the provider failed the UUID."""
+        t = job.task
+        interval = self.execution.poll_interval_s
+        faults = 0
+        empty = 0
+        while True:
+            if job.results and len(job.results) >= t.number_results:
+                return list(job.results.values())[: t.number_results]
+            await self.sleep(interval)
+            interval = min(interval * 1.5, self.execution.poll_max_interval_s)
+            self.c.polls += 1
+            started = self.wall()
+            try:
+                reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
+                                               self.execution.request_timeout_s)
+            except Fault as f:
+                faults += 1
+                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
+                                                    started, self.wall(), f.status, "fault",
+                                                    f.code, str(f))])
+                continue
+            kind, code, msg = self._classify(job, reply)
+            if kind == "results":
+                found = self._take_items(job, reply)
+                if found is not None:
+                    return found
+            elif kind == "new_uuid":
+                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
+                                                    started, self.wall(), reply.status, kind,
+                                                    code, msg)])
+                return None
+            elif kind == "stop":
+                raise _StopRun(f"the API refused the run: {code} ({msg})")
+            elif kind == "final":
+                if code in ("taskNotFound", "taskFailedOrNotFound", "taskExpired"):
+                    details = await self._details(job)
+                    if details is not None:
+                        return details
+                raise _GiveUp("failed", code or "error", msg or "")
+            elif kind == "accepted":
+                empty += 1
+                # getResponse cannot tell "unknown" from "running": ask getTaskDetails sometimes.
+                if empty % 8 == 0:
+                    details = await self._details(job)
+                    if details is not None:
+                        return details
+
+    async def _details(self, job: _Job) -> list[dict[str, Any]] | None:
+        """Ask getTaskDetails for results the client may have lost; None if it has none."""
+        try:
+            reply = await self.client.send([{"taskType": "getTaskDetails",
+                                             "taskUUID": job.uuid}],
+                                           self.execution.request_timeout_s)
+        except Fault:
+            return None
+        found: list[dict[str, Any]] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if self._is_result(node) and node.get("taskUUID") in (job.uuid, None):
+                    found.append({**node, "taskUUID": job.uuid})
+                    return
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(reply.envelope.data)
+        for item in found:
+            job.results.setdefault(item["imageUUID"], item)
+        if len(job.results) >= job.task.number_results:
+            return list(job.results.values())[: job.task.number_results]
+        return None
+
+    async def _reconcile(self, job: _Job) -> list[dict[str, Any]] | None:
+        """A task left in doubt by an earlier run: fetch what the server has before re-sending.
+
+        Returns the results if the server has them; otherwise None (the caller re-sends the
+        same UUID, which the server answers with conflictTaskUUID if it already has it).
+        """
+        self.c.polls += 1
+        try:
+            reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
+                                           self.execution.request_timeout_s)
+        except Fault:
+            reply = None
+        if reply is not None:
+            kind, code, msg = self._classify(job, reply)
+            if kind == "results":
+                found = self._take_items(job, reply)
+                if found is not None:
+                    return found
+                return await self._poll(job)
+            if any(i.get("status") == "processing" for i in items_for(reply.envelope, job.uuid)):
+                return await self._poll(job)
+            if kind == "new_uuid":
+                await self._new_generation(job)
+                return None
+            if kind == "stop":
+                raise _StopRun(f"the API refused the run: {code} ({msg})")
+        return await self._details(job)
+
+    async def _finish(self, job: _Job, items: list[dict[str, Any]]) -> Decimal | None:
+        """Record the results, then write every output file, then mark the task done."""
+        t = job.task
+        now = self.wall()
+        if job.state != "received":
+            await self._set_state(job, "received",
+                                  extra=[op_result(t.task_key, i, it, now)
+                                         for i, it in enumerate(items)])
+        paths = t.output_paths()
+        ops: list[st.Op] = []
+        for i, item in enumerate(items):
+            data = await self._output_bytes(job, item)
+            await anyio.to_thread.run_sync(st.write_atomic, self.out_dir, paths[i], data)
+            ops.append(op_output(t.task_key, i, paths[i], hashlib.sha256(data).hexdigest(),
+                                 len(data)))
+        costs = [it.get("cost") for it in items]
+        cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
+                if all(isinstance(c, (int, float, str)) for c in costs) else None)
+        await self._set_state(job, "done", extra=ops, cost=None if cost is None else str(cost),
+                              error_code=None, error_message=None)
+        return cost
+
+    async def _output_bytes(self, job: _Job, item: dict[str, Any]) -> bytes:
+        cap = self.execution.max_download_bytes
+        for attempt in range(max(3, self.execution.max_attempts)):
+            if attempt:
+                await self.sleep(self.backoff.delay(attempt - 1, self.rng))
+            try:
+                data = inline_output(item, cap)
+                if data is not None:
+                    return data
+                url = item.get("imageURL")
+                if not isinstance(url, str):
+                    raise _GiveUp("received", "noOutput", "result item carries no image")
+                return await self.client.download(url, cap, self.execution.request_timeout_s)
+            except DownloadError as exc:
+                if not exc.transient:
+                    raise _GiveUp("failed", exc.code, str(exc)) from None
+                last = exc
+        raise _GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")

@@ -1,0 +1,394 @@
+"""The run's durable record: one SQLite database (WAL, synchronous=FULL) per output folder.
+
+Layout: `<out>/.specrunner/run.db` plus `<out>/.specrunner/lock` (flock, holds the PID).
+A task's UUID is committed before it is sent; whatever the server returned is committed
+before the task counts as done. Writes go through `Writer`, which group-commits the changes
+of every concurrent task in one transaction (one fsync) so thousands of tasks per second fit.
+
+Task states: planned -> sending -> accepted -> received -> done, or -> failed / in_doubt.
+`sending`, `accepted`, `received` and `in_doubt` are reconciled (never blindly re-minted) on
+resume. Raises RecordError for a damaged or locked record; never overwrites one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import anyio
+
+from specrunner.errors import RecordError
+
+SCHEMA_VERSION = 1
+APP_ID = 0x53505243  # "SPRC": marks a specrunner record in PRAGMA application_id
+RECORD_DIR = ".specrunner"
+DB_NAME = "run.db"
+LOCK_NAME = "lock"
+UPLOAD_TTL_S = 29 * 24 * 3600  # Runware deletes uploads 30 days after last use; keep a margin
+
+FINAL_STATES = frozenset({"done", "failed"})
+IN_DOUBT_STATES = frozenset({"sending", "accepted", "received", "in_doubt"})
+STATES = frozenset({"planned"}) | FINAL_STATES | IN_DOUBT_STATES
+
+Op = tuple[str, Sequence[Any]]
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+  run_id INTEGER PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT,
+  exit_code INTEGER, spec_path TEXT, spec_text TEXT, spec_sha256 TEXT, git_commit TEXT,
+  git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT);
+CREATE TABLE tasks (
+  task_key TEXT PRIMARY KEY, idx INTEGER NOT NULL, variant_id TEXT NOT NULL,
+  state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0, task_uuid TEXT NOT NULL,
+  est_cost TEXT NOT NULL, cost TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+  error_code TEXT, error_message TEXT, request_json TEXT NOT NULL, outputs_json TEXT NOT NULL,
+  run_id INTEGER, updated_at REAL NOT NULL);
+CREATE TABLE task_uuids (
+  task_uuid TEXT PRIMARY KEY, task_key TEXT NOT NULL, generation INTEGER NOT NULL,
+  run_id INTEGER, recorded_at REAL NOT NULL);
+CREATE TABLE transitions (
+  id INTEGER PRIMARY KEY, task_key TEXT NOT NULL, run_id INTEGER, from_state TEXT,
+  to_state TEXT NOT NULL, at REAL NOT NULL, detail TEXT);
+CREATE TABLE attempts (
+  id INTEGER PRIMARY KEY, task_key TEXT NOT NULL, run_id INTEGER, task_uuid TEXT NOT NULL,
+  kind TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL NOT NULL, http_status INTEGER,
+  outcome TEXT NOT NULL, error_code TEXT, error_message TEXT);
+CREATE TABLE results (
+  task_key TEXT NOT NULL, idx INTEGER NOT NULL, task_uuid TEXT NOT NULL, image_uuid TEXT,
+  seed TEXT, cost TEXT, url TEXT, nsfw INTEGER, output_path TEXT, sha256 TEXT, bytes INTEGER,
+  received_at REAL NOT NULL, PRIMARY KEY (task_key, idx));
+CREATE TABLE uploads (
+  sha256 TEXT NOT NULL, inverted INTEGER NOT NULL, image_uuid TEXT NOT NULL,
+  uploaded_at REAL NOT NULL, PRIMARY KEY (sha256, inverted));
+CREATE INDEX transitions_task ON transitions(task_key);
+CREATE INDEX attempts_task ON attempts(task_key);
+"""
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """What the record knows about one task."""
+
+    task_key: str
+    state: str
+    generation: int
+    task_uuid: str
+    cost: Decimal | None
+    attempts: int
+    error_code: str | None
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One recorded result item of a task."""
+
+    task_key: str
+    idx: int
+    task_uuid: str
+    image_uuid: str | None
+    seed: str | None
+    cost: Decimal | None
+    url: str | None
+    nsfw: bool | None
+    output_path: str | None
+    sha256: str | None
+
+
+def _lock(lock_path: Path) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise RecordError(
+            f"the run folder {lock_path.parent.parent} is in use by another specrunner "
+            f"process (pid {pid}); wait for it to finish or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+class Store:
+    """An open, locked run record. Use `open_store()`; close with `close()`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int) -> None:
+        self.conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+
+    # -- writing ----------------------------------------------------------------------------
+    def apply(self, ops: Iterable[Op]) -> None:
+        """Apply `ops` in one durable transaction."""
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in ops:
+                cur.execute(sql, params)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def begin_run(self, meta: dict[str, Any]) -> int:
+        """Record the start of a run (spec, hashes, git state, plan); return its run_id."""
+        cols = ["started_at"] + sorted(meta)
+        vals = [time.time()] + [meta[k] for k in sorted(meta)]
+        cur = self.conn.execute(
+            f"INSERT INTO runs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", vals
+        )
+        return int(cur.lastrowid or 0)
+
+    def end_run(self, run_id: int, status: str, exit_code: int, spent: Decimal) -> None:
+        """Record how a run ended."""
+        self.apply([("UPDATE runs SET ended_at=?, status=?, exit_code=?, spent_usd=? "
+                     "WHERE run_id=?", (time.time(), status, exit_code, str(spent), run_id))])
+
+    def plan_tasks(self, run_id: int, tasks: Sequence[Any]) -> None:
+        """Insert planned tasks the record does not know yet (by task_key); keep the rest."""
+        now = time.time()
+        ops: list[Op] = []
+        for t in tasks:
+            ops.append((
+                "INSERT OR IGNORE INTO tasks (task_key, idx, variant_id, state, generation, "
+                "task_uuid, est_cost, request_json, outputs_json, run_id, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (t.task_key, t.index, t.variant_id, "planned", 0, t.task_uuid, str(t.est_cost),
+                 json.dumps(dict(t.request), sort_keys=True), json.dumps(t.output_paths()),
+                 run_id, now)))
+            ops.append(("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
+                        (t.task_uuid, t.task_key, 0, run_id, now)))
+            # Placement may change between runs (output name template): follow the plan.
+            ops.append(("UPDATE tasks SET idx=?, variant_id=?, outputs_json=? WHERE task_key=?",
+                        (t.index, t.variant_id, json.dumps(t.output_paths()), t.task_key)))
+        self.apply(ops)
+
+    # -- reading ----------------------------------------------------------------------------
+    def task_rows(self) -> dict[str, TaskRow]:
+        """Every task the record knows, by task_key."""
+        rows = self.conn.execute(
+            "SELECT task_key, state, generation, task_uuid, cost, attempts, error_code FROM tasks")
+        return {r[0]: TaskRow(r[0], r[1], r[2], r[3], Decimal(r[4]) if r[4] else None, r[5], r[6])
+                for r in rows}
+
+    def results(self, task_key: str | None = None) -> list[ResultRow]:
+        """Recorded result items, optionally of one task, in (task_key, idx) order."""
+        sql = ("SELECT task_key, idx, task_uuid, image_uuid, seed, cost, url, nsfw, output_path, "
+               "sha256 FROM results")
+        args: tuple[Any, ...] = ()
+        if task_key is not None:
+            sql += " WHERE task_key=?"
+            args = (task_key,)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY task_key, idx", args):
+            out.append(ResultRow(r[0], r[1], r[2], r[3], r[4], Decimal(r[5]) if r[5] else None,
+                                 r[6], None if r[7] is None else bool(r[7]), r[8], r[9]))
+        return out
+
+    def upload(self, sha256: str, inverted: bool, now: float) -> str | None:
+        """The imageUUID of an upload of this content still inside Runware's retention."""
+        row = self.conn.execute(
+            "SELECT image_uuid, uploaded_at FROM uploads WHERE sha256=? AND inverted=?",
+            (sha256, int(inverted))).fetchone()
+        if row and now - row[1] < UPLOAD_TTL_S:
+            return str(row[0])
+        return None
+
+    def close(self) -> None:
+        """Close the database and release the folder lock."""
+        try:
+            self.conn.close()
+        finally:
+            os.close(self._lock_fd)
+
+
+# -- op builders (pure: they return SQL to be group-committed by Writer) -----------------------
+def op_state(task_key: str, run_id: int, old: str | None, new: str, *, detail: str | None = None,
+             now: float, **cols: Any) -> list[Op]:
+    """Move a task to `new` (with extra column updates) and log the transition."""
+    assert new in STATES, new
+    sets = ", ".join(f"{k}=?" for k in cols)
+    sql = f"UPDATE tasks SET state=?, updated_at=?, run_id=?{', ' + sets if sets else ''} " \
+          "WHERE task_key=?"
+    return [(sql, (new, now, run_id, *cols.values(), task_key)),
+            ("INSERT INTO transitions (task_key, run_id, from_state, to_state, at, detail) "
+             "VALUES (?,?,?,?,?,?)", (task_key, run_id, old, new, now, detail))]
+
+
+def op_new_uuid(task_key: str, run_id: int, task_uuid: str, generation: int, now: float) -> Op:
+    """Remember a fresh UUID minted for a task (before it is sent)."""
+    return ("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
+            (task_uuid, task_key, generation, run_id, now))
+
+
+def op_attempt(task_key: str, run_id: int, task_uuid: str, kind: str, started: float,
+               ended: float, http_status: int | None, outcome: str, code: str | None = None,
+               message: str | None = None) -> Op:
+    """Log one request made for a task (send, poll, fetch, download)."""
+    return ("INSERT INTO attempts (task_key, run_id, task_uuid, kind, started_at, ended_at, "
+            "http_status, outcome, error_code, error_message) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (task_key, run_id, task_uuid, kind, started, ended, http_status, outcome, code,
+             (message or "")[:500] or None))
+
+
+def op_result(task_key: str, idx: int, item: dict[str, Any], now: float) -> Op:
+    """Record one result item exactly as the server returned it (seed kept exact as TEXT)."""
+    seed = item.get("seed")
+    cost = item.get("cost")
+    nsfw = item.get("NSFWContent")
+    return ("INSERT OR REPLACE INTO results (task_key, idx, task_uuid, image_uuid, seed, cost, "
+            "url, nsfw, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (task_key, idx, item.get("taskUUID"), item.get("imageUUID"),
+             None if seed is None else str(seed),
+             None if cost is None else str(Decimal(str(cost))),
+             item.get("imageURL"), None if nsfw is None else int(bool(nsfw)), now))
+
+
+def op_output(task_key: str, idx: int, path: str, sha256: str, size: int) -> Op:
+    """Record where a result's bytes were written."""
+    return ("UPDATE results SET output_path=?, sha256=?, bytes=? WHERE task_key=? AND idx=?",
+            (path, sha256, size, task_key, idx))
+
+
+def op_upload(sha256: str, inverted: bool, image_uuid: str, now: float) -> Op:
+    """Remember an uploaded input (for reuse within the retention window)."""
+    return ("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?)",
+            (sha256, int(inverted), image_uuid, now))
+
+
+def open_store(out_dir: Path) -> Store:
+    """Open (creating if needed) and lock the run record of `out_dir`.
+
+    Raises RecordError if another process holds the folder, or if an existing record is
+    not a specrunner record of this schema version (it is left untouched).
+    """
+    rec = Path(out_dir) / RECORD_DIR
+    rec.mkdir(parents=True, exist_ok=True)
+    fd = _lock(rec / LOCK_NAME)
+    db = rec / DB_NAME
+    try:
+        if db.exists() and db.stat().st_size > 0:
+            with open(db, "rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    raise RecordError(f"the run record {db} is damaged (not an SQLite database); "
+                                      "it was left untouched: move it away or use another --out")
+        try:
+            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            ver = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"the run record {db} is damaged ({exc}); it was left untouched: "
+                              "move it away or use another --out") from None
+        if tables == 0 and app == 0:
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA application_id={APP_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif app != APP_ID or ver != SCHEMA_VERSION:
+            conn.close()
+            raise RecordError(f"the run record {db} is not a specrunner record of schema version "
+                              f"{SCHEMA_VERSION} (found application_id={app}, version={ver}); "
+                              "it was left untouched: move it away or use another --out")
+    except BaseException:
+        os.close(fd)
+        raise
+    return Store(conn, db, fd)
+
+
+class Writer:
+    """Group commit: concurrent tasks hand ops to `write()`, which returns once they are durable.
+
+    One background loop owns the connection and commits everything queued in one transaction
+    in a worker thread, so the event loop never blocks on fsync. Start it with `run()` inside
+    the run's task group; `close()` flushes and stops it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[Op] = []
+        self._waiters: list[anyio.Event] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._stopped = anyio.Event()
+        self.commits = 0
+
+    async def write(self, ops: Sequence[Op]) -> None:
+        """Queue `ops` and wait until they are committed (RecordError if the disk failed)."""
+        if self._error is not None:
+            raise RecordError(f"the run record could not be written: {self._error}")
+        done = anyio.Event()
+        self._pending.extend(ops)
+        self._waiters.append(done)
+        self._wake.set()
+        with anyio.CancelScope(shield=True):  # a cancelled task still gets its ops committed
+            await done.wait()
+        if self._error is not None:
+            raise RecordError(f"the run record could not be written: {self._error}")
+
+    async def run(self) -> None:
+        """The commit loop; returns after `close()` once everything queued is committed."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                ops, waiters = self._pending, self._waiters
+                self._pending, self._waiters = [], []
+                if ops:
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self.store.apply, ops)
+                        self.commits += 1
+                    except Exception as exc:  # keep the loop alive; writers see the error
+                        self._error = exc
+                for w in waiters:
+                    w.set()
+                if self._closed and not self._pending:
+                    return
+        finally:
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Flush queued ops and stop the loop."""
+        self._closed = True
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+
+def write_atomic(out_dir: Path, rel_path: str, data: bytes) -> Path:
+    """Write `data` to out_dir/rel_path via temp file + fsync + rename + fsync(dir)."""
+    target = (Path(out_dir) / rel_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    dfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return target
+
+
+Clock = Callable[[], float]
