@@ -1,0 +1,191 @@
+"""GitHub Actions `strategy.matrix` semantics, exactly (shared/reference/MATRIX.md). Pure.
+
+1. Product of the axes in declared order, the first axis varying slowest.
+2. `exclude` entries remove every product combination they match (partially: only the keys
+   they name); excludes apply before includes.
+3. `include` entries, in order: an entry joins every *original* combination (from the product,
+   surviving exclude) where none of its pairs would overwrite an original axis value; its other
+   pairs are added, and may overwrite values earlier includes added. An entry that joined no
+   original becomes a new combination of its own (appended in include order); a new
+   combination is never "original" for later entries.
+
+Value equality is GitHub's expression `==` (the one its matrix filters evaluate), chosen so a
+workflow author's intuition carries over: strings compare case-insensitively; values of
+different types are both converted to numbers (true -> 1, false -> 0, null -> 0, "" -> 0,
+"12" -> 12, "abc" -> NaN, and NaN equals nothing). So `12 == "12"`, `true == 1`,
+`"design" == "DESIGN"`, but `"true" != true` ("true" is NaN as a number).
+
+`expand()` counts before it builds: the product size is checked against `max_product`
+before anything is generated, and the surviving count against `max_combinations` before any
+combination dict is built (MatrixTooLarge carries the exact numbers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+Scalar = Any  # str | int | float | bool | None
+Equals = Callable[[Scalar, Scalar], bool]
+
+
+def _to_number(v: Scalar) -> float:
+    if v is None:
+        return 0.0
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    text = str(v).strip()
+    if not text:
+        return 0.0
+    try:
+        if text.lower().startswith(("0x", "-0x", "+0x")):
+            return float(int(text, 16))
+        if text.lower() in ("infinity", "-infinity", "+infinity"):
+            return float(text)
+        if "_" in text or not any(c.isdigit() for c in text):
+            return math.nan
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def github_equals(a: Scalar, b: Scalar) -> bool:
+    """GitHub Actions expression `a == b` (loose: case-insensitive strings, numeric coercion)."""
+    if type(a) is type(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                              and not isinstance(a, bool) and not isinstance(b, bool)):
+        if isinstance(a, str):
+            return a.casefold() == b.casefold()
+        if isinstance(a, float) or isinstance(b, float):
+            return float(a) == float(b)  # NaN != NaN
+        return bool(a == b)
+    return _to_number(a) == _to_number(b)  # NaN compares unequal to everything
+
+
+class MatrixTooLarge(Exception):
+    """The matrix would exceed a caller's cap; `what` is "product" or "combinations"."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"matrix {what} has {size} combinations; the limit is {limit}")
+        self.what, self.size, self.limit = what, size, limit
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One result combination and where it came from.
+
+    `product_index` is its 0-based index in the product (None for a combination an include
+    entry created, whose index is `created_by`); `touched_by` lists, in order, the include
+    entries that added keys to an original combination.
+    """
+
+    values: Mapping[str, Scalar]
+    product_index: int | None
+    created_by: int | None = None
+    touched_by: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The combinations in GitHub's order, plus the product combinations excludes removed.
+
+    `excluded` holds (product_index, first matching exclude entry index) pairs; use
+    `combination_at` to see the values of one.
+    """
+
+    combinations: tuple[Combination, ...]
+    product_size: int
+    excluded: tuple[tuple[int, int], ...]
+    axes: tuple[tuple[str, tuple[Scalar, ...]], ...]
+
+    def combination_at(self, product_index: int) -> dict[str, Scalar]:
+        """The axis values of the product combination with this index."""
+        return combination_at(self.axes, product_index)
+
+
+def product_size(axes: Sequence[tuple[str, Sequence[Scalar]]]) -> int:
+    """The number of combinations in the product (0 when there are no axes)."""
+    if not axes:
+        return 0
+    return math.prod(len(values) for _, values in axes)
+
+
+def combination_at(axes: Sequence[tuple[str, Sequence[Scalar]]], index: int) -> dict[str, Scalar]:
+    """The product combination at `index` (first axis slowest)."""
+    out: dict[str, Scalar] = {}
+    block = product_size(axes)
+    for key, values in axes:
+        block //= len(values)
+        out[key] = values[(index // block) % len(values)]
+    return out
+
+
+def _masks(entry: Mapping[str, Scalar], axes: Sequence[tuple[str, Sequence[Scalar]]],
+           equals: Equals) -> list[tuple[int, list[bool]]]:
+    """For each axis the entry names: (axis position, which of its values match the entry)."""
+    out = []
+    for pos, (key, values) in enumerate(axes):
+        if key in entry:
+            out.append((pos, [equals(v, entry[key]) for v in values]))
+    return out
+
+
+def expand(
+    axes: Sequence[tuple[str, Sequence[Scalar]]],
+    include: Sequence[Mapping[str, Scalar]] = (),
+    exclude: Sequence[Mapping[str, Scalar]] = (),
+    *,
+    max_product: int | None = None,
+    max_combinations: int | None = None,
+    equals: Equals = github_equals,
+) -> Expansion:
+    """Expand a matrix with GitHub's rules; raise MatrixTooLarge past a cap (nothing built).
+
+    An exclude entry naming a key that is no axis matches nothing (GitHub rejects such a
+    workflow; spec validation reports it). Axes must have at least one value each.
+    """
+    axes = [(k, tuple(v)) for k, v in axes]
+    size = product_size(axes)
+    if max_product is not None and size > max_product:
+        raise MatrixTooLarge("product", size, max_product)
+    axis_keys = {k for k, _ in axes}
+    ex_masks = [(_masks(e, axes, equals), all(k in axis_keys for k in e)) for e in exclude]
+    inc_masks = [_masks(e, axes, equals) for e in include]
+    inc_extra = [{k: v for k, v in e.items() if k not in axis_keys} for e in include]
+
+    def matches(masks: list[tuple[int, list[bool]]], idx: tuple[int, ...]) -> bool:
+        return all(m[idx[pos]] for pos, m in masks)
+
+    survivors: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+    excluded: list[tuple[int, int]] = []
+    joined = [False] * len(include)
+    ranges = [range(len(v)) for _, v in axes] if axes else []
+    index_iter = itertools.product(*ranges) if axes else iter(())
+    for pidx, idx in enumerate(index_iter):
+        hit = next((j for j, (m, ok) in enumerate(ex_masks) if ok and matches(m, idx)), None)
+        if hit is not None:
+            excluded.append((pidx, hit))
+            continue
+        touched = tuple(j for j, m in enumerate(inc_masks) if matches(m, idx))
+        for j in touched:
+            joined[j] = True
+        survivors.append((pidx, idx, touched))
+    created = [j for j in range(len(include)) if not joined[j]]
+    total = len(survivors) + len(created)
+    if max_combinations is not None and total > max_combinations:
+        raise MatrixTooLarge("combinations", total, max_combinations)
+
+    combos: list[Combination] = []
+    keys = [k for k, _ in axes]
+    vals = [v for _, v in axes]
+    for pidx, idx, touched in survivors:
+        values = {k: vals[p][i] for p, (k, i) in enumerate(zip(keys, idx))}
+        for j in touched:
+            values.update(inc_extra[j])
+        combos.append(Combination(values, pidx, None, tuple(t for t in touched if inc_extra[t])))
+    for j in created:
+        combos.append(Combination(dict(include[j]), None, j, ()))
+    return Expansion(tuple(combos), size, tuple(excluded), tuple(axes))
