@@ -1,0 +1,238 @@
+"""Fault injection for the local server: what can go wrong, how often, and when.
+
+A `FaultConfig` is a frozen value built from a mapping (a JSON/YAML file) or from CLI-style
+strings. A `FaultInjector` turns it into decisions:
+
+- request faults (one uniform draw per POST /v1, from a RNG seeded by `seed` and the request's
+  sequence number, so a given arrival order replays exactly):
+    before billing: http_429, http_500, http_502, http_503, http_504 (nothing is charged);
+    after billing:  drop (connection aborted), hang (answer held back for `hang_s`),
+                    non_json (an HTML body), truncated_body (the JSON cut in half);
+- task faults (a RNG seeded by `seed` and the taskUUID, so they do not depend on ordering):
+    provider_timeout (the whole task fails with `timeoutProvider`, not charged),
+    content_policy (each result independently fails with `contentPolicyViolation`, not charged);
+- download faults (per image GET, by sequence): truncated_image, oversized_image;
+- latency (every POST /v1) and processing time (every imageInference) from a distribution;
+- capacity: at most N POST /v1 requests in flight; more answer 429 `rateLimitExceeded`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from specrunner.errors import UsageError
+
+REQUEST_FAULTS = (
+    "http_429", "http_500", "http_502", "http_503", "http_504",
+    "drop", "hang", "non_json", "truncated_body",
+)
+BEFORE_BILLING = frozenset({"http_429", "http_500", "http_502", "http_503", "http_504"})
+TASK_FAULTS = ("provider_timeout", "content_policy")
+DOWNLOAD_FAULTS = ("truncated_image", "oversized_image")
+ALL_FAULTS = REQUEST_FAULTS + TASK_FAULTS + DOWNLOAD_FAULTS
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A delay distribution: `fixed` (a), `uniform` (a..b) or `exponential` (mean a, cap b)."""
+
+    dist: str = "fixed"
+    a: float = 0.0
+    b: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dist not in ("fixed", "uniform", "exponential"):
+            raise UsageError(f"unknown latency distribution {self.dist!r} "
+                             "(fixed, uniform, exponential)")
+        if not (math.isfinite(self.a) and math.isfinite(self.b)) or self.a < 0 or self.b < 0:
+            raise UsageError("latency parameters must be finite and >= 0")
+        if self.dist == "uniform" and self.b < self.a:
+            raise UsageError("uniform latency needs low <= high")
+
+    @property
+    def is_zero(self) -> bool:
+        return self.dist == "fixed" and self.a == 0
+
+    def sample(self, rng: random.Random) -> float:
+        """One delay in seconds."""
+        if self.dist == "fixed":
+            return self.a
+        if self.dist == "uniform":
+            return rng.uniform(self.a, self.b)
+        value = rng.expovariate(1.0 / self.a) if self.a > 0 else 0.0
+        return min(value, self.b) if self.b > 0 else value
+
+    @classmethod
+    def parse(cls, text: str | Mapping[str, Any] | float | int) -> Latency:
+        """From `0.2`, `fixed:0.2`, `uniform:0.1,0.5`, `exponential:0.3[,cap]` or a mapping."""
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return cls("fixed", float(text))
+        if isinstance(text, Mapping):
+            dist = str(text.get("dist", "fixed"))
+            keys = {"fixed": ("s",), "uniform": ("low", "high"), "exponential": ("mean", "cap")}
+            names = keys.get(dist, ())
+            unknown = set(text) - {"dist", *names}
+            if unknown:
+                raise UsageError(f"unknown latency keys {sorted(unknown)} for {dist!r}")
+            vals = [_number(text.get(n, 0.0), f"latency.{n}") for n in names]
+            return cls(dist, *vals)
+        if not isinstance(text, str):
+            raise UsageError(f"latency must be a number, string or mapping, not {text!r}")
+        dist, _, params = text.partition(":")
+        if not params:
+            dist, params = "fixed", dist
+        dist = {"exp": "exponential"}.get(dist, dist)
+        parts = [_number(p, "latency") for p in params.split(",") if p.strip()]
+        if not 1 <= len(parts) <= 2:
+            raise UsageError(f"cannot read latency {text!r}")
+        return cls(dist, *parts)
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: {value!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Everything the fault injector needs; the default injects nothing."""
+
+    seed: int = 0
+    latency: Latency = Latency()
+    processing: Latency = Latency()
+    capacity: int | None = None
+    rates: Mapping[str, float] = field(default_factory=dict)
+    hang_s: float = 3600.0
+    oversize_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name, rate in self.rates.items():
+            if name not in ALL_FAULTS:
+                raise UsageError(f"unknown fault {name!r}; known: {', '.join(ALL_FAULTS)}")
+            if not 0.0 <= rate <= 1.0:
+                raise UsageError(f"fault rate {name}={rate} is not within 0..1")
+        for group in (REQUEST_FAULTS, DOWNLOAD_FAULTS):
+            if sum(self.rates.get(n, 0.0) for n in group) > 1.0 + 1e-9:
+                raise UsageError(f"rates of {', '.join(group)} add up to more than 1")
+        if self.capacity is not None and self.capacity < 1:
+            raise UsageError("capacity must be >= 1")
+        if self.hang_s < 0 or self.oversize_bytes < 0:
+            raise UsageError("hang_s and oversize_bytes must be >= 0")
+
+    def rate(self, name: str) -> float:
+        return float(self.rates.get(name, 0.0))
+
+    def with_rates(self, **rates: float) -> FaultConfig:
+        """A copy with some rates replaced."""
+        return replace(self, rates={**self.rates, **rates})
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any]) -> FaultConfig:
+        """Build from a parsed file: keys seed, latency, processing, capacity, rates, hang_s,
+        oversize_bytes. Raises UsageError on unknown keys or bad values."""
+        known = {"seed", "latency", "processing", "capacity", "rates", "hang_s", "oversize_bytes"}
+        unknown = set(doc) - known
+        if unknown:
+            raise UsageError(f"unknown fault settings {sorted(unknown)}; known: {sorted(known)}")
+        rates = doc.get("rates") or {}
+        if not isinstance(rates, Mapping):
+            raise UsageError("rates must be a mapping of fault name to rate")
+        cap = doc.get("capacity")
+        return cls(
+            seed=int(doc.get("seed", 0)),
+            latency=Latency.parse(doc.get("latency", 0.0)),
+            processing=Latency.parse(doc.get("processing", 0.0)),
+            capacity=None if cap is None else int(cap),
+            rates={str(k): _number(v, f"rates.{k}") for k, v in rates.items()},
+            hang_s=_number(doc.get("hang_s", 3600.0), "hang_s"),
+            oversize_bytes=int(doc.get("oversize_bytes", 64 * 1024 * 1024)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> FaultConfig:
+        """Read a JSON or YAML fault file (YAML is a superset; safe loader only)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read fault file {path}: {exc.strerror}") from None
+        try:
+            doc = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise UsageError(f"fault file {path} is not valid JSON/YAML: {exc}") from None
+        if not isinstance(doc, Mapping):
+            raise UsageError(f"fault file {path} must hold a mapping")
+        return cls.from_mapping(doc)
+
+
+def parse_rate(text: str) -> tuple[str, float]:
+    """`http_503=0.1` -> ("http_503", 0.1) for the --fault flag."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"--fault wants NAME=RATE, got {text!r}")
+    return name.strip(), _number(value, f"--fault {name}")
+
+
+@dataclass(frozen=True)
+class TaskFaults:
+    """Faults decided for one accepted imageInference task."""
+
+    provider_timeout: bool = False
+    blocked: frozenset[int] = frozenset()  # result indexes rejected by content policy
+
+
+class FaultInjector:
+    """Deterministic decisions from a FaultConfig; keeps per-kind counters of what it injected."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self._requests = 0
+        self._downloads = 0
+        self.injected: dict[str, int] = {}
+
+    def _rng(self, *parts: object) -> random.Random:
+        key = "\0".join(str(p) for p in (self.config.seed, *parts)).encode()
+        return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+
+    def _pick(self, rng: random.Random, names: tuple[str, ...]) -> str | None:
+        u = rng.random()
+        acc = 0.0
+        for name in names:
+            acc += self.config.rate(name)
+            if u < acc:
+                self.injected[name] = self.injected.get(name, 0) + 1
+                return name
+        return None
+
+    def next_request(self) -> tuple[str | None, float]:
+        """(fault or None, latency in seconds) for the next POST /v1 in arrival order."""
+        self._requests += 1
+        rng = self._rng("request", self._requests)
+        return self._pick(rng, REQUEST_FAULTS), self.config.latency.sample(rng)
+
+    def next_download(self) -> str | None:
+        """The fault (or None) for the next image GET."""
+        self._downloads += 1
+        return self._pick(self._rng("download", self._downloads), DOWNLOAD_FAULTS)
+
+    def for_task(self, task_uuid: str, number_results: int) -> tuple[TaskFaults, float]:
+        """Faults and processing time for an accepted task (depends only on seed and UUID)."""
+        rng = self._rng("task", task_uuid)
+        processing = self.config.processing.sample(rng)
+        if rng.random() < self.config.rate("provider_timeout"):
+            self.injected["provider_timeout"] = self.injected.get("provider_timeout", 0) + 1
+            return TaskFaults(provider_timeout=True), processing
+        p = self.config.rate("content_policy")
+        blocked = frozenset(i for i in range(number_results) if rng.random() < p)
+        if blocked:
+            self.injected["content_policy"] = self.injected.get("content_policy", 0) + len(blocked)
+        return TaskFaults(blocked=blocked), processing

@@ -1,0 +1,88 @@
+"""Running the local server on a real socket with uvicorn (what `specrunner serve` does).
+
+`bind()` opens the listening socket first, so port 0 yields a real ephemeral port before
+uvicorn starts; `running()` serves in a background thread for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import uvicorn
+
+from specrunner.errors import UsageError
+from specrunner.local.app import ConnectionDropped, LocalServer
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> socket.socket:
+    """A listening TCP socket; UsageError for a non-loopback host without `allow_remote`."""
+    if not allow_remote and not is_loopback(host):
+        raise UsageError(f"refusing to listen on {host}: not a loopback address "
+                         "(pass --allow-remote to expose the simulator)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+class _QuietDrops(logging.Filter):
+    """Hide uvicorn's traceback for injected connection drops (they are on purpose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionDropped)
+
+
+def uvicorn_server(app: LocalServer, log_level: str = "warning", **options: Any
+                   ) -> uvicorn.Server:
+    """A uvicorn.Server for `app` (h11, no access log unless log_level is info/debug)."""
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
+                            lifespan="on", http="h11", timeout_graceful_shutdown=2, **options)
+    return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def running(app: LocalServer, host: str = "127.0.0.1", port: int = 0,
+            start_timeout_s: float = 10.0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread; yields the base URL; stops it on exit."""
+    sock = bind(host, port)
+    server = uvicorn_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name="specrunner-local-server")
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the local server did not start")
+        time.sleep(0.01)
+    try:
+        bound_host, bound_port = sock.getsockname()[:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,358 @@
+"""Runware task semantics of the local server: validation, billing, delivery, recovery.
+
+`Simulator.run_tasks()` takes the task objects of one POST /v1 (authentication already
+handled) and returns the `data` items and `errors` (each with an HTTP status) to answer.
+Billing rule: an imageInference task is charged once, at acceptance, for the images it will
+deliver (results blocked by content policy and tasks failing with `timeoutProvider` cost
+nothing, as the simulator's documented choice); its taskUUID is then taken for good, and any
+re-send is refused with `conflictTaskUUID` and counted as a duplicate attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import anyio
+import jsonschema
+from PIL import Image
+
+from specrunner import models
+from specrunner.local import engine
+from specrunner.local.faults import FaultInjector
+from specrunner.local.state import ImageStore, Ledger, Result, TaskRecord
+from specrunner.runware import error_object, is_uuid4
+
+SIMULATOR = "specrunner local simulator"
+_OWN_IMAGE = re.compile(r"/image/([0-9a-fA-F-]{36})\.(?:jpg|png|webp)$")
+Errors = list[tuple[int, dict[str, Any]]]
+
+
+@dataclass
+class Outcome:
+    """What one POST /v1 answers: data items and (status, error object) pairs."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    errors: Errors = field(default_factory=list)
+
+
+class TaskError(Exception):
+    """A task refused with a Runware-shaped error."""
+
+    def __init__(self, status: int, code: str, message: str, parameter: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.parameter, self.extra = (
+            status, code, message, parameter, extra)
+
+    def to_error(self, task: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        uuid = task.get("taskUUID") if isinstance(task.get("taskUUID"), str) else None
+        ttype = task.get("taskType") if isinstance(task.get("taskType"), str) else None
+        return self.status, error_object(self.code, self.message, parameter=self.parameter,
+                                         task_type=ttype, task_uuid=uuid, **self.extra)
+
+
+def _cap(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def _dotted(path: list[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def schema_error(err: jsonschema.ValidationError) -> TaskError:
+    """Translate one JSON-Schema error to Runware's codes (missingX, invalidX, unsupported...)."""
+    path = list(err.absolute_path)
+    if "dependentSchemas" in err.schema_path:
+        return TaskError(400, "invalidTtl", "ttl applies only when outputType is URL", "ttl")
+    if err.validator == "required":
+        missing = next(n for n in err.validator_value if n not in err.instance)
+        return TaskError(400, "missing" + _cap(missing), f"missing required parameter "
+                         f"{_dotted(path + [missing])}", _dotted(path + [missing]))
+    if err.validator == "additionalProperties":
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(k for k in err.instance if k not in allowed)[0]
+        return TaskError(400, "unsupportedParameter", f"parameter {_dotted(path + [extra])} "
+                         "is not supported by this model", _dotted(path + [extra]))
+    leaf = next((p for p in reversed(path) if isinstance(p, str)), "request")
+    extra_fields: dict[str, Any] = {}
+    if err.validator in ("enum", "const"):
+        allowed_values = err.validator_value
+        extra_fields["allowedValues"] = (allowed_values if isinstance(allowed_values, list)
+                                         else [allowed_values])
+    for key, name in (("minimum", "min"), ("maximum", "max"), ("minLength", "min"),
+                      ("maxLength", "max")):
+        if key in err.schema:
+            extra_fields[name] = err.schema[key]
+    return TaskError(400, "invalid" + _cap(leaf), f"invalid value for {_dotted(path) or leaf}: "
+                     f"{err.message[:200]}", _dotted(path) or None, **extra_fields)
+
+
+class Simulator:
+    """The task-level state machine behind the ASGI app."""
+
+    def __init__(self, *, ledger: Ledger, images: ImageStore, injector: FaultInjector,
+                 clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]],
+                 render: bool, default_ttl_s: float) -> None:
+        self.ledger, self.images, self.injector = ledger, images, injector
+        self.clock, self.sleep, self.render_images = clock, sleep, render
+        self.default_ttl_s = default_ttl_s
+        self.taken: dict[str, str] = {}  # taskUUID -> taskType, for every accepted task
+        self.records: dict[str, TaskRecord] = {}
+        self.uploads: dict[str, Image.Image | str] = {}  # imageUUID -> image, or unfetched URL
+        self._locks: dict[str, anyio.Lock] = {}
+
+    # ---- dispatch -------------------------------------------------------------------------
+    async def run_tasks(self, tasks: list[Any], base_url: str) -> Outcome:
+        out = Outcome()
+        pending: list[TaskRecord] = []
+        for task in tasks:
+            if not isinstance(task, dict):
+                out.errors.append((400, error_object("invalidPayload",
+                                                     "every task must be a JSON object")))
+                continue
+            ttype = task.get("taskType")
+            self.ledger.count(str(ttype))
+            try:
+                if ttype == "imageInference":
+                    record = await self._accept_inference(task)
+                    if record.request.get("deliveryMethod", "sync") == "async":
+                        out.data.append({"taskType": "imageInference",
+                                         "taskUUID": record.task_uuid})
+                    else:
+                        pending.append(record)
+                elif ttype == "imageUpload":
+                    out.data.append(await self._upload(task, base_url))
+                elif ttype in ("getResponse", "getTaskDetails"):
+                    await self._recover(task, ttype, base_url, out)
+                elif ttype is None:
+                    raise TaskError(400, "missingTaskType", "missing taskType", "taskType")
+                else:
+                    raise TaskError(400, "unsupportedTaskType", f"taskType {ttype!r} is not "
+                                    f"supported by the {SIMULATOR}", "taskType")
+            except TaskError as exc:
+                out.errors.append(exc.to_error(task))
+        if pending:
+            wait = max(r.ready_at for r in pending) - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
+            for record in pending:
+                await self._resolve(record, force=True)
+                self._answer(record, base_url, out, with_status=False)
+        return out
+
+    # ---- imageInference ------------------------------------------------------------------
+    def _check_uuid(self, task: dict[str, Any]) -> str:
+        uuid = task.get("taskUUID")
+        if uuid is None:
+            raise TaskError(400, "missingTaskUUID", "missing taskUUID", "taskUUID")
+        if not is_uuid4(uuid):
+            raise TaskError(400, "invalidTaskUUID", "taskUUID must be a UUID version 4",
+                            "taskUUID")
+        if uuid in self.taken:
+            self.ledger.duplicate(uuid)
+            raise TaskError(400, "conflictTaskUUID", "a task with this taskUUID was already "
+                            "accepted; fetch its results with getResponse", "taskUUID")
+        return uuid
+
+    async def _accept_inference(self, task: dict[str, Any]) -> TaskRecord:
+        uuid = self._check_uuid(task)
+        model = task.get("model")
+        if model is None:
+            raise TaskError(400, "missingModel", "missing model", "model")
+        if model not in models.MODELS:
+            raise TaskError(400, "unsupportedModel", f"the {SIMULATOR} only runs "
+                            f"{', '.join(models.MODELS)}", "model",
+                            allowedValues=list(models.MODELS))
+        err = jsonschema.exceptions.best_match(models.request_validator(model).iter_errors(task))
+        if err is not None:
+            raise schema_error(err)
+        seed, mask, placeholder = await anyio.to_thread.run_sync(self._inputs, task["inputs"])
+        self._check_uuid(task)  # again: a twin of this task may have been accepted meanwhile
+        n = int(task.get("numberResults", 1))
+        faults, processing = self.injector.for_task(uuid, n)
+        now = self.clock()
+        record = TaskRecord(uuid, "imageInference", task, now, now + processing,
+                            placeholder=placeholder, inputs=(seed, mask))
+        record.results = [Result(i, engine.image_uuid(uuid, i), engine.result_seed(uuid, i))
+                          for i in range(n)]
+        self.taken[uuid] = "imageInference"
+        self.records[uuid] = record
+        if faults.provider_timeout:
+            record.error = error_object("timeoutProvider", "the provider did not answer in "
+                                        "time (injected); retry with a new taskUUID",
+                                        task_type="imageInference", task_uuid=uuid)
+            self.ledger.failed[uuid] = "timeoutProvider"
+            return record
+        for i in sorted(faults.blocked):
+            record.results[i].error = error_object(
+                "contentPolicyViolation", "result blocked by the content policy (injected)",
+                task_type="imageInference", task_uuid=uuid, resultIndex=i)
+        delivered = n - len(faults.blocked)
+        if delivered:
+            self.ledger.charge(uuid, delivered, models.get_model(model).price_per_image)
+        return record
+
+    def _input(self, value: str, name: str) -> Image.Image | str:
+        """An image, or the URL string when it cannot be fetched (placeholder later)."""
+        param = name if name == "image" else f"inputs.{name}"
+        if is_uuid4(value):
+            found = self.uploads.get(value)
+            if found is None:
+                stored = self.images.get(value)
+                if stored is None:
+                    raise TaskError(400, "invalid" + _cap(name), f"{name}: no uploaded or "
+                                    "generated image has this imageUUID", param)
+                return engine.decode(stored.data)
+            return found
+        if re.match(r"^https?://", value):
+            own = _OWN_IMAGE.search(value.split("?")[0])
+            stored = self.images.get(own.group(1)) if own else None
+            return engine.decode(stored.data) if stored else value
+        try:
+            return engine.decode(engine.inline_bytes(value))
+        except engine.InputError as exc:
+            raise TaskError(400, "invalid" + _cap(name), f"{name}: {exc}", param) from None
+
+    def _inputs(self, inputs: dict[str, str]) -> tuple[Image.Image, Image.Image, bool]:
+        seed = self._input(inputs["seedImage"], "seedImage")
+        mask = self._input(inputs["maskImage"], "maskImage")
+        placeholder = isinstance(seed, str) or isinstance(mask, str)
+        if isinstance(seed, str):
+            size = mask.size if isinstance(mask, Image.Image) else engine.PLACEHOLDER_SIZE
+            seed = engine.placeholder_seed(seed, size)
+        if isinstance(mask, str):
+            mask = engine.placeholder_mask(seed.size)
+        if seed.size != mask.size:
+            raise TaskError(400, "invalidMaskImage", f"maskImage is {mask.width}x{mask.height}"
+                            f" but seedImage is {seed.width}x{seed.height}: sizes must match",
+                            "inputs.maskImage")
+        return seed, mask, placeholder
+
+    async def _resolve(self, record: TaskRecord, force: bool = False) -> None:
+        """Render a task's results once it is ready (or now, with `force`)."""
+        if record.done or (not force and self.clock() < record.ready_at):
+            return
+        lock = self._locks.setdefault(record.task_uuid, anyio.Lock())
+        async with lock:
+            if record.done:
+                return
+            req = record.request
+            fmt = req.get("outputFormat", "JPG")
+            quality = int(req.get("outputQuality", 95))
+            style = req.get("providerSettings", {}).get("ideogram", {}).get("styleType", "AUTO")
+            assert record.inputs is not None
+            seed, mask = record.inputs
+            for res in record.results:
+                if res.error is not None:
+                    continue
+                if self.render_images:
+                    res.image_bytes = await anyio.to_thread.run_sync(lambda r=res: engine.edit(
+                        seed, mask, prompt=req["positivePrompt"], style=style,
+                        task_uuid=record.task_uuid, index=r.index, output_format=fmt,
+                        quality=quality))
+                else:
+                    res.image_bytes = engine.tiny_image(fmt)
+                if req.get("outputType", "URL") == "URL":
+                    self.images.put(res.image_uuid, res.image_bytes, engine.MIME[fmt],
+                                    float(req.get("ttl", self.default_ttl_s)))
+            record.rendered, record.inputs = True, None
+        self._locks.pop(record.task_uuid, None)
+
+    def _item(self, record: TaskRecord, res: Result, base_url: str) -> dict[str, Any]:
+        req = record.request
+        fmt = req.get("outputFormat", "JPG")
+        item: dict[str, Any] = {"taskType": "imageInference", "taskUUID": record.task_uuid,
+                                "imageUUID": res.image_uuid}
+        kind = req.get("outputType", "URL")
+        if kind == "URL":
+            item["imageURL"] = f"{base_url}/image/{res.image_uuid}.{engine.EXT[fmt]}"
+        else:
+            assert res.image_bytes is not None
+            b64 = base64.b64encode(res.image_bytes).decode("ascii")
+            item["imageBase64Data" if kind == "base64Data" else "imageDataURI"] = (
+                b64 if kind == "base64Data" else f"data:{engine.MIME[fmt]};base64,{b64}")
+        item["seed"] = res.seed
+        if req.get("safety", {}).get("checkContent") or req.get("safety", {}).get("mode") == "fast":
+            item["NSFWContent"] = False
+        if req.get("includeCost"):
+            item["cost"] = float(models.get_model(req["model"]).price_per_image)
+        item["simulator"] = {"name": SIMULATOR, "placeholderInputs": record.placeholder,
+                             "resultIndex": res.index}
+        if record.placeholder:
+            w, h = engine.PLACEHOLDER_SIZE
+            item["simulator"]["note"] = (f"input URLs cannot be fetched here: placeholder seed "
+                                         f"({w}x{h} unless the other input sets the size) and "
+                                         "a centred-rectangle mask were used")
+        return item
+
+    def _answer(self, record: TaskRecord, base_url: str, out: Outcome, with_status: bool
+                ) -> None:
+        """Append a task's current state to `out` (status fields for getResponse)."""
+        if record.error is not None:
+            out.errors.append((500, {**record.error, "status": "error"} if with_status
+                               else record.error))
+            return
+        if not record.done:
+            out.data.append({"taskType": record.task_type, "taskUUID": record.task_uuid,
+                             "status": "processing"})
+            return
+        for res in record.results:
+            if res.error is not None:
+                out.errors.append((400, {**res.error, "status": "error"} if with_status
+                                   else res.error))
+            else:
+                item = self._item(record, res, base_url)
+                out.data.append({**item, "status": "success"} if with_status else item)
+
+    # ---- imageUpload, getResponse, getTaskDetails -----------------------------------------
+    async def _upload(self, task: dict[str, Any], base_url: str) -> dict[str, Any]:
+        uuid = self._check_uuid(task)
+        value = task.get("image")
+        if not isinstance(value, str) or not value:
+            raise TaskError(400, "missingImage", "missing image", "image")
+        if re.match(r"^https?://", value) and not _OWN_IMAGE.search(value.split("?")[0]):
+            image: Image.Image | str = value
+        else:
+            image = await anyio.to_thread.run_sync(lambda: self._input(value, "image"))
+            if isinstance(image, Image.Image):
+                image = engine.downscale(image)
+        self._check_uuid(task)
+        self.taken[uuid] = "imageUpload"
+        image_uuid = engine.image_uuid(uuid, -1)
+        self.uploads[image_uuid] = image
+        item: dict[str, Any] = {"taskType": "imageUpload", "taskUUID": uuid,
+                                "imageUUID": image_uuid,
+                                "simulator": {"name": SIMULATOR,
+                                              "placeholderInputs": isinstance(image, str)}}
+        if isinstance(image, Image.Image):
+            item["simulator"]["size"] = [image.width, image.height]
+        return item
+
+    async def _recover(self, task: dict[str, Any], ttype: str, base_url: str, out: Outcome
+                       ) -> None:
+        uuid = task.get("taskUUID")
+        if not is_uuid4(uuid):
+            raise TaskError(400, "invalidTaskUUID", "taskUUID must be a UUID version 4",
+                            "taskUUID")
+        record = self.records.get(uuid)
+        if record is not None:
+            await self._resolve(record)
+        if ttype == "getResponse":
+            if record is not None:  # an unknown UUID answers like a running one: no items
+                self._answer(record, base_url, out, with_status=True)
+            return
+        if record is None:
+            raise TaskError(404, "taskNotFound", "no task with this taskUUID", "taskUUID")
+        inner = Outcome()
+        self._answer(record, base_url, inner, with_status=True)
+        status = ("error" if record.error else "processing" if not record.done else "success")
+        out.data.append({"taskType": "getTaskDetails", "taskUUID": uuid, "status": status,
+                         "request": record.request,
+                         "response": {"data": inner.data, "errors": [e for _, e in inner.errors]},
+                         "simulator": {"name": SIMULATOR}})
