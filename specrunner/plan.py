@@ -1,0 +1,561 @@
+"""Spec -> Plan: the exact requests, their identity and their estimated cost. Pure, no I/O.
+
+`build_plan(spec)` expands the matrix (GitHub's rules, `matrix.py`) or the variants, each
+combination once per repeat index, and builds every task as DESIGN.md "Plan and task
+identity" states. Every problem found while expanding is collected and raised at once as
+`SpecError` (located with `spec.loc`); a plan over `budget.max_tasks` or `budget.max_usd`
+raises `PlanLimitError` with the numbers.
+
+Requests are validated against the model's request schema once per distinct combination of
+field settings (the part of a request that jsonschema can find fault with); the parts that
+vary per task (`positivePrompt`, `inputs`, `taskUUID`) are checked directly against the same
+schema's limits, which tests/test_plan.py proves equivalent to validating every request.
+Nested request mappings are shared between tasks: copy before changing one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from specrunner import matrix, models, runware
+from specrunner.campaign import InputPair, LocalImage, Scalar, Spec, Task
+from specrunner.errors import Diagnostic, PlanLimitError, SpecError
+
+MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
+RUNNER_OWNED = models.RUNNER_FIELDS | {"includeCost", "deliveryMethod"}
+_EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+_SLUG = re.compile(r"[^A-Za-z0-9._-]")
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+_WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                 *(f"LPT{i}" for i in range(1, 10))}
+_WIN_BAD = re.compile(r'[<>:"|?*\x00-\x1f]')
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled `{name}` template (`{{`/`}}` are literal braces)."""
+
+    parts: tuple[tuple[str, str | None], ...]  # (literal text, variable name or None)
+    names: tuple[str, ...]
+
+    def render(self, ns: Mapping[str, str]) -> str:
+        """The text with every variable substituted; KeyError names a missing variable."""
+        return "".join(lit + (ns[name] if name else "") for lit, name in self.parts)
+
+
+def compile_template(text: str) -> Template:
+    """Compile a template; ValueError on a lone brace or a non-name placeholder."""
+    parts: list[tuple[str, str | None]] = []
+    lit, pos = [], 0
+    for m in _TEMPLATE.finditer(text):
+        lit.append(text[pos:m.start()])
+        pos = m.end()
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            lit.append(tok[0])
+        elif m.group(1):
+            parts.append(("".join(lit), m.group(1)))
+            lit = []
+        else:
+            raise ValueError(f"lone `{tok}` at character {m.start() + 1}; write `{tok}{tok}` "
+                             "for a literal brace, {name} for a variable")
+    lit.append(text[pos:])
+    parts.append(("".join(lit), None))
+    names = tuple(dict.fromkeys(n for _, n in parts if n))
+    return Template(tuple(parts), names)
+
+
+def text_of(value: Scalar) -> str:
+    """How a combination value reads inside a template or an id (true/false, 12, 1.5)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def slug(value: Scalar) -> str:
+    """A value as an id segment: characters other than [A-Za-z0-9._-] become '_'."""
+    return _SLUG.sub("_", text_of(value))
+
+
+def base_id(values: Mapping[str, Scalar], index: int) -> str:
+    """The default variant id of a combination: its values in key order, slugified."""
+    return "-".join(slug(v) for v in values.values()) or f"variant{index + 1}"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """JSON with sorted keys and no spaces, UTF-8: the bytes task keys hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def task_key(request: Mapping[str, Any], polarity: str, repeat: int) -> str:
+    """sha256 of the request minus taskUUID, the mask polarity and the 0-based repeat index."""
+    return _key({k: v for k, v in request.items() if k != "taskUUID"}, polarity, repeat)
+
+
+def _key(body: Mapping[str, Any], polarity: str, repeat: int) -> str:
+    return hashlib.sha256(canonical_json(
+        {"request": body, "maskPolarity": polarity, "repeat": repeat})).hexdigest()
+
+
+def path_problem(stem: str) -> str | None:
+    """Why an output stem (relative, '/'-separated) is unsafe or unportable, or None."""
+    if not stem:
+        return "is empty"
+    if "\0" in stem:
+        return "contains a NUL character"
+    if "\\" in stem:
+        return "contains a backslash (a folder separator on Windows); use /"
+    if stem.startswith("/") or re.match(r"^[A-Za-z]:", stem):
+        return "is an absolute path"
+    for seg in stem.split("/"):
+        if seg in ("", ".", ".."):
+            return "escapes the output folder (..)" if seg == ".." else \
+                f"has an empty or '.' folder name ({stem!r})"
+        if seg.split(".")[0].upper() in _WIN_RESERVED:
+            return f"uses the reserved Windows device name {seg.split('.')[0]!r}"
+        if _WIN_BAD.search(seg) or seg[-1] in ". ":
+            return f"has a character that is not portable in file names in {seg!r}"
+        if len(seg.encode()) > 240:
+            return "has a file or folder name longer than 240 bytes"
+    return None
+
+
+def fold(path: str) -> str:
+    """A path as case-insensitive file systems (macOS, Windows) compare it."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    """One value of one axis in the breakdown: how many tasks, images and dollars."""
+
+    value: Scalar
+    tasks: int
+    images: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tasks a spec expands to, in run order, with totals and provenance for explain.
+
+    `breakdown` holds (axis key, values) for `input`, `prompt` and every combination key;
+    `expansion` is the matrix provenance (None for `variants:`). Task i belongs to
+    combination i // spec.repeat.
+    """
+
+    spec: Spec
+    tasks: tuple[Task, ...]
+    total_cost: Decimal
+    total_images: int
+    breakdown: tuple[tuple[str, tuple[AxisValue, ...]], ...]
+    expansion: matrix.Expansion | None
+
+    def combination_source(self, ci: int) -> str:
+        """The JSON path that declared combination `ci`."""
+        if self.expansion is None:
+            return f"$.variants[{ci}]"
+        c = self.expansion.combinations[ci]
+        return "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
+
+
+class _Diags:
+    """Diagnostics collected while planning, at most `cap` per (code, path)."""
+
+    def __init__(self, spec: Spec, cap: int = 5) -> None:
+        self.spec, self.cap, self.items = spec, cap, []  # type: ignore[var-annotated]
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, message: str, path: str, code: str, hint: str | None = None) -> None:
+        n = self.counts.get((code, path), 0)
+        self.counts[(code, path)] = n + 1
+        if n < self.cap:
+            self.items.append(Diagnostic(message, path, self.spec.loc(path), code, hint))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            extra = sum(max(0, n - self.cap) for n in self.counts.values())
+            if extra:
+                self.items.append(Diagnostic(f"... and {extra} more problems of the kinds "
+                                             "above", "$", self.spec.loc("$"), "more"))
+            raise SpecError(self.items)
+
+
+def _money(d: Decimal) -> str:
+    return f"${d.quantize(Decimal('0.01'))}" if d == d.quantize(Decimal("0.01")) else f"${d}"
+
+
+def _combinations(spec: Spec, repeat: int
+                  ) -> tuple[list[tuple[Mapping[str, Scalar], str | None, str]], Any]:
+    """(values, explicit id, source path) per combination, plus the matrix Expansion."""
+    if spec.matrix is None:
+        return [(v.values, v.id, f"$.variants[{i}]")
+                for i, v in enumerate(spec.variants or ())], None
+    m = spec.matrix
+    cap = max(spec.budget.max_tasks // max(repeat, 1), 0)
+    try:
+        exp = matrix.expand(m.axes, m.include, m.exclude, max_product=MAX_PRODUCT,
+                            max_combinations=cap)
+    except matrix.MatrixTooLarge as exc:
+        if exc.what == "product":
+            raise PlanLimitError(f"matrix product has {exc.size:,} combinations; specrunner "
+                                 f"refuses to expand more than {MAX_PRODUCT:,}") from None
+        raise PlanLimitError(f"plan has {exc.size * repeat:,} tasks ({exc.size:,} combinations"
+                             f" x repeat {repeat}); budget max_tasks is "
+                             f"{spec.budget.max_tasks:,}") from None
+    out = []
+    for c in exp.combinations:
+        src = "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
+        out.append((c.values, None, src))
+    return out, exp
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        nxt = target.get(key)
+        target[key] = nxt = dict(nxt) if isinstance(nxt, dict) else {}
+        target = nxt
+    target[path[-1]] = value
+
+
+def _schema_limits(model: str) -> tuple[int, int]:
+    prop = models.load_schema(models.get_model(model).request_schema)["properties"]
+    pp = prop.get("positivePrompt", {})
+    return int(pp.get("minLength", 1)), int(pp.get("maxLength", 2000))
+
+
+def _key_path(values: Mapping[str, Scalar], src: str, key: str, spec: Spec,
+              exp: Any, ci: int) -> str:
+    """The JSON path that gave combination `ci` its `key`."""
+    if src.startswith("$.variants") or src.startswith("$.matrix.include"):
+        return f"{src}.{key}"
+    axis_keys = [k for k, _ in spec.matrix.axes] if spec.matrix else []
+    if key in axis_keys:
+        return f"$.matrix.{key}"
+    c = exp.combinations[ci]
+    for j in reversed(c.touched_by):
+        if key in spec.matrix.include[j]:  # type: ignore[union-attr]
+            return f"$.matrix.include[{j}].{key}"
+    return src
+
+
+def _resolve(kind: str, values: Mapping[str, Scalar], names: Iterable[str], src: str,
+             diags: _Diags) -> str | None:
+    pool = list(names)
+    if kind in values:
+        name = values[kind]
+        if isinstance(name, str) and name in pool:
+            return name
+        close = difflib.get_close_matches(text_of(name), pool, n=1)
+        diags.add(f"unknown {kind} `{text_of(name)}`", f"{src}.{kind}" if "[" in src else src,
+                  f"unknown-{kind}", f"did you mean `{close[0]}`?" if close else
+                  "declared: " + ", ".join(pool))
+        return None
+    if len(pool) == 1:
+        return pool[0]
+    diags.add(f"no `{kind}` for this combination and the spec declares {len(pool)} {kind}s",
+              src, f"missing-{kind}", f"add `{kind}:` (one of: {', '.join(pool)})")
+    return None
+
+
+def build_plan(spec: Spec) -> Plan:
+    """Expand `spec` into its Plan; SpecError lists every problem, PlanLimitError the limits."""
+    diags = _Diags(spec)
+    try:
+        model = models.get_model(spec.model)
+    except KeyError:
+        diags.add(f"unknown model `{spec.model}`", "$.model", "unknown-model")
+        diags.raise_if_any()
+        raise
+    price = spec.prices.get(spec.model)
+    if price is None:
+        diags.add(f"no price known for {spec.model}; set prices: {{\"{spec.model}\": ...}}",
+                  "$.prices", "unknown-price")
+    fields = models.field_paths(spec.model)
+    min_len, max_len = _schema_limits(spec.model)
+    validator = models.request_validator(spec.model)
+    repeat = spec.repeat
+
+    for key in spec.defaults:
+        if key in RUNNER_OWNED:
+            diags.add(f"`{key}` is set by specrunner, not by a spec", f"$.defaults.{key}",
+                      "runner-field", "deliveryMethod comes from execution.delivery"
+                      if key == "deliveryMethod" else None)
+    prompts: dict[str, Template] = {}
+    for name, text in spec.prompts.items():
+        try:
+            prompts[name] = compile_template(text)
+        except ValueError as exc:
+            diags.add(f"prompt `{name}`: {exc}", f"$.prompts.{name}", "template-syntax")
+    try:
+        out_tpl: Template | None = compile_template(spec.output.name)
+    except ValueError as exc:
+        diags.add(f"output name: {exc}", "$.output.name", "template-syntax")
+        out_tpl = None
+    used_vars = {n for t in prompts.values() for n in t.names}
+    used_vars |= set(out_tpl.names) if out_tpl else set()
+    diags.raise_if_any()
+    assert out_tpl is not None
+
+    combos, exp = _combinations(spec, repeat)
+    if len(combos) * repeat > spec.budget.max_tasks:
+        raise PlanLimitError(f"plan has {len(combos) * repeat:,} tasks; budget max_tasks is "
+                             f"{spec.budget.max_tasks:,}")
+    delivery = spec.execution.delivery
+    ext_default = "jpg"
+    sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
+    input_cache: dict[str, tuple[dict[str, str], dict[str, LocalImage]]] = {}
+    prompt_cache: dict[tuple, str] = {}
+    cost_cache: dict[int, Decimal] = {}
+    tasks: list[Task] = []
+    ids: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    outputs: dict[str, int] = {}
+    known_keys: set[str] = set()
+    slug_cache: dict[tuple[type, Scalar], str] = {}
+    breakdown: dict[str, dict[tuple[type, Scalar], list[Any]]] = {"input": {}, "prompt": {}}
+    for ci, (values, explicit_id, src) in enumerate(combos):
+        for key in values:
+            if key in known_keys:
+                continue
+            if key in ("input", "prompt") or key in fields or key in used_vars:
+                known_keys.add(key)
+                continue
+            close = difflib.get_close_matches(key, [*fields, *used_vars], n=1)
+            diags.add(f"unknown key `{key}`: not a request field, and no template uses it",
+                      _key_path(values, src, key, spec, exp, ci), "unknown-key",
+                      f"did you mean `{close[0]}`?" if close else None)
+        in_name = _resolve("input", values, spec.inputs, src, diags)
+        pr_name = _resolve("prompt", values, spec.prompts, src, diags)
+        if in_name is None or pr_name is None or pr_name not in prompts:
+            continue
+        pair: InputPair = spec.inputs[in_name]
+        # Field settings: validated once per distinct signature.
+        sig = tuple((fields[k], type(v), v) for k, v in values.items() if k in fields)
+        cached = sig_cache.get(sig)
+        if cached is None:
+            merged: dict[str, Any] = {k: v for k, v in spec.defaults.items()}
+            for path, _t, v in sig:
+                _set_path(merged, path, v)
+            nres = merged.get("numberResults", 1)
+            nres = nres if isinstance(nres, int) and not isinstance(nres, bool) and nres > 0 else 1
+            fmt = merged.get("outputFormat")
+            cached = (merged, nres, _EXT.get(fmt, ext_default) if isinstance(fmt, str) else "jpg")
+            sig_cache[sig] = cached
+            probe = {"taskType": "imageInference", "taskUUID": runware.task_uuid("probe"),
+                     "model": model.id, "positivePrompt": "x", **merged,
+                     "inputs": {"seedImage": "x", "maskImage": "x"}, "includeCost": True,
+                     "deliveryMethod": delivery}
+            for err in validator.iter_errors(probe):
+                where = tuple(str(p) for p in err.absolute_path)
+                origin = next((k for k in values if k in fields and
+                               fields[k] == where[:len(fields[k])]), None)
+                path = (_key_path(values, src, origin, spec, exp, ci) if origin else
+                        "$.defaults" + "".join(f".{p}" for p in where))
+                diags.add(f"request field {'.'.join(where) or '(root)'}: {err.message}",
+                          path, "request-schema")
+        merged, nres, ext = cached
+        inp = input_cache.get(in_name)
+        if inp is None:
+            ins, local = {}, {}
+            for fieldname, ref in (("seedImage", pair.seed), ("maskImage", pair.mask)):
+                if ref.kind == "file":
+                    ins[fieldname] = f"local:{ref.sha256}"
+                    local[fieldname] = LocalImage(
+                        path=Path(ref.value), sha256=ref.sha256 or "",
+                        invert=fieldname == "maskImage" and pair.polarity == "black-edits")
+                else:
+                    ins[fieldname] = ref.value
+                if not ins[fieldname]:
+                    diags.add(f"input `{in_name}`: {fieldname} is empty",
+                              f"$.inputs.{in_name}", "request-schema")
+            input_cache[in_name] = inp = (ins, local)
+        ins, local = inp
+        ns: dict[str, str] = {**spec.vars, **pair.vars}
+        for k, v in values.items():
+            ns[k] = text_of(v)
+        ns["input"], ns["prompt"] = in_name, pr_name
+        tpl = prompts[pr_name]
+        pkey = (pr_name, *(ns.get(n) for n in tpl.names))
+        text = prompt_cache.get(pkey)
+        if text is None:
+            missing = [n for n in tpl.names if n not in ns]
+            for n in missing:
+                diags.add(f"prompt `{pr_name}` uses {{{n}}}, which is not defined for "
+                          f"input `{in_name}`", f"$.prompts.{pr_name}", "undefined-variable",
+                          "define it in vars, the input's vars, or the combination")
+            if missing:
+                continue
+            text = prompt_cache[pkey] = tpl.render(ns)
+            if not min_len <= len(text) <= max_len:
+                diags.add(f"prompt `{pr_name}` renders to {len(text)} characters for input "
+                          f"`{in_name}`; Runware accepts {min_len}-{max_len}",
+                          f"$.prompts.{pr_name}", "prompt-length")
+        if explicit_id:
+            vid = explicit_id
+        else:
+            segs = []
+            for v in values.values():
+                sk = (type(v), v)
+                s = slug_cache.get(sk)
+                if s is None:
+                    s = slug_cache[sk] = slug(v)
+                segs.append(s)
+            vid = "-".join(segs) or f"variant{ci + 1}"
+        if vid in ids:
+            diags.add(f"variant id `{vid}` is used twice (combinations #{ids[vid] + 1} and "
+                      f"#{ci + 1})", src, "duplicate-id",
+                      "give explicit ids" if exp is None else "values differ only in "
+                      "characters an id cannot hold, or an include duplicates a combination")
+            continue
+        ids[vid] = ci
+        cost = cost_cache.get(nres)
+        if cost is None:
+            cost = cost_cache[nres] = (price or Decimal(0)) * nres
+        others = ((k, v) for k, v in values.items() if k not in ("input", "prompt"))
+        for key, val in (("input", in_name), ("prompt", pr_name), *others):
+            slot = breakdown.setdefault(key, {}).setdefault((type(val), val), [val, 0, 0])
+            slot[1] += repeat
+            slot[2] += repeat * nres
+        for r in range(repeat):
+            tid = vid if r == 0 else f"{vid}-r{r + 1}"
+            ns["variant"], ns["repeat"] = tid, str(r + 1)
+            try:
+                stem = out_tpl.render(ns)
+            except KeyError as exc:
+                diags.add(f"output name uses {{{exc.args[0]}}}, which is not defined for "
+                          f"variant `{tid}`", "$.output.name", "undefined-variable")
+                break
+            problem = path_problem(stem)
+            if problem:
+                diags.add(f"output name for variant `{tid}` renders to {stem!r}, which "
+                          f"{problem}", "$.output.name", "output-path")
+            body = {"taskType": "imageInference", "model": model.id, "positivePrompt": text,
+                    **merged, "inputs": ins, "includeCost": True, "deliveryMethod": delivery}
+            key = _key(body, pair.polarity, r)
+            if key in keys:
+                other = tasks[keys[key]].variant_id
+                diags.add(f"variants `{other}` and `{tid}` send identical requests (same task "
+                          "key, so the same taskUUID)", src, "duplicate-request",
+                          "a value only used in output names does not change the request")
+            keys[key] = len(tasks)
+            uuid = runware.task_uuid(key)
+            request = {"taskType": "imageInference", "taskUUID": uuid, **body}
+            task = Task(index=len(tasks), variant_id=tid, task_key=key, task_uuid=uuid,
+                        request=request, input_name=in_name, prompt_name=pr_name,
+                        axes=values, repeat=r, number_results=nres, est_cost=cost,
+                        output_stem=stem, output_ext=ext, local_inputs=local)
+            for p in task.output_paths():
+                f = fold(p)
+                if f in outputs:
+                    other = tasks[outputs[f]].variant_id
+                    same = tasks[outputs[f]].output_paths()
+                    diags.add(f"variants `{other}` and `{tid}` both write {p!r}"
+                              + ("" if p in same else " (names differ only in case)"),
+                              "$.output.name", "output-collision",
+                              "put {variant} in output.name")
+                else:
+                    outputs[f] = len(tasks)
+            tasks.append(task)
+    diags.raise_if_any()
+    assert price is not None
+    total_images = sum(t.number_results for t in tasks)
+    total_cost = price * total_images
+    if total_cost > spec.budget.max_usd:
+        raise PlanLimitError(f"plan needs {_money(total_cost)} for {total_images:,} images; "
+                             f"budget max_usd is {_money(spec.budget.max_usd)}")
+    bd = tuple((k, tuple(AxisValue(v, n, i, price * i) for v, n, i in vals.values()))
+               for k, vals in breakdown.items() if vals)
+    return Plan(spec, tuple(tasks), total_cost, total_images, bd, exp)
+
+
+def _where(spec: Spec, path: str) -> str:
+    loc = spec.loc(path)
+    return f"{path} at {loc}" if loc else path
+
+
+def _pairs(values: Mapping[str, Scalar]) -> str:
+    return ", ".join(f"{k}={text_of(v)}" for k, v in values.items()) or "(no values)"
+
+
+def explain(plan: Plan, variant_id: str) -> tuple[bool, str]:
+    """Where `variant_id` came from, or which exclude entry removed it.
+
+    Returns (found, text): found is False when no task has that id; the text then says
+    whether an exclude entry removed the combination, or suggests close ids.
+    """
+    spec, rep, exp = plan.spec, plan.spec.repeat, plan.expansion
+    hit = next((t for t in plan.tasks if t.variant_id == variant_id), None)
+    if hit is None:
+        return False, _explain_missing(plan, variant_id)
+    ci = hit.index // rep
+    group = plan.tasks[ci * rep:(ci + 1) * rep]
+    lines = [f"variant {variant_id}: combination #{ci + 1} of {len(plan.tasks) // rep}, "
+             f"{len(group)} task(s) (repeat {rep})"]
+    if exp is None:
+        lines.append(f"  declared by: variant #{ci + 1} ({_where(spec, f'$.variants[{ci}]')})")
+        lines.append(f"  values: {_pairs(hit.axes)}")
+    else:
+        c = exp.combinations[ci]
+        if c.product_index is None:
+            lines.append(f"  declared by: include #{c.created_by + 1} "  # type: ignore[operator]
+                         f"({_where(spec, f'$.matrix.include[{c.created_by}]')}), a new "
+                         "combination: it joins no original combination without overwriting "
+                         "an axis value")
+            lines.append(f"  values: {_pairs(c.values)}")
+        else:
+            base = exp.combination_at(c.product_index)
+            lines.append(f"  declared by: matrix product, combination #{c.product_index + 1} "
+                         f"of {exp.product_size} ({_where(spec, '$.matrix')})")
+            lines.append(f"  axis values: {_pairs(base)}")
+            current = dict(base)
+            for j in c.touched_by:
+                entry = spec.matrix.include[j]  # type: ignore[union-attr]
+                changes = []
+                for k, v in entry.items():
+                    if k in base:
+                        continue
+                    if k not in current:
+                        changes.append(f"added {k}={text_of(v)}")
+                    elif current[k] != v or type(current[k]) is not type(v):
+                        changes.append(f"changed {k}: {text_of(current[k])} -> {text_of(v)}")
+                    else:
+                        changes.append(f"kept {k}={text_of(v)}")
+                    current[k] = v
+                lines.append(f"  include #{j + 1} ({_where(spec, f'$.matrix.include[{j}]')}): "
+                             + "; ".join(changes))
+        if spec.matrix and spec.matrix.exclude:
+            lines.append(f"  excludes: none of the {len(spec.matrix.exclude)} entries matches it")
+    lines.append(f"  input: {hit.input_name}   prompt: {hit.prompt_name}")
+    for t in group:
+        outs = ", ".join(str(spec.output.dir / p) for p in t.output_paths())
+        lines.append(f"  task #{t.index + 1} {t.variant_id}: key {t.task_key[:16]}... "
+                     f"uuid {t.task_uuid} est. {_money(t.est_cost)} -> {outs}")
+    lines.append("  request:")
+    body = json.dumps(dict(hit.request), indent=2, ensure_ascii=False)
+    lines.extend("    " + line for line in body.splitlines())
+    return True, "\n".join(lines)
+
+
+def _explain_missing(plan: Plan, variant_id: str) -> str:
+    spec, exp = plan.spec, plan.expansion
+    stem = re.sub(r"-r[0-9]+$", "", variant_id)
+    if exp is not None:
+        for pidx, j in exp.excluded:
+            values = exp.combination_at(pidx)
+            if base_id(values, pidx) in (variant_id, stem):
+                entry = spec.matrix.exclude[j]  # type: ignore[union-attr]
+                return (f"variant {variant_id} is not in the plan: matrix combination "
+                        f"#{pidx + 1} ({_pairs(values)}) was removed by exclude #{j + 1} "
+                        f"{{{_pairs(entry)}}} ({_where(spec, f'$.matrix.exclude[{j}]')})")
+    close = difflib.get_close_matches(variant_id, [t.variant_id for t in plan.tasks], n=3)
+    return (f"no variant `{variant_id}` in the plan"
+            + (f"; did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""))
