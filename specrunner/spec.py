@@ -126,8 +126,9 @@ class _Ctx:
         return self.loaded.locs.get(path, Loc(self.file, 1, 1))
 
     def add(self, group: int, message: str, path: str, code: str, *, hint: str | None = None,
-            key: bool = False, severity: str = "error", rank: int = 0) -> None:
-        loc = self.loc(path, key)
+            key: bool = False, severity: str = "error", rank: int = 0,
+            loc: Loc | None = None) -> None:
+        loc = loc or self.loc(path, key)
         diag = Diagnostic(message, path=path, loc=loc, code=code, hint=hint, severity=severity)
         sev = 0 if severity == "error" else 1
         self.items.append(((sev, group, rank, loc.line, loc.col, path), diag))
@@ -176,7 +177,7 @@ def _schema_error(ctx: _Ctx, e: jsonschema.ValidationError, base: str | None = N
         return
     if v == "required":
         for k in e.validator_value:
-            if isinstance(inst, dict) and k not in inst:
+            if isinstance(inst, dict) and k not in inst and not _misspelled(k, inst, schema):
                 ctx.add(GROUP_SCHEMA, f"missing required field `{k}`", f"{path}.{k}",
                         "missing-field", rank=rank)
         return
@@ -225,6 +226,16 @@ def _schema_error(ctx: _Ctx, e: jsonschema.ValidationError, base: str | None = N
         message = e.message
     ctx.add(group, message, path, f"invalid-{v}" if v in ("type", "enum") else
             "invalid-value", hint=hint, rank=rank)
+
+
+def _misspelled(name: str, inst: dict, schema: dict) -> bool:
+    """True when an unknown key of `inst` is a likely misspelling of the missing `name`
+    (the unknown-field diagnostic, with its did-you-mean, already says it)."""
+    if schema.get("additionalProperties") is not False:
+        return False
+    allowed = schema.get("properties", {})
+    return any(k not in allowed and did_you_mean(k, allowed) == f"did you mean `{name}`?"
+               for k in inst)
 
 
 def v_list(value: Any) -> list[str]:
@@ -285,7 +296,7 @@ def load_spec_checked(path: str | Path, *,
     ctx = _Ctx(display, loaded)
     for note in loaded.notes:
         ctx.add(GROUP_LOADER, note.message, note.path, note.code, hint=note.hint,
-                key=note.code == "duplicate-key", severity=note.severity)
+                severity=note.severity, loc=note.loc)
     data = loaded.data
     if not isinstance(data, dict):
         ctx.add(GROUP_SCHEMA, f"a spec is a mapping of fields (version, name, inputs, ...), "
@@ -469,6 +480,8 @@ def check_references(ctx: _Ctx, data: dict, model: str, folder: Path) -> dict[st
 
     reported: set[tuple[str, str]] = set()
     for label, inp, prm, keys in contexts:
+        if (inp is not None and inp not in inputs) or (prm is not None and prm not in prompts):
+            continue  # reported as an unknown input/prompt already
         defined = spec_vars | input_vars.get(inp or "", set()) | keys
         checks = [(f"prompts.{prm}", f"prompt `{prm}`", prompt_fields.get(prm or "", []),
                    set(BUILTINS_PROMPT))]

@@ -26,7 +26,8 @@ Behaviour, decided on purpose:
   tools, so an error note tells the user to quote it, e.g. "`NO` is the boolean false to YAML
   1.1 readers but text in YAML 1.2; quote it: "NO"". These notes use code `yaml-1.1`.
 - Paths follow jsonschema's `json_path`: `$.a.b`, `$.a[0].b` (keys appended after a dot,
-  verbatim). The Loc of a value reached through an alias is that of the anchored node.
+  verbatim). A value given by an alias is located at the alias; its descendants at their
+  place inside the anchored node. Budget errors point at the outermost alias being expanded.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class _Composer(yaml.SafeLoader):
         self.depth = 0
         self.aliases = 0
         self.tag_notes: list[Diagnostic] = []
+        self.alias_marks: dict[tuple[int, int], Any] = {}  # (parent id, slot) -> alias mark
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:  # type: ignore[override]
         if kind is ScalarNode:
@@ -152,6 +154,9 @@ class _Composer(yaml.SafeLoader):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
                 raise _fatal(self.file, mark, f"more than {MAX_ALIASES} aliases", "alias-limit")
+            if parent is not None:
+                slot = index if isinstance(index, int) else id(index)
+                self.alias_marks[(id(parent), slot)] = mark
         tag = getattr(event, "tag", None)
         if tag is not None:
             shown = tag.replace("tag:yaml.org,2002:", "!!")
@@ -184,8 +189,9 @@ def _fatal(file: str, mark: Any, message: str, code: str, path: str = "$") -> Sp
 class _Builder:
     """Turns composed nodes into plain data, recording positions and enforcing budgets."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, alias_marks: dict[tuple[int, int], Any]) -> None:
         self.file = file
+        self.alias_marks = alias_marks
         self.locs: dict[str, Loc] = {}
         self.key_locs: dict[str, Loc] = {}
         self.plain: dict[str, str] = {}
@@ -194,33 +200,38 @@ class _Builder:
         self.stack: set[int] = set()
         self.expanded = 0
 
-    def build(self, node: Node, path: str, depth: int = 1, aliased: bool = False) -> Any:
+    def build(self, node: Node, path: str, depth: int = 1, alias: Any = None,
+              outer: Any = None) -> Any:
+        """Build `node` at `path`; `alias` is the mark of the alias that led here, if any,
+        `outer` the mark of the outermost alias being expanded (where budget errors point)."""
         nid = id(node)
+        mark = alias or node.start_mark
+        outer = outer or alias
         if nid in self.stack:
-            raise _fatal(self.file, node.start_mark, "recursive alias", "alias-recursive", path)
-        if nid in self.seen or aliased:
-            aliased = True
+            raise _fatal(self.file, mark, "recursive alias", "alias-recursive", path)
+        aliased = outer is not None or nid in self.seen
+        if aliased:
             self.expanded += 1
             if self.expanded > MAX_EXPANDED:
-                raise _fatal(
-                    self.file, node.start_mark,
-                    f"aliases expand to more than {MAX_EXPANDED} nodes", "alias-limit", path,
-                )
+                raise _fatal(self.file, outer or mark,
+                             f"aliases expand to more than {MAX_EXPANDED} nodes", "alias-limit",
+                             path)
         if depth > MAX_DEPTH:
-            raise _fatal(self.file, node.start_mark, f"nesting deeper than {MAX_DEPTH} levels",
+            raise _fatal(self.file, mark, f"nesting deeper than {MAX_DEPTH} levels",
                          "too-deep", path)
         self.seen.add(nid)
-        self.locs.setdefault(path, _loc(self.file, node.start_mark))
+        self.locs.setdefault(path, _loc(self.file, mark))
         if isinstance(node, ScalarNode):
             return self._scalar(node, path, aliased)
         self.stack.add(nid)
         try:
             if isinstance(node, SequenceNode):
                 return [
-                    self.build(item, f"{path}[{i}]", depth + 1, aliased)
+                    self.build(item, f"{path}[{i}]", depth + 1,
+                               self.alias_marks.get((nid, i)), outer)
                     for i, item in enumerate(node.value)
                 ]
-            return self._mapping(node, path, depth, aliased)
+            return self._mapping(node, path, depth, outer)
         finally:
             self.stack.discard(nid)
 
@@ -245,7 +256,7 @@ class _Builder:
             )
         return value
 
-    def _mapping(self, node: MappingNode, path: str, depth: int, aliased: bool) -> dict:
+    def _mapping(self, node: MappingNode, path: str, depth: int, outer: Any) -> dict:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
@@ -268,7 +279,8 @@ class _Builder:
                 )
                 continue
             self.key_locs[child] = kloc
-            out[key] = self.build(value_node, child, depth + 1, aliased)
+            alias = self.alias_marks.get((id(node), id(key_node)))
+            out[key] = self.build(value_node, child, depth + 1, alias, outer)
         return out
 
 
@@ -342,7 +354,7 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
     if root is None:
         raise SpecError([Diagnostic("file is empty (no YAML content)", loc=Loc(file, 1, 1),
                                     code="file-empty")])
-    builder = _Builder(file)
+    builder = _Builder(file, composer.alias_marks if composer else {})
     data = builder.build(root, "$")
     paths = {}
     for path_, loc in builder.locs.items():
