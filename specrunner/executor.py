@@ -196,6 +196,8 @@ class _Job:
     uuid: str
     sends: int = 0
     ambiguous: bool = False
+    blocked: int = 0  # results refused by the content policy (not charged)
+    blocked_code: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -379,6 +381,7 @@ class Executor:
         job.generation += 1
         job.uuid = runware.task_uuid(job.task.task_key, job.generation)
         job.ambiguous = False
+        job.blocked, job.blocked_code = 0, None
         job.results.clear()
         await self._set_state(job, "planned", detail=f"generation {job.generation}",
                               extra=[op_new_uuid(job.task.task_key, self.run_id, job.uuid,
@@ -415,7 +418,11 @@ class Executor:
                 await self._retry_wait(job, tries - 1, retry_after)
             tries += 1
             if job.state != "sending":
-                await self._set_state(job, "sending", attempts=job.sends + 1)
+                # The UUID about to be sent is durable before the request leaves.
+                await self._set_state(job, "sending", attempts=job.sends + 1,
+                                      task_uuid=job.uuid, generation=job.generation,
+                                      extra=[op_new_uuid(t.task_key, self.run_id, job.uuid,
+                                                         job.generation, self.wall())])
             job.sends += 1
             self.c.sends += 1
             if tries == 1:
@@ -457,6 +464,14 @@ class Executor:
         """(kind, error code, message) of a reply to imageInference or getResponse."""
         env = reply.envelope
         errs = errors_for(env, job.uuid)
+        blocked = [e for e in errs if category(e, reply.status) == Category.SAFETY]
+        if blocked and len(blocked) == len(errs) and len(blocked) < job.task.number_results:
+            # Some results were refused by the content policy; the others are paid for: keep them.
+            job.blocked = len(blocked)
+            job.blocked_code = str(blocked[0].get("code") or "contentPolicyViolation")
+            items = items_for(env, job.uuid)
+            return ("results" if any(self._is_result(i) for i in items) else "accepted"), \
+                None, None
         if errs:
             err = errs[0]
             code, msg = err.get("code"), str(err.get("message", ""))[:300]
@@ -488,8 +503,13 @@ class Executor:
         for item in items_for(reply.envelope, job.uuid):
             if self._is_result(item):
                 job.results.setdefault(item["imageUUID"], item)
-        if len(job.results) >= job.task.number_results:
-            return list(job.results.values())[: job.task.number_results]
+        return self._complete(job)
+
+    @staticmethod
+    def _complete(job: _Job) -> list[dict[str, Any]] | None:
+        want = job.task.number_results - job.blocked
+        if job.results and len(job.results) >= want:
+            return list(job.results.values())[:want]
         return None
 
     async def _poll(self, job: _Job) -> list[dict[str, Any]] | None:
@@ -499,8 +519,9 @@ class Executor:
         faults = 0
         empty = 0
         while True:
-            if job.results and len(job.results) >= t.number_results:
-                return list(job.results.values())[: t.number_results]
+            found = self._complete(job)
+            if found is not None:
+                return found
             await self.sleep(interval)
             interval = min(interval * 1.5, self.execution.poll_max_interval_s)
             self.c.polls += 1
@@ -564,9 +585,7 @@ class Executor:
         walk(reply.envelope.data)
         for item in found:
             job.results.setdefault(item["imageUUID"], item)
-        if len(job.results) >= job.task.number_results:
-            return list(job.results.values())[: job.task.number_results]
-        return None
+        return self._complete(job)
 
     async def _reconcile(self, job: _Job) -> list[dict[str, Any]] | None:
         """A task left in doubt by an earlier run: fetch what the server has before re-sending.
@@ -614,8 +633,10 @@ class Executor:
         costs = [it.get("cost") for it in items]
         cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
                 if all(isinstance(c, (int, float, str)) for c in costs) else None)
+        partial = f"{job.blocked} of {t.number_results} results refused" if job.blocked else None
         await self._set_state(job, "done", extra=ops, cost=None if cost is None else str(cost),
-                              error_code=None, error_message=None)
+                              error_code=job.blocked_code if job.blocked else None,
+                              error_message=partial)
         return cost
 
     async def _output_bytes(self, job: _Job, item: dict[str, Any]) -> bytes:
@@ -632,7 +653,5 @@ class Executor:
                     raise _GiveUp("received", "noOutput", "result item carries no image")
                 return await self.client.download(url, cap, self.execution.request_timeout_s)
             except DownloadError as exc:
-                if not exc.transient:
-                    raise _GiveUp("failed", exc.code, str(exc)) from None
-                last = exc
+                last = exc  # even "too large": the result is paid for, keep it re-fetchable
         raise _GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")

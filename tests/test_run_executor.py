@@ -240,3 +240,17 @@ def test_api_key_only_in_authorization_header(tmp_path: Path) -> None:
     run(tmp_path, fake, make_tasks(2))
     assert set(fake.auth_headers) == {f"Bearer {KEY}"}
     assert not any(KEY.encode() in b for b in fake.bodies)
+
+
+def test_retry_of_a_failed_task_records_its_fresh_uuid_before_sending(tmp_path: Path) -> None:
+    t0 = make_tasks(1)[0]
+    run(tmp_path, Fake(script=lambda kind, uuid, n: "validation"), [t0])
+    fake = Fake()
+    out = run(tmp_path, fake, [t0])
+    gen1 = runware.task_uuid(t0.task_key, 1)
+    assert out.status == "complete" and [u for k, u in fake.log if k == "imageInference"] == [gen1]
+    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
+    assert conn.execute("SELECT task_uuid, generation, state FROM tasks").fetchone() == (
+        gen1, 1, "done")
+    assert conn.execute("SELECT generation FROM task_uuids WHERE task_uuid=?", (gen1,)
+                        ).fetchone() == (1,)

@@ -169,3 +169,48 @@ def local_image(tmp: Path, name: str, color: int, invert: bool = False) -> Local
     p = tmp / name
     p.write_bytes(data)
     return LocalImage(path=p, sha256=hashlib.sha256(data).hexdigest(), invert=invert)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The money check of a finished campaign against the server's ledger."""
+
+    charged_tasks: int
+    billed_twice: int  # task_keys with more than one charged UUID
+    unknown_charges: int  # charged UUIDs the record never heard of
+    lost: int  # charged UUIDs whose images are not all on disk, recorded, with matching sha256
+    done: int
+
+
+def audit(images_billed: dict[str, int], out_dir: Path) -> Audit:
+    """Compare the ledger (taskUUID -> images billed) with the record and the files on disk."""
+    import sqlite3
+
+    conn = sqlite3.connect(out_dir / ".specrunner" / "run.db")
+    try:
+        owner = dict(conn.execute("SELECT task_uuid, task_key FROM task_uuids"))
+        rows = {r[0]: r[1:] for r in conn.execute("SELECT task_key, state, task_uuid FROM tasks")}
+        results: dict[str, list[tuple[str, str, str]]] = {}
+        for key, uuid, path, sha in conn.execute(
+                "SELECT task_key, task_uuid, output_path, sha256 FROM results"):
+            results.setdefault(key, []).append((uuid, path, sha))
+        done = conn.execute("SELECT count(*) FROM tasks WHERE state='done'").fetchone()[0]
+    finally:
+        conn.close()
+    per_key: dict[str, int] = {}
+    unknown = lost = 0
+    for uuid, images in images_billed.items():
+        key = owner.get(uuid)
+        if key is None:
+            unknown += 1
+            continue
+        per_key[key] = per_key.get(key, 0) + 1
+        state, current = rows[key]
+        got = [r for r in results.get(key, []) if r[0] == uuid and r[1]]
+        ok = state == "done" and current == uuid and len(got) == images and all(
+            (out_dir / p).is_file()
+            and hashlib.sha256((out_dir / p).read_bytes()).hexdigest() == sha
+            for _, p, sha in got)
+        lost += not ok
+    return Audit(len(images_billed), sum(1 for n in per_key.values() if n > 1), unknown, lost,
+                 done)

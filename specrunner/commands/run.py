@@ -113,22 +113,10 @@ def _recorded_states(out_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _faults(path: str | None) -> Any:
-    if path is None:
-        return None
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except ValueError:
-        import yaml
-        return yaml.safe_load(text)
-
-
 def _local_app(faults: Any) -> Any:
     from specrunner import local
 
-    return local.create_app(local.config_from(faults) if hasattr(local, "config_from")
-                            else faults)
+    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig()))
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -141,7 +129,13 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     base_url = args.base_url or os.environ.get("RUNWARE_BASE_URL") or runware.API_URL
     if not base_url.startswith(("https://", "http://")):
         raise UsageError(f"--base-url must be an http(s) URL, not {base_url!r}")
-    faults = _faults(args.faults)
+    if args.local and not key:
+        key = "local"  # the local server wants some key; any will do
+    faults = None
+    if args.faults:
+        from specrunner.local import FaultConfig
+
+        faults = FaultConfig.load(args.faults)  # a bad fault file is a usage error, up front
     spec, plan = _load(args)  # full validation before any network call
     out_dir = Path(args.out).resolve() if args.out else spec.output.dir
     tasks = list(plan.tasks)
