@@ -61,9 +61,13 @@ def check(path: str, secrets: tuple[str, ...]) -> dict[str, Any]:
             result["diagnostics"] = list(warnings) + exc.diagnostics
             return result
         except PlanLimitError as exc:
-            loc = spec.loc("$.budget")
+            where = "$.budget"
+            for limit in ("max_tasks", "max_usd"):  # point at the limit the message names
+                if limit in str(exc) and f"$.budget.{limit}" in spec.locs:
+                    where = f"$.budget.{limit}"
+                    break
             result["diagnostics"] = list(warnings) + [
-                Diagnostic(str(exc), path="$.budget", loc=loc, code="plan-limit")]
+                Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit")]
             return result
         tasks = getattr(plan, "tasks", None)
         result["tasks"] = len(tasks) if tasks is not None else None
