@@ -91,11 +91,7 @@ class LocalServer:
             if method != "POST":
                 return await _json(send, 405, {"errors": [error_object(
                     "methodNotAllowed", "use POST /v1 with a JSON array of tasks")]})
-            self.ledger.enter()
-            try:
-                return await self._api(scope, receive, send)
-            finally:
-                self.ledger.leave()
+            return await self._api(scope, receive, send)
         if method in ("GET", "HEAD"):
             m = _IMAGE_PATH.match(path)
             if m:
@@ -139,10 +135,19 @@ class LocalServer:
             return await _json(send, 400, {"errors": [error_object(
                 "invalidPayload", "the body must be a non-empty JSON array of tasks")]})
         cap = self.config.faults.capacity
-        if cap is not None and self.ledger.in_flight > cap:
+        if cap is not None and self.ledger.in_flight >= cap:
             self.injector.injected["capacity"] = self.injector.injected.get("capacity", 0) + 1
             return await _json(send, 429, {"errors": [error_object(
                 "rateLimitExceeded", f"more than {cap} concurrent requests")]})
+        self.ledger.enter()
+        try:
+            await self._serve_tasks(scope, receive, send, headers, tasks, bool(lead_auth))
+        finally:
+            self.ledger.leave()
+
+    async def _serve_tasks(self, scope: Scope, receive: Receive, send: Send,
+                           headers: dict[bytes, bytes], tasks: list[Any], lead_auth: bool
+                           ) -> None:
         fault, latency = self.injector.next_request()
         if fault in BEFORE_BILLING:
             return await _status_fault(send, int(fault.removeprefix("http_")))

@@ -1,0 +1,86 @@
+"""`specrunner serve`: the local Runware-compatible server on a real socket (uvicorn).
+
+Loopback only unless --allow-remote. The accepted API key comes from --api-key, else
+RUNWARE_API_KEY, else any non-empty key is accepted; it is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from typing import Mapping, TextIO
+
+from specrunner.errors import UsageError
+from specrunner.local import LocalConfig, create_app
+from specrunner.local.faults import ALL_FAULTS, FaultConfig, Latency, parse_rate
+from specrunner.local.server import bind, uvicorn_server
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback --host")
+    parser.add_argument("--api-key", help="the accepted key (default: RUNWARE_API_KEY, "
+                        "else any non-empty key)")
+    parser.add_argument("--faults", metavar="FILE", help="fault settings (JSON or YAML)")
+    parser.add_argument("--seed", type=int, help="seed of the fault sequence")
+    parser.add_argument("--latency", help="per request: S | fixed:S | uniform:LO,HI | "
+                        "exponential:MEAN[,CAP]")
+    parser.add_argument("--processing", help="per imageInference task, same forms as --latency")
+    parser.add_argument("--capacity", type=int, help="max concurrent requests (more get 429)")
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
+                        help=f"a fault rate in 0..1; names: {', '.join(ALL_FAULTS)}")
+    parser.add_argument("--hang-s", type=float, help="how long a 'hang' fault holds a response")
+    parser.add_argument("--ttl", type=float, default=3600.0,
+                        help="default lifetime of output image URLs, seconds")
+    parser.add_argument("--no-render", action="store_true",
+                        help="skip the edit engine; answer a tiny fixed image (benchmarks)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["critical", "error", "warning", "info", "debug"])
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfig:
+    """The LocalConfig the flags describe (file first, flags override); UsageError if bad."""
+    faults = FaultConfig.load(args.faults) if args.faults else FaultConfig()
+    changes: dict[str, object] = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.latency is not None:
+        changes["latency"] = Latency.parse(args.latency)
+    if args.processing is not None:
+        changes["processing"] = Latency.parse(args.processing)
+    if args.capacity is not None:
+        changes["capacity"] = args.capacity
+    if args.hang_s is not None:
+        changes["hang_s"] = args.hang_s
+    rates = dict(faults.rates)
+    for text in args.fault:
+        name, rate = parse_rate(text)
+        rates[name] = rate
+    faults = replace(faults, rates=rates, **changes)  # re-validated by __post_init__
+    if args.ttl < 1:
+        raise UsageError("--ttl must be at least 1 second")
+    key = args.api_key if args.api_key is not None else env.get("RUNWARE_API_KEY") or None
+    if args.api_key is not None and not args.api_key:
+        raise UsageError("--api-key must not be empty")
+    return LocalConfig(api_key=key, faults=faults, render=not args.no_render,
+                       default_ttl_s=args.ttl)
+
+
+def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = build_config(args, os.environ)
+    sock = bind(args.host, args.port, allow_remote=args.allow_remote)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    auth = "the configured key" if config.api_key else "any non-empty key"
+    active = {k: v for k, v in config.faults.rates.items() if v}
+    print(f"specrunner local simulator on http://{shown}:{port}  (POST /v1, "
+          f"GET /admin/stats; accepts {auth}; faults: {active or 'none'})", file=out, flush=True)
+    server = uvicorn_server(create_app(config), log_level=args.log_level)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,75 @@
+"""Helpers for tests that talk to the local server (used by specrunner's own test suite).
+
+`FakeClock` gives a server a clock and a sleep that advances it instantly; `inference_task`
+builds a valid ideogram:3@3 task; `client` opens an in-process httpx client.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import uuid
+from typing import Any, AsyncIterator
+
+import anyio
+import httpx
+from PIL import Image
+
+from specrunner.local.app import LocalServer
+
+BASE_URL = "http://local.runware"
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to, or when `sleep` is awaited."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await anyio.sleep(0)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def image_data_uri(image: Image.Image, fmt: str = "PNG") -> str:
+    """`image` encoded as a data URI (PNG, JPEG or WEBP; WEBP lossless)."""
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def inference_task(**overrides: Any) -> dict[str, Any]:
+    """A valid imageInference task with URL inputs (placeholders) and a fresh taskUUID."""
+    task: dict[str, Any] = {
+        "taskType": "imageInference",
+        "taskUUID": new_uuid(),
+        "model": "ideogram:3@3",
+        "positivePrompt": 'A shop sign reading "LOCAL TEST"',
+        "inputs": {"seedImage": "https://example.invalid/seed.jpg",
+                   "maskImage": "https://example.invalid/mask.png"},
+    }
+    task.update(overrides)
+    return task
+
+
+@contextlib.asynccontextmanager
+async def client(server: LocalServer, key: str = "test-key", base_url: str = BASE_URL
+                 ) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx.AsyncClient wired to `server` in-process, sending `key` as a Bearer token."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server), base_url=base_url,
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
+        yield c
