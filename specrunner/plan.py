@@ -189,7 +189,8 @@ class _Diags:
             raise SpecError(self.items)
 
 
-def _money(d: Decimal) -> str:
+def money(d: Decimal) -> str:
+    """Dollars with at least cents: $0.08, $12.80, $0.0125."""
     return f"${d.quantize(Decimal('0.01'))}" if d == d.quantize(Decimal("0.01")) else f"${d}"
 
 
@@ -470,8 +471,8 @@ def build_plan(spec: Spec) -> Plan:
     total_images = sum(t.number_results for t in tasks)
     total_cost = price * total_images
     if total_cost > spec.budget.max_usd:
-        raise PlanLimitError(f"plan needs {_money(total_cost)} for {total_images:,} images; "
-                             f"budget max_usd is {_money(spec.budget.max_usd)}")
+        raise PlanLimitError(f"plan needs {money(total_cost)} for {total_images:,} images; "
+                             f"budget max_usd is {money(spec.budget.max_usd)}")
     bd = tuple((k, tuple(AxisValue(v, n, i, price * i) for v, n, i in vals.values()))
                for k, vals in breakdown.items() if vals)
     return Plan(spec, tuple(tasks), total_cost, total_images, bd, exp)
@@ -486,16 +487,16 @@ def _pairs(values: Mapping[str, Scalar]) -> str:
     return ", ".join(f"{k}={text_of(v)}" for k, v in values.items()) or "(no values)"
 
 
-def explain(plan: Plan, variant_id: str) -> tuple[bool, str]:
+def explain(plan: Plan, variant_id: str) -> tuple[str, str]:
     """Where `variant_id` came from, or which exclude entry removed it.
 
-    Returns (found, text): found is False when no task has that id; the text then says
-    whether an exclude entry removed the combination, or suggests close ids.
+    Returns (status, text), status "found", "excluded" (the text names the exclude entry and
+    its location) or "unknown" (the text suggests close ids).
     """
     spec, rep, exp = plan.spec, plan.spec.repeat, plan.expansion
     hit = next((t for t in plan.tasks if t.variant_id == variant_id), None)
     if hit is None:
-        return False, _explain_missing(plan, variant_id)
+        return _explain_missing(plan, variant_id)
     ci = hit.index // rep
     group = plan.tasks[ci * rep:(ci + 1) * rep]
     lines = [f"variant {variant_id}: combination #{ci + 1} of {len(plan.tasks) // rep}, "
@@ -538,14 +539,14 @@ def explain(plan: Plan, variant_id: str) -> tuple[bool, str]:
     for t in group:
         outs = ", ".join(str(spec.output.dir / p) for p in t.output_paths())
         lines.append(f"  task #{t.index + 1} {t.variant_id}: key {t.task_key[:16]}... "
-                     f"uuid {t.task_uuid} est. {_money(t.est_cost)} -> {outs}")
+                     f"uuid {t.task_uuid} est. {money(t.est_cost)} -> {outs}")
     lines.append("  request:")
     body = json.dumps(dict(hit.request), indent=2, ensure_ascii=False)
     lines.extend("    " + line for line in body.splitlines())
-    return True, "\n".join(lines)
+    return "found", "\n".join(lines)
 
 
-def _explain_missing(plan: Plan, variant_id: str) -> str:
+def _explain_missing(plan: Plan, variant_id: str) -> tuple[str, str]:
     spec, exp = plan.spec, plan.expansion
     stem = re.sub(r"-r[0-9]+$", "", variant_id)
     if exp is not None:
@@ -553,9 +554,9 @@ def _explain_missing(plan: Plan, variant_id: str) -> str:
             values = exp.combination_at(pidx)
             if base_id(values, pidx) in (variant_id, stem):
                 entry = spec.matrix.exclude[j]  # type: ignore[union-attr]
-                return (f"variant {variant_id} is not in the plan: matrix combination "
+                return "excluded", (f"variant {variant_id} is not in the plan: matrix combination "
                         f"#{pidx + 1} ({_pairs(values)}) was removed by exclude #{j + 1} "
                         f"{{{_pairs(entry)}}} ({_where(spec, f'$.matrix.exclude[{j}]')})")
     close = difflib.get_close_matches(variant_id, [t.variant_id for t in plan.tasks], n=3)
-    return (f"no variant `{variant_id}` in the plan"
+    return "unknown", (f"no variant `{variant_id}` in the plan"
             + (f"; did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""))

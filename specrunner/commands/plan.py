@@ -1,0 +1,228 @@
+"""`specrunner plan SPEC`: the exact requests a campaign will send, and what they cost.
+
+Formats: `table` (default; the first --limit rows, totals, a per-axis breakdown), `markdown`
+(the same in GitHub tables), `csv` (one row per task, always complete) and `json` (always
+complete; one task per line):
+
+    {"spec": path, "name": str, "model": str, "price_per_image": "0.08",
+     "totals": {"tasks": int, "images": int, "est_cost": "0.96", "max_usd": "1.00",
+                "max_tasks": int},
+     "breakdown": {axis: [{"value", "tasks", "images", "est_cost"}, ...], ...},
+     "tasks": [{"index", "variant", "input", "prompt", "repeat" (0-based), "axes",
+                "task_key", "task_uuid", "number_results", "est_cost", "outputs" (relative
+                to output_dir), "local_inputs": {field: {"path", "sha256", "invert"}},
+                "request" (the body item sent, local files as "local:<sha256>")}, ...],
+     "output_dir": path}
+
+Money is a decimal string. `--explain VARIANT` tells where a variant came from (axis
+values, product index, include entries) or which exclude entry removed it.
+Exit codes: 0 ok, 2 invalid spec, over budget or task cap, or unknown variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from decimal import Decimal, InvalidOperation
+from typing import Any, TextIO
+
+from tabulate import tabulate
+
+from specrunner.errors import EXIT_INVALID, EXIT_OK, UsageError
+
+FORMATS = ("table", "json", "csv", "markdown")
+EXCERPT = 40
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of `plan`."""
+    parser.add_argument("spec", help="the campaign spec (YAML)")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="output format (default: table)")
+    parser.add_argument("--explain", metavar="VARIANT",
+                        help="show which matrix values and include/exclude rules made VARIANT")
+    parser.add_argument("--max-usd", metavar="X", help="budget for this plan, overriding the spec's")
+    parser.add_argument("--max-tasks", metavar="N", help="task cap, overriding the spec's")
+    parser.add_argument("--limit", metavar="N", default="50",
+                        help="table/markdown rows to show (default 50)")
+    parser.add_argument("--all", action="store_true", help="show every row of the table")
+
+
+def _positive_decimal(text: str, option: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value <= 0:
+        raise UsageError(f"{option} must be a positive number of dollars, not {text!r}")
+    return value
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{option} must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
+def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Load, plan and print; SpecError/PlanLimitError propagate to the CLI (exit 2)."""
+    import dataclasses
+
+    from specrunner import plan as planmod
+    from specrunner import spec as specmod
+
+    limit = None if args.all else _positive_int(args.limit, "--limit")
+    overrides: dict[str, Any] = {}
+    if args.max_usd is not None:
+        overrides["max_usd"] = _positive_decimal(args.max_usd, "--max-usd")
+    if args.max_tasks is not None:
+        overrides["max_tasks"] = _positive_int(args.max_tasks, "--max-tasks")
+    spec = specmod.load_spec(args.spec, secrets=(os.environ.get("RUNWARE_API_KEY", ""),))
+    if overrides:
+        spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, **overrides))
+    plan = planmod.build_plan(spec)
+    if args.explain is not None:
+        status, text = planmod.explain(plan, args.explain)
+        if status == "unknown":
+            print(f"error: {text}", file=err)
+            return EXIT_INVALID
+        print(text, file=out)
+        return EXIT_OK
+    {"table": write_table, "markdown": write_markdown, "csv": write_csv,
+     "json": write_json}[args.format](plan, out, limit)
+    return EXIT_OK
+
+
+def _excerpt(text: str, width: int = EXCERPT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _style(request: Any) -> str:
+    style = request.get("providerSettings", {}).get("ideogram", {}).get("styleType")
+    return "-" if style is None else str(style)
+
+
+def _rows(plan: Any, limit: int | None) -> list[list[Any]]:
+    from specrunner.plan import money
+
+    tasks = plan.tasks if limit is None else plan.tasks[:limit]
+    return [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
+             _style(t.request), t.number_results, money(t.est_cost)] for t in tasks]
+
+
+HEADERS = ["variant", "input", "prompt", "style", "results", "est. cost"]
+AXIS_HEADERS = ["axis", "value", "tasks", "images", "est. cost"]
+ROW_ALIGN = ("left", "left", "left", "left", "right", "right")
+AXIS_ALIGN = ("left", "left", "right", "right", "right")
+
+
+def _summary(plan: Any) -> str:
+    from specrunner.plan import money
+
+    b = plan.spec.budget
+    return (f"plan {plan.spec.name}: {len(plan.tasks):,} tasks, {plan.total_images:,} images, "
+            f"estimated {money(plan.total_cost)} (budget {money(b.max_usd)}, "
+            f"max {b.max_tasks:,} tasks)")
+
+
+def _axis_rows(plan: Any) -> list[list[Any]]:
+    from specrunner.plan import money, text_of
+
+    rows = []
+    for key, values in plan.breakdown:
+        for av in values:
+            rows.append([key, text_of(av.value), av.tasks, av.images, money(av.cost)])
+    return rows
+
+
+def _hidden(plan: Any, limit: int | None) -> str | None:
+    hidden = 0 if limit is None else max(0, len(plan.tasks) - limit)
+    if not hidden:
+        return None
+    return (f"({hidden:,} more tasks not shown; --all shows them, --format json or csv "
+            "lists them all)")
+
+
+def write_table(plan: Any, out: TextIO, limit: int | None) -> None:
+    """The human view: summary, task rows (up to `limit`), per-axis breakdown."""
+    print(_summary(plan), file=out)
+    print(file=out)
+    print(tabulate(_rows(plan, limit), headers=HEADERS, tablefmt="simple",
+                   disable_numparse=True, colalign=ROW_ALIGN), file=out)
+    note = _hidden(plan, limit)
+    if note:
+        print(note, file=out)
+    print(file=out)
+    print("by axis:", file=out)
+    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="simple",
+                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+
+
+def write_markdown(plan: Any, out: TextIO, limit: int | None) -> None:
+    """The table view as GitHub-flavoured Markdown."""
+    print(f"## {_summary(plan)}", file=out)
+    print(file=out)
+    print(tabulate(_rows(plan, limit), headers=HEADERS, tablefmt="github",
+                   disable_numparse=True, colalign=ROW_ALIGN), file=out)
+    note = _hidden(plan, limit)
+    if note:
+        print(f"\n{note}", file=out)
+    print("\n### By axis\n", file=out)
+    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="github",
+                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+
+
+def _axis_keys(plan: Any) -> list[str]:
+    return [k for k, _ in plan.breakdown if k not in ("input", "prompt")]
+
+
+def write_csv(plan: Any, out: TextIO, limit: int | None = None) -> None:
+    """One row per task (always all of them): ids, axes, cost, output, identity, prompt."""
+    from specrunner.plan import text_of
+
+    axes = _axis_keys(plan)
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["index", "variant", "input", "prompt", "repeat", *axes, "number_results",
+                "est_cost", "outputs", "task_uuid", "task_key", "positive_prompt"])
+    for t in plan.tasks:
+        w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat,
+                    *(text_of(t.axes[k]) if k in t.axes else "" for k in axes),
+                    t.number_results, str(t.est_cost), ";".join(t.output_paths()),
+                    t.task_uuid, t.task_key, t.request["positivePrompt"]])
+
+
+def task_json(t: Any) -> dict[str, Any]:
+    """One task as the JSON format documents it."""
+    return {
+        "index": t.index, "variant": t.variant_id, "input": t.input_name,
+        "prompt": t.prompt_name, "repeat": t.repeat, "axes": dict(t.axes),
+        "task_key": t.task_key, "task_uuid": t.task_uuid, "number_results": t.number_results,
+        "est_cost": str(t.est_cost), "outputs": t.output_paths(),
+        "local_inputs": {k: {"path": str(v.path), "sha256": v.sha256, "invert": v.invert}
+                         for k, v in t.local_inputs.items()},
+        "request": dict(t.request),
+    }
+
+
+def write_json(plan: Any, out: TextIO, limit: int | None = None) -> None:
+    """The whole plan as one JSON document (always all tasks), streamed one task a line."""
+    spec = plan.spec
+    head = {
+        "spec": str(spec.path), "name": spec.name, "model": spec.model,
+        "price_per_image": str(spec.prices.get(spec.model)),
+        "output_dir": str(spec.output.dir),
+        "totals": {"tasks": len(plan.tasks), "images": plan.total_images,
+                   "est_cost": str(plan.total_cost), "max_usd": str(spec.budget.max_usd),
+                   "max_tasks": spec.budget.max_tasks},
+        "breakdown": {k: [{"value": av.value, "tasks": av.tasks, "images": av.images,
+                           "est_cost": str(av.cost)} for av in vals]
+                      for k, vals in plan.breakdown},
+    }
+    text = json.dumps(head, ensure_ascii=False)
+    out.write(text[:-1] + ', "tasks": [')
+    for i, t in enumerate(plan.tasks):
+        out.write(("\n" if i == 0 else ",\n") + json.dumps(task_json(t), ensure_ascii=False))
+    out.write("\n]}\n")
