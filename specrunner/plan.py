@@ -322,7 +322,6 @@ def build_plan(spec: Spec) -> Plan:
     outputs: dict[str, int] = {}
     known_keys: set[str] = set()
     slug_cache: dict[tuple[type, Scalar], str] = {}
-    breakdown: dict[str, dict[tuple[type, Scalar], list[Any]]] = {"input": {}, "prompt": {}}
     for ci, (values, explicit_id, src) in enumerate(combos):
         for key in values:
             if key in known_keys:
@@ -421,11 +420,6 @@ def build_plan(spec: Spec) -> Plan:
         cost = cost_cache.get(nres)
         if cost is None:
             cost = cost_cache[nres] = (price or Decimal(0)) * nres
-        others = ((k, v) for k, v in values.items() if k not in ("input", "prompt"))
-        for key, val in (("input", in_name), ("prompt", pr_name), *others):
-            slot = breakdown.setdefault(key, {}).setdefault((type(val), val), [val, 0, 0])
-            slot[1] += repeat
-            slot[2] += repeat * nres
         for r in range(repeat):
             tid = vid if r == 0 else f"{vid}-r{r + 1}"
             ns["variant"], ns["repeat"] = tid, str(r + 1)
@@ -473,9 +467,44 @@ def build_plan(spec: Spec) -> Plan:
     if total_cost > spec.budget.max_usd:
         raise PlanLimitError(f"plan needs {money(total_cost)} for {total_images:,} images; "
                              f"budget max_usd is {money(spec.budget.max_usd)}")
-    bd = tuple((k, tuple(AxisValue(v, n, i, price * i) for v, n, i in vals.values()))
-               for k, vals in breakdown.items() if vals)
-    return Plan(spec, tuple(tasks), total_cost, total_images, bd, exp)
+    return Plan(spec, tuple(tasks), total_cost, total_images,
+                _breakdown(tasks, repeat, fields, price), exp)
+
+
+def _breakdown(tasks: list[Task], repeat: int, fields: Mapping[str, tuple[str, ...]],
+               price: Decimal) -> tuple[tuple[str, tuple[AxisValue, ...]], ...]:
+    """Tasks, images and cost per value of `input`, `prompt` and every combination key.
+
+    A field a combination does not set shows the value its request carries (from
+    `defaults`), or None when the request does not send it.
+    """
+    firsts = tasks[::repeat]
+    keys = ["input", "prompt"]
+    seen = set(keys)
+    for t in firsts:
+        for k in t.axes:
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+    out = []
+    for key in keys:
+        counts: dict[tuple[type, Scalar], list[Any]] = {}
+        for t in firsts:
+            if key in ("input", "prompt"):
+                val: Any = t.input_name if key == "input" else t.prompt_name
+            elif key in t.axes:
+                val = t.axes[key]
+            elif key in fields:
+                val = t.request
+                for part in fields[key]:
+                    val = val.get(part) if isinstance(val, Mapping) else None
+            else:
+                val = None
+            slot = counts.setdefault((type(val), val), [val, 0, 0])
+            slot[1] += repeat
+            slot[2] += repeat * t.number_results
+        out.append((key, tuple(AxisValue(v, n, i, price * i) for v, n, i in counts.values())))
+    return tuple(out)
 
 
 def _where(spec: Spec, path: str) -> str:

@@ -134,7 +134,8 @@ def _axis_rows(plan: Any) -> list[list[Any]]:
     rows = []
     for key, values in plan.breakdown:
         for av in values:
-            rows.append([key, text_of(av.value), av.tasks, av.images, money(av.cost)])
+            shown = "(not set)" if av.value is None else text_of(av.value)
+            rows.append([key, shown, av.tasks, av.images, money(av.cost)])
     return rows
 
 
