@@ -126,6 +126,24 @@ class Inputs:
         self._known = uploads
         self._cache: dict[tuple[str, bool], str] = {}
         self._locks: dict[tuple[str, bool], anyio.Lock] = {}
+        self._reused: set[tuple[str, bool]] = set()  # taken from the record, not uploaded now
+
+    def forget_reused(self, task: Task, sent: dict[str, str]) -> bool:
+        """Drop recorded uploads this task sent (the server lost them); True if any were stale.
+
+        Also True when a sibling already replaced what this task sent.
+        """
+        stale = False
+        for name, img in task.local_inputs.items():
+            key = (img.sha256, img.invert)
+            if key in self._reused:
+                self._reused.discard(key)
+                self._known.pop(key, None)
+                self._cache.pop(key, None)
+                stale = True
+            elif key not in self._cache or self._cache[key] != sent.get(name):
+                stale = True
+        return stale
 
     def _bytes(self, img: LocalImage) -> tuple[bytes, str]:
         data = img.path.read_bytes()
@@ -151,6 +169,7 @@ class Inputs:
             known = self._known.get(key)
             if ex.execution.upload == "upload" and known and ex.wall() - known[1] < st.UPLOAD_TTL_S:
                 self._cache[key] = known[0]
+                self._reused.add(key)
                 return known[0]
             data, fmt = await anyio.to_thread.run_sync(self._bytes, img)
             uri = data_uri(data, fmt)
@@ -458,6 +477,14 @@ class Executor:
                 continue
             if kind == "stop":
                 raise _StopRun(f"the API refused the run: {outcome[1]} ({outcome[2]})")
+            stale = self.inputs.forget_reused(t, resolved)
+            if stale and (outcome[1] or "").startswith(("invalidSeed", "invalidMask", "invalidImage")):
+                # An upload recorded by an earlier run is gone on the server: upload it again.
+                resolved.update({n: await self.inputs.resolve(i)
+                                 for n, i in t.local_inputs.items()})
+                await self._new_generation(job)
+                tries = 0
+                continue
             raise _GiveUp("failed", outcome[1] or "error", outcome[2] or "")
 
     def _classify(self, job: _Job, reply: Reply) -> tuple[str, str | None, str | None]:

@@ -50,7 +50,7 @@ class Progress:
     def __post_init__(self) -> None:
         self._start = self.clock()
 
-    def tick(self, c: Counters) -> None:
+    def tick(self, c: Counters, force: bool = False) -> None:
         """Show the current figures (throttled to `every_s` when not a terminal)."""
         now = self.clock()
         line = status_line(c, self.max_usd, now - self._start)
@@ -59,7 +59,7 @@ class Progress:
             self.stream.write("\r" + line + " " * pad)
             self._width = len(line)
             self.stream.flush()
-        elif now - self._last >= self.every_s:
+        elif force or now - self._last >= self.every_s:
             self._last = now
             self.stream.write(line + "\n")
             self.stream.flush()

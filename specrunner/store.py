@@ -285,8 +285,7 @@ def open_store(out_dir: Path) -> Store:
                                       "it was left untouched: move it away or use another --out")
         try:
             conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # Read-only checks first: switching to WAL would already rewrite a foreign file.
             app = conn.execute("PRAGMA application_id").fetchone()[0]
             ver = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -294,6 +293,7 @@ def open_store(out_dir: Path) -> Store:
             raise RecordError(f"the run record {db} is damaged ({exc}); it was left untouched: "
                               "move it away or use another --out") from None
         if tables == 0 and app == 0:
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA application_id={APP_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -302,6 +302,8 @@ def open_store(out_dir: Path) -> Store:
             raise RecordError(f"the run record {db} is not a specrunner record of schema version "
                               f"{SCHEMA_VERSION} (found application_id={app}, version={ver}); "
                               "it was left untouched: move it away or use another --out")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
     except BaseException:
         os.close(fd)
         raise

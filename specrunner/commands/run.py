@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace, spec: Any, tasks: list, store: Any, run_id: i
                 outcome = await ex.run()
                 tg.cancel_scope.cancel()
             if mode != "none":
-                progress.tick(ex.c)
+                progress.tick(ex.c, force=True)
             progress.close()
             return outcome
 
