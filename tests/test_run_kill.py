@@ -1,0 +1,89 @@
+"""SIGKILL a real `specrunner run` process at random moments against `specrunner serve`
+(a separate process, so the ledger outlives the client), then resume: 0 billed twice, 0 lost,
+and the campaign completes. bench/bench_kill.py runs the same with more kills and tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+from test_run_cli import write_spec
+from test_run_support import audit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "specrunner", "serve", "--port", "0",
+                             "--no-render", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    line = proc.stdout.readline() if proc.stdout else ""
+    url = line.split(" on ", 1)[1].split()[0]
+    assert url.startswith("http://127.0.0.1:"), line
+    return proc, url
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/admin/stats", timeout=10) as resp:
+        return json.load(resp)
+
+
+def run_cmd(spec: Path, out: Path, url: str) -> list[str]:
+    return [sys.executable, "-m", "specrunner", "run", str(spec), "--base-url", f"{url}/v1",
+            "--out", str(out), "--concurrency", "4", "--progress", "none"]
+
+
+def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
+    """Returns the figures; asserts nothing (callers do)."""
+    rng = random.Random(seed)
+    spec = write_spec(tmp, repeat=repeat)
+    out = tmp / "o"
+    server, url = start_server("--processing", "uniform:0.02,0.2", "--fault", "drop=0.05",
+                               "--fault", "http_503=0.05", "--seed", str(seed))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = 0
+    try:
+        for _ in range(kills):
+            proc = subprocess.Popen(run_cmd(spec, out, url), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait(timeout=30)
+        final = subprocess.run(run_cmd(spec, out, url), env=env, capture_output=True, text=True,
+                               timeout=120)
+        s = stats(url)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    images = {u: int(Decimal(str(v)) / Decimal("0.08") + Decimal("0.5"))
+              for u, v in s["charges"].items()}
+    import sqlite3
+
+    conn = sqlite3.connect(out / ".specrunner" / "run.db")
+    mid_run = conn.execute(  # killed runs that had sent something: kills landed mid-work
+        "SELECT count(DISTINCT r.run_id) FROM runs r JOIN transitions t ON t.run_id = r.run_id "
+        "WHERE r.ended_at IS NULL AND t.to_state = 'sending'").fetchone()[0]
+    conn.close()
+    return {"killed": killed, "killed_mid_run": mid_run, "exit": final.returncode, "stderr": final.stderr,
+            "audit": audit(images, out), "tasks": 2 * repeat,
+            "duplicates_refused": s["duplicateAttemptsTotal"]}
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    fig = kill_and_resume(tmp_path, kills=22, repeat=20, seed=11)
+    a = fig["audit"]
+    assert fig["exit"] == 0, fig["stderr"]
+    assert fig["killed"] >= 20 and fig["killed_mid_run"] >= 5, fig
+    assert a.billed_twice == 0 and a.unknown_charges == 0 and a.lost == 0
+    assert a.done == fig["tasks"] == a.charged_tasks

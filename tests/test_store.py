@@ -1,0 +1,99 @@
+"""The run record: schema, locking, refusal of damaged records, group commit, atomic files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from specrunner.errors import RecordError
+from specrunner.store import (Writer, op_attempt, op_result, op_state, open_store, write_atomic)
+from test_run_support import make_tasks
+
+
+def test_new_record_is_wal_full_sync_and_versioned(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    try:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        store.close()
+    reopened = open_store(tmp_path)  # reopening our own record is fine
+    reopened.close()
+
+
+def test_lock_names_the_holder_and_is_released_on_close(tmp_path: Path) -> None:
+    first = open_store(tmp_path)
+    with pytest.raises(RecordError, match=f"pid {os.getpid()}"):
+        open_store(tmp_path)
+    first.close()
+    open_store(tmp_path).close()
+
+
+def test_wrong_schema_version_is_refused_untouched(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    db = tmp_path / ".specrunner" / "run.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(RecordError, match="schema version"):
+        open_store(tmp_path)
+    assert db.read_bytes() == before
+
+
+def test_results_keep_huge_seeds_exact_and_plan_is_idempotent(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    try:
+        tasks = make_tasks(2)
+        store.plan_tasks(1, tasks)
+        store.plan_tasks(2, tasks)  # a resume does not duplicate or reset tasks
+        assert len(store.task_rows()) == 2
+        seed = 2**63 + 12345
+        store.apply([op_result(tasks[0].task_key, 0, {"taskUUID": tasks[0].task_uuid,
+                                                      "imageUUID": "x", "seed": seed,
+                                                      "cost": 0.08, "NSFWContent": False}, 0.0)])
+        [row] = store.results(tasks[0].task_key)
+        assert int(row.seed) == seed and row.cost == Decimal("0.08") and row.nsfw is False
+    finally:
+        store.close()
+
+
+def test_writer_group_commits_concurrent_writes(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    tasks = make_tasks(200)
+    store.plan_tasks(1, tasks)
+
+    async def main() -> int:
+        writer = Writer(store)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            async with anyio.create_task_group() as inner:
+                for t in tasks:
+                    inner.start_soon(writer.write, op_state(t.task_key, 1, "planned", "sending",
+                                                            now=1.0) +
+                                     [op_attempt(t.task_key, 1, t.task_uuid, "send", 1, 2,
+                                                 200, "ok")])
+            await writer.close()
+        return writer.commits
+
+    try:
+        commits = anyio.run(main)
+        states = {r.state for r in store.task_rows().values()}
+        n = store.conn.execute("SELECT count(*) FROM transitions").fetchone()[0]
+    finally:
+        store.close()
+    assert states == {"sending"} and n == 200
+    assert commits < 200  # batched: fewer transactions (fsyncs) than writers
+
+
+def test_write_atomic_replaces_without_leaving_temp_files(tmp_path: Path) -> None:
+    write_atomic(tmp_path, "a/b.png", b"one")
+    write_atomic(tmp_path, "a/b.png", b"two")
+    assert (tmp_path / "a" / "b.png").read_bytes() == b"two"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.png"]
