@@ -1,0 +1,359 @@
+"""Plan: requests, identity, limits, collisions, escapes, explain, and the `plan` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specrunner import cli, models, plan as planmod, runware
+from specrunner.campaign import (Budget, Execution, ImageRef, InputPair, LocalImage, Matrix,
+                                 OutputSettings, Spec, VariantDecl)
+from specrunner.errors import Loc, PlanLimitError, SpecError
+from specrunner.plan import build_plan, explain
+
+FILE = "/camp/spec.yaml"
+LOC_PATHS = ["$.model", "$.defaults", "$.defaults.outputQuality", "$.prompts", "$.matrix",
+             "$.matrix.styleType", "$.matrix.include[0]", "$.matrix.include[1]",
+             "$.matrix.exclude[0]", "$.variants[0]", "$.variants[1]", "$.output.name",
+             "$.prompts.neon", "$.prompts.deco", "$.inputs"]
+
+
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def pair(name: str, polarity: str = "white-edits") -> InputPair:
+    return InputPair(name, ImageRef("file", f"/camp/img/{name}.jpg", f"img/{name}.jpg",
+                                    sha(name + ".jpg"), (64, 48), "JPEG"),
+                     ImageRef("file", f"/camp/img/{name}-mask.png", f"img/{name}-mask.png",
+                              sha(name + "-mask.png"), (64, 48), "PNG"),
+                     polarity, {"shop": name.upper()})
+
+
+def make_spec(inputs: Any = ("bakery",), prompts: Any = None, *, repeat: int = 1,
+              defaults: Any = None, output_name: str = "{variant}", max_usd: str = "100",
+              max_tasks: int = 10_000, variants: Any = None, delivery: str = "async",
+              **spec_vars: str) -> Spec:
+    """A Spec as spec.py would build it (fake but consistent image hashes, fake locs)."""
+    prompts = prompts if prompts is not None else {"neon": "Neon sign reading {shop}"}
+    locs = {p: Loc(FILE, i + 2, 3) for i, p in enumerate(LOC_PATHS)}
+    return Spec(
+        path=Path(FILE), source_sha256="0" * 64, name="camp", model="ideogram:3@3",
+        defaults=defaults or {}, vars=dict(spec_vars),
+        inputs={n: pair(n) for n in inputs}, prompts=dict(prompts),
+        matrix=None if variants else Matrix(axes=(("input", tuple(inputs)),
+                                                  ("prompt", tuple(prompts)))),
+        variants=tuple(variants) if variants else None, repeat=repeat,
+        output=OutputSettings(Path("/camp/out"), output_name),
+        budget=Budget(Decimal(max_usd), max_tasks), execution=Execution(delivery=delivery),
+        prices={"ideogram:3@3": Decimal("0.08")}, locs=locs)
+
+
+def with_matrix(spec: Spec, m: Matrix) -> Spec:
+    return dataclasses.replace(spec, matrix=m, variants=None)
+
+
+def diags(spec: Spec) -> list:
+    with pytest.raises(SpecError) as exc:
+        build_plan(spec)
+    return exc.value.diagnostics
+
+
+# --- requests and identity ---------------------------------------------------------------
+
+def test_request_is_exactly_defaults_fields_and_runner_fields() -> None:
+    spec = make_spec(("bakery",), {"neon": "Neon sign reading {shop} in {city}"}, city="Lyon",
+                     defaults={"outputFormat": "PNG",
+                               "providerSettings": {"ideogram": {"magicPrompt": "ON"}}})
+    spec = with_matrix(spec, Matrix(axes=(("styleType", ("DESIGN",)),)))
+    (task,) = build_plan(spec).tasks
+    body = {
+        "taskType": "imageInference", "model": "ideogram:3@3",
+        "positivePrompt": "Neon sign reading BAKERY in Lyon", "outputFormat": "PNG",
+        "providerSettings": {"ideogram": {"magicPrompt": "ON", "styleType": "DESIGN"}},
+        "inputs": {"seedImage": "local:" + sha("bakery.jpg"),
+                   "maskImage": "local:" + sha("bakery-mask.png")},
+        "includeCost": True, "deliveryMethod": "async",
+    }
+    canonical = json.dumps({"request": body, "maskPolarity": "white-edits", "repeat": 0},
+                           sort_keys=True, separators=(",", ":")).encode()
+    assert task.task_key == hashlib.sha256(canonical).hexdigest()
+    assert task.task_uuid == runware.task_uuid(task.task_key)
+    assert dict(task.request) == {"taskUUID": task.task_uuid, **body}
+    assert list(task.request)[:4] == ["taskType", "taskUUID", "model", "positivePrompt"]
+    assert task.local_inputs == {
+        "seedImage": LocalImage(Path("/camp/img/bakery.jpg"), sha("bakery.jpg"), False),
+        "maskImage": LocalImage(Path("/camp/img/bakery-mask.png"), sha("bakery-mask.png"),
+                                False)}
+    assert (task.variant_id, task.output_stem, task.output_ext) == ("DESIGN", "DESIGN", "png")
+    assert spec.defaults == {"outputFormat": "PNG",
+                             "providerSettings": {"ideogram": {"magicPrompt": "ON"}}}
+
+
+def test_url_and_uuid_inputs_go_as_written_and_black_edits_inverts_the_mask() -> None:
+    uuid = "d01113cd-fe21-4a0f-a480-706372b78c09"
+    spec = make_spec()
+    black = dataclasses.replace(spec.inputs["bakery"], polarity="black-edits")
+    url = InputPair("web", ImageRef("uuid", uuid, uuid),
+                    ImageRef("url", "https://x.test/m.png", "https://x.test/m.png"))
+    spec = dataclasses.replace(spec, inputs={"bakery": black, "web": url},
+                               prompts={"neon": "Neon"},
+                               matrix=Matrix(axes=(("input", ("bakery", "web")),)))
+    t_black, t_web = build_plan(spec).tasks
+    assert t_black.local_inputs["maskImage"].invert and not t_black.local_inputs["seedImage"].invert
+    assert t_web.request["inputs"] == {"seedImage": uuid, "maskImage": "https://x.test/m.png"}
+    assert t_web.local_inputs == {}
+    white = dataclasses.replace(spec, inputs={**spec.inputs, "bakery": pair("bakery")})
+    assert build_plan(white).tasks[0].task_key != t_black.task_key  # polarity is identity
+
+
+def test_order_ids_repeat_and_delivery() -> None:
+    spec = make_spec(("b", "a"), {"z": "Z {shop}", "y": "Y {shop}"}, repeat=2, delivery="sync")
+    tasks = build_plan(spec).tasks
+    assert [t.variant_id for t in tasks] == ["b-z", "b-z-r2", "b-y", "b-y-r2", "a-z", "a-z-r2",
+                                             "a-y", "a-y-r2"]
+    assert [t.index for t in tasks] == list(range(8))
+    assert [t.repeat for t in tasks] == [0, 1] * 4
+    assert {t.request["deliveryMethod"] for t in tasks} == {"sync"}
+    assert tasks[0].request == {**tasks[1].request, "taskUUID": tasks[0].task_uuid}
+
+
+def test_cost_uses_number_results_and_price_table() -> None:
+    spec = make_spec(("a", "b"), defaults={"numberResults": 3})
+    spec = dataclasses.replace(spec, prices={"ideogram:3@3": Decimal("0.0125")})
+    p = build_plan(spec)
+    assert (p.total_images, p.total_cost) == (6, Decimal("0.0750"))
+    assert [t.output_paths() for t in p.tasks][0] == ["a-neon-1.jpg", "a-neon-2.jpg",
+                                                      "a-neon-3.jpg"]
+    assert [(k, [(v.value, v.tasks, v.images, v.cost) for v in vals])
+            for k, vals in p.breakdown] == [
+        ("input", [("a", 1, 3, Decimal("0.0375")), ("b", 1, 3, Decimal("0.0375"))]),
+        ("prompt", [("neon", 2, 6, Decimal("0.0750"))])]
+
+
+def test_plan_module_is_pure() -> None:
+    code = ("import sys, specrunner.plan, specrunner.matrix; "
+            "assert not {'httpx', 'anyio'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+
+
+# --- expansion-time checks ----------------------------------------------------------------
+
+def test_output_collision_case_insensitive_with_location() -> None:
+    spec = make_spec(("acme", "Acme2"), output_name="{shop}")
+    spec = dataclasses.replace(spec, inputs={"acme": pair("acme"),
+                                             "Acme2": dataclasses.replace(
+                                                 pair("Acme2"), vars={"shop": "Acme"})})
+    (d,) = diags(spec)
+    assert d.message == ("variants `acme-neon` and `Acme2-neon` both write 'Acme.jpg' "
+                         "(names differ only in case)")
+    assert (d.path, d.loc, d.code) == ("$.output.name", Loc(FILE, 13, 3), "output-collision")
+
+
+def test_output_collision_between_results_of_different_tasks() -> None:
+    spec = make_spec(("a",), {"neon": "N", "deco": "D"}, output_name="x{prompt}")
+    spec = dataclasses.replace(spec, prompts={"neon": "N", "neon-1": "D"},
+                               matrix=Matrix(axes=(("prompt", ("neon", "neon-1")),),
+                                             include=({"prompt": "neon", "numberResults": 2},)),
+                               locs=spec.locs)
+    messages = [d.message for d in diags(spec)]
+    assert "variants `neon-2` and `neon-1` both write 'xneon-1.jpg'" in messages
+
+
+@pytest.mark.parametrize("name,why", [
+    ("../{variant}", "escapes the output folder (..)"),
+    ("a/../../{variant}", "escapes the output folder (..)"),
+    ("/etc/{variant}", "is an absolute path"),
+    ("C:{variant}", "is an absolute path"),
+    ("a\\{variant}", "contains a backslash (a folder separator on Windows); use /"),
+    ("{evil}", "contains a NUL character"),
+    ("CON", "uses the reserved Windows device name 'CON'"),
+    ("nul.{variant}", "uses the reserved Windows device name 'nul'"),
+    ("a//{variant}", "has an empty or '.' folder name ('a//bakery-neon')"),
+    ("{variant}?", "has a character that is not portable in file names in 'bakery-neon?'"),
+])
+def test_output_escapes_are_located(name: str, why: str) -> None:
+    d = diags(make_spec(output_name=name, evil="x\0y"))[0]
+    assert d.message.endswith(f", which {why}")
+    assert (d.path, d.loc, d.code) == ("$.output.name", Loc(FILE, 13, 3), "output-path")
+
+
+def test_prompt_length_and_undefined_variables_are_located() -> None:
+    spec = make_spec(("a", "b"), {"neon": "x" * 2000 + "{shop}{shop}", "deco": "{nope}"})
+    found = [(d.code, d.path, d.loc, d.message) for d in diags(spec)]
+    assert found == [
+        ("prompt-length", "$.prompts.neon", Loc(FILE, 14, 3),
+         "prompt `neon` renders to 2002 characters for input `a`; Runware accepts 1-2000"),
+        ("undefined-variable", "$.prompts.deco", Loc(FILE, 15, 3),
+         "prompt `deco` uses {nope}, which is not defined for input `a`"),
+        ("prompt-length", "$.prompts.neon", Loc(FILE, 14, 3),
+         "prompt `neon` renders to 2002 characters for input `b`; Runware accepts 1-2000"),
+        ("undefined-variable", "$.prompts.deco", Loc(FILE, 15, 3),
+         "prompt `deco` uses {nope}, which is not defined for input `b`"),
+    ]
+
+
+def test_request_schema_errors_point_at_their_source() -> None:
+    spec = make_spec(defaults={"outputQuality": 5})
+    spec = with_matrix(spec, Matrix(axes=(("styleType", ("DESIGN", "BOGUS")),)))
+    found = sorted({(d.path, d.loc.line) for d in diags(spec)})
+    assert found == [("$.defaults.outputQuality", 4), ("$.matrix.styleType", 7)]
+    messages = [d.message for d in diags(spec)]
+    assert "request field outputQuality: 5 is less than the minimum of 20" in messages
+    assert any(m.startswith("request field providerSettings.ideogram.styleType: 'BOGUS' is "
+                            "not one of") for m in messages)
+    assert {d.path for d in diags(spec)} == {"$.defaults.outputQuality", "$.matrix.styleType"}
+
+
+def test_include_field_error_points_at_include_entry() -> None:
+    spec = with_matrix(make_spec(), Matrix(axes=(("styleType", ("DESIGN",)),),
+                                           include=({"styleType": "DESIGN", "ttl": 30},)))
+    paths = {(d.path, d.loc) for d in diags(spec)}
+    assert ("$.matrix.include[0].ttl", Loc(FILE, 8, 3)) in paths  # nearest located ancestor
+
+
+def test_duplicate_ids_and_identical_requests_are_errors() -> None:
+    spec = with_matrix(make_spec(output_name="{variant}"),
+                       Matrix(axes=(("shop", ("a b", "a_b")),)))
+    assert [d.code for d in diags(spec)] == ["duplicate-id"]
+    same = with_matrix(make_spec(output_name="{variant}-{tag}"),
+                       Matrix(axes=(("tag", ("x", "y")),)))
+    (d,) = diags(same)
+    assert (d.code, d.message) == ("duplicate-request", "variants `x` and `y` send identical "
+                                   "requests (same task key, so the same taskUUID)")
+
+
+def test_variants_missing_input_and_unknown_names() -> None:
+    spec = make_spec(("a", "b"), variants=[VariantDecl({"prompt": "neon"}),
+                                           VariantDecl({"input": "c", "prompt": "neon"})])
+    found = [(d.code, d.path, d.hint) for d in diags(spec)]
+    assert found == [("missing-input", "$.variants[0]", "add `input:` (one of: a, b)"),
+                     ("unknown-input", "$.variants[1].input", "declared: a, b")]
+
+
+def test_runner_owned_defaults_rejected() -> None:
+    d = diags(make_spec(defaults={"deliveryMethod": "sync"}))[0]
+    assert (d.code, d.path) == ("runner-field", "$.defaults.deliveryMethod")
+
+
+# --- limits ----------------------------------------------------------------------------
+
+def test_budget_limit_message() -> None:
+    spec = make_spec(tuple(f"in{i}" for i in range(16)), {"neon": "N", "deco": "D"}, repeat=5,
+                     max_usd="10")
+    with pytest.raises(PlanLimitError) as exc:
+        build_plan(spec)
+    assert str(exc.value) == "plan needs $12.80 for 160 images; budget max_usd is $10.00"
+
+
+def test_task_cap_message_counts_before_building() -> None:
+    spec = make_spec(tuple(f"in{i}" for i in range(16)), {"neon": "N", "deco": "D"}, repeat=5,
+                     max_tasks=100)
+    with pytest.raises(PlanLimitError) as exc:
+        build_plan(spec)
+    assert str(exc.value) == ("plan has 160 tasks (32 combinations x repeat 5); budget "
+                              "max_tasks is 100")
+    variants = make_spec(("a",), variants=[VariantDecl({"shop": str(i)}, id=f"v{i}")
+                                           for i in range(3)], max_tasks=2)
+    with pytest.raises(PlanLimitError, match="^plan has 3 tasks; budget max_tasks is 2$"):
+        build_plan(variants)
+
+
+def test_huge_product_refused_at_once() -> None:
+    axes = tuple((f"v{i}", tuple(range(100))) for i in range(8))
+    spec = with_matrix(make_spec(prompts={"neon": "".join(f"{{v{i}}}" for i in range(8))}),
+                       Matrix(axes=axes))
+    with pytest.raises(PlanLimitError, match="matrix product has 10,000,000,000,000,000 "
+                                             "combinations; specrunner refuses to expand more "
+                                             "than 1,000,000"):
+        build_plan(spec)
+
+
+# --- fast validation is equivalent to validating every request ---------------------------
+
+FIELD_VALUES = {
+    "styleType": st.sampled_from(["DESIGN", "AUTO", "bogus", 3]),
+    "outputQuality": st.integers(0, 120),
+    "numberResults": st.integers(0, 25),
+    "ttl": st.integers(0, 200),
+    "outputType": st.sampled_from(["URL", "dataURI", "nope"]),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(FIELD_VALUES)), st.just(None), max_size=3)
+       .flatmap(lambda keys: st.fixed_dictionaries({k: st.lists(FIELD_VALUES[k], min_size=1,
+                                                                max_size=2, unique=True)
+                                                    for k in keys})),
+       st.lists(st.integers(0, 2100), min_size=1, max_size=2, unique=True))
+def test_signature_validation_equals_full_validation(axes: dict, lengths: list) -> None:
+    prompts = {f"p{i}": "x" * n for i, n in enumerate(lengths)}
+    spec = with_matrix(make_spec(prompts=prompts, max_usd="1000"),
+                       Matrix(axes=(("prompt", tuple(prompts)),
+                                    *((k, tuple(v)) for k, v in axes.items()))))
+    validator = models.request_validator("ideogram:3@3")
+    fields = models.field_paths("ideogram:3@3")
+    any_invalid = False
+    for combo in planmod.matrix.expand(spec.matrix.axes).combinations:
+        req: dict[str, Any] = {"taskType": "imageInference", "taskUUID": runware.task_uuid("k"),
+                               "model": "ideogram:3@3",
+                               "positivePrompt": prompts[combo.values["prompt"]],
+                               "inputs": {"seedImage": "local:a", "maskImage": "local:b"},
+                               "includeCost": True, "deliveryMethod": "async"}
+        for k, v in combo.values.items():
+            if k in fields:
+                node = req
+                for part in fields[k][:-1]:
+                    node = node.setdefault(part, {})
+                node[fields[k][-1]] = v
+        any_invalid |= not validator.is_valid(req)
+    try:
+        tasks = build_plan(spec).tasks
+    except SpecError as exc:
+        assert any_invalid, exc
+        assert {d.code for d in exc.diagnostics} <= {"request-schema", "prompt-length", "more"}
+    else:
+        assert not any_invalid
+        assert all(validator.is_valid(dict(t.request)) for t in tasks)
+
+
+# --- explain -------------------------------------------------------------------------------
+
+def test_explain_found_with_include_changes() -> None:
+    spec = with_matrix(make_spec(("a", "b")), Matrix(
+        axes=(("input", ("a", "b")), ("styleType", ("DESIGN", "ANIME"))),
+        include=({"magicPrompt": "ON"}, {"input": "a", "magicPrompt": "OFF"}),
+        exclude=({"input": "b", "styleType": "ANIME"},)))
+    p = build_plan(spec)
+    status, text = explain(p, "a-ANIME-OFF")
+    assert status == "found"
+    lines = text.splitlines()
+    assert lines[:6] == [
+        "variant a-ANIME-OFF: combination #2 of 3, 1 task(s) (repeat 1)",
+        f"  declared by: matrix product, combination #2 of 4 ($.matrix at {FILE}:6:3)",
+        "  axis values: input=a, styleType=ANIME",
+        f"  include #1 ($.matrix.include[0] at {FILE}:8:3): added magicPrompt=ON",
+        f"  include #2 ($.matrix.include[1] at {FILE}:9:3): changed magicPrompt: ON -> OFF",
+        "  excludes: none of the 1 entries matches it",
+    ]
+    assert json.loads("\n".join(lines[lines.index("  request:") + 1:])) == \
+        dict(p.tasks[1].request)
+    status, text = explain(p, "b-ANIME")
+    assert (status, text) == ("excluded", "variant b-ANIME is not in the plan: matrix "
+                              "combination #4 (input=b, styleType=ANIME) was removed by exclude "
+                              f"#1 {{input=b, styleType=ANIME}} ($.matrix.exclude[0] at "
+                              f"{FILE}:10:3)")
+    assert explain(p, "a-ANIM-OFF") == ("unknown", "no variant `a-ANIM-OFF` in the plan; did "
+                                        "you mean `a-ANIME-OFF`, `a-DESIGN-OFF`?")
