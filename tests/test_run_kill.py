@@ -47,7 +47,7 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
     rng = random.Random(seed)
     spec = write_spec(tmp, repeat=repeat)
     out = tmp / "o"
-    server, url = start_server("--processing", "uniform:0.02,0.2", "--fault", "drop=0.05",
+    server, url = start_server("--processing", "uniform:0.1,0.4", "--fault", "drop=0.05",
                                "--fault", "http_503=0.05", "--seed", str(seed))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = 0
@@ -55,7 +55,7 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
         for _ in range(kills):
             proc = subprocess.Popen(run_cmd(spec, out, url), env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 1.2))
+            time.sleep(rng.uniform(0.4, 1.0))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 killed += 1
@@ -81,7 +81,7 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
-    fig = kill_and_resume(tmp_path, kills=22, repeat=20, seed=11)
+    fig = kill_and_resume(tmp_path, kills=22, repeat=40, seed=11)
     a = fig["audit"]
     assert fig["exit"] == 0, fig["stderr"]
     assert fig["killed"] >= 20 and fig["killed_mid_run"] >= 5, fig
