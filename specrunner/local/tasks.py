@@ -172,7 +172,11 @@ class Simulator:
         err = jsonschema.exceptions.best_match(models.request_validator(model).iter_errors(task))
         if err is not None:
             raise schema_error(err)
-        seed, mask, placeholder = await anyio.to_thread.run_sync(self._inputs, task["inputs"])
+        if all(self._cheap(v) for v in task["inputs"].values()):
+            seed, mask, placeholder = self._inputs(task["inputs"])
+        else:  # decoding inline or stored images would stall the event loop
+            seed, mask, placeholder = await anyio.to_thread.run_sync(self._inputs,
+                                                                     task["inputs"])
         self._check_uuid(task)  # again: a twin of this task may have been accepted meanwhile
         n = int(task.get("numberResults", 1))
         faults, processing = self.injector.for_task(uuid, n)
@@ -197,6 +201,12 @@ class Simulator:
         if delivered:
             self.ledger.charge(uuid, delivered, models.get_model(model).price_per_image)
         return record
+
+    def _cheap(self, value: str) -> bool:
+        """True if resolving `value` needs no decoding (an upload, or a foreign URL)."""
+        if is_uuid4(value):
+            return value in self.uploads
+        return bool(re.match(r"^https?://", value)) and not _OWN_IMAGE.search(value.split("?")[0])
 
     def _input(self, value: str, name: str) -> Image.Image | str:
         """An image, or the URL string when it cannot be fetched (placeholder later)."""
