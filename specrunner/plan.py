@@ -16,6 +16,7 @@ Nested request mappings are shared between tasks: copy before changing one.
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import json
 import re
@@ -90,9 +91,22 @@ def base_id(values: Mapping[str, Scalar], index: int) -> str:
     return "-".join(slug(v) for v in values.values()) or f"variant{index + 1}"
 
 
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_SENTINEL = "\ue000specrunner-prompt\ue000"
+_SAFE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,200})*")
+_RESERVED_RE = re.compile(r"(?:^|/)(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|/|$)", re.I)
+
+
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys and no spaces, UTF-8: the bytes task keys hash."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANON.encode(obj).encode()
+
+
+def _frame(body: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+    """canonical_json(body + positivePrompt) split where the prompt goes; None if ambiguous."""
+    parts = canonical_json({**body, "positivePrompt": _SENTINEL}).split(
+        canonical_json(_SENTINEL))
+    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def task_key(request: Mapping[str, Any], polarity: str, repeat: int) -> str:
@@ -107,6 +121,9 @@ def _key(body: Mapping[str, Any], polarity: str, repeat: int) -> str:
 
 def path_problem(stem: str) -> str | None:
     """Why an output stem (relative, '/'-separated) is unsafe or unportable, or None."""
+    if _SAFE_STEM.fullmatch(stem) and not stem.endswith(".") and "./" not in stem \
+            and not _RESERVED_RE.search(stem):
+        return None
     if not stem:
         return "is empty"
     if "\0" in stem:
@@ -269,6 +286,18 @@ def _resolve(kind: str, values: Mapping[str, Scalar], names: Iterable[str], src:
 
 def build_plan(spec: Spec) -> Plan:
     """Expand `spec` into its Plan; SpecError lists every problem, PlanLimitError the limits."""
+    # Planning allocates ~10 containers per task and frees none of them: the cyclic
+    # collector would rescan them all many times over for nothing (a third of the time).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_plan(spec)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_plan(spec: Spec) -> Plan:
     diags = _Diags(spec)
     try:
         model = models.get_model(spec.model)
@@ -314,7 +343,9 @@ def build_plan(spec: Spec) -> Plan:
     ext_default = "jpg"
     sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
     input_cache: dict[str, tuple[dict[str, str], dict[str, LocalImage]]] = {}
-    prompt_cache: dict[tuple, str] = {}
+    prompt_cache: dict[tuple, tuple[str, bytes]] = {}
+    frame_cache: dict[tuple, tuple[bytes, bytes] | None] = {}
+    polarity_json = {p.polarity: json.dumps(p.polarity).encode() for p in spec.inputs.values()}
     cost_cache: dict[int, Decimal] = {}
     tasks: list[Task] = []
     ids: dict[str, int] = {}
@@ -385,8 +416,8 @@ def build_plan(spec: Spec) -> Plan:
         ns["input"], ns["prompt"] = in_name, pr_name
         tpl = prompts[pr_name]
         pkey = (pr_name, *(ns.get(n) for n in tpl.names))
-        text = prompt_cache.get(pkey)
-        if text is None:
+        cached_text = prompt_cache.get(pkey)
+        if cached_text is None:
             missing = [n for n in tpl.names if n not in ns]
             for n in missing:
                 diags.add(f"prompt `{pr_name}` uses {{{n}}}, which is not defined for "
@@ -394,11 +425,13 @@ def build_plan(spec: Spec) -> Plan:
                           "define it in vars, the input's vars, or the combination")
             if missing:
                 continue
-            text = prompt_cache[pkey] = tpl.render(ns)
+            text = tpl.render(ns)
+            cached_text = prompt_cache[pkey] = (text, _CANON.encode(text).encode())
             if not min_len <= len(text) <= max_len:
                 diags.add(f"prompt `{pr_name}` renders to {len(text)} characters for input "
                           f"`{in_name}`; Runware accepts {min_len}-{max_len}",
                           f"$.prompts.{pr_name}", "prompt-length")
+        text, prompt_json = cached_text
         if explicit_id:
             vid = explicit_id
         else:
@@ -433,9 +466,20 @@ def build_plan(spec: Spec) -> Plan:
             if problem:
                 diags.add(f"output name for variant `{tid}` renders to {stem!r}, which "
                           f"{problem}", "$.output.name", "output-path")
-            body = {"taskType": "imageInference", "model": model.id, "positivePrompt": text,
-                    **merged, "inputs": ins, "includeCost": True, "deliveryMethod": delivery}
-            key = _key(body, pair.polarity, r)
+            halves = frame_cache.get((sig, in_name))
+            if halves is None:
+                halves = frame_cache[(sig, in_name)] = _frame(
+                    {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins,
+                     "includeCost": True, "deliveryMethod": delivery})
+            if halves:
+                key = hashlib.sha256(b"".join((
+                    b'{"maskPolarity":', polarity_json[pair.polarity], b',"repeat":',
+                    str(r).encode(), b',"request":', halves[0], prompt_json, halves[1],
+                    b"}"))).hexdigest()
+            else:  # the sentinel occurs in a field value: take the plain road
+                key = _key({"taskType": "imageInference", "model": model.id,
+                            "positivePrompt": text, **merged, "inputs": ins,
+                            "includeCost": True, "deliveryMethod": delivery}, pair.polarity, r)
             if key in keys:
                 other = tasks[keys[key]].variant_id
                 diags.add(f"variants `{other}` and `{tid}` send identical requests (same task "
@@ -443,13 +487,16 @@ def build_plan(spec: Spec) -> Plan:
                           "a value only used in output names does not change the request")
             keys[key] = len(tasks)
             uuid = runware.task_uuid(key)
-            request = {"taskType": "imageInference", "taskUUID": uuid, **body}
+            request = {"taskType": "imageInference", "taskUUID": uuid, "model": model.id,
+                       "positivePrompt": text, **merged, "inputs": ins, "includeCost": True,
+                       "deliveryMethod": delivery}
             task = Task(index=len(tasks), variant_id=tid, task_key=key, task_uuid=uuid,
                         request=request, input_name=in_name, prompt_name=pr_name,
                         axes=values, repeat=r, number_results=nres, est_cost=cost,
                         output_stem=stem, output_ext=ext, local_inputs=local)
-            for p in task.output_paths():
-                f = fold(p)
+            paths = (f"{stem}.{ext}",) if nres == 1 else task.output_paths()
+            for p in paths:
+                f = p.lower() if p.isascii() else fold(p)
                 if f in outputs:
                     other = tasks[outputs[f]].variant_id
                     same = tasks[outputs[f]].output_paths()
