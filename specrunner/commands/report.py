@@ -1,0 +1,105 @@
+"""`specrunner report [RUN_DIR | SPEC]`: summarise a run record (going, interrupted or done).
+
+Formats: table (default), markdown (GitHub tables, for a pull-request comment), json (shape in
+specrunner/report.py and docs/report-json.md), csv (one row per result image) and html (a
+self-contained contact-sheet folder, default `<run>/report/`). Given a SPEC, the run folder is
+its output.dir; given a RUN_DIR, the spec recorded by the last run supplies the matrix axes.
+Exit codes: 0 ok, 2 no or damaged record, bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from specrunner.errors import EXIT_OK, SpecrunnerError, UsageError
+
+FORMATS = ("table", "markdown", "json", "csv", "html")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of `report`."""
+    parser.add_argument("target", metavar="RUN_DIR|SPEC", nargs="?", default=".",
+                        help="a run folder, or the spec whose output.dir holds the run "
+                             "(default: the current folder)")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="output format (default: table)")
+    parser.add_argument("--by", metavar="AXIS,...",
+                        help="break down by these matrix axes (default: every axis with "
+                             "more than one value)")
+    parser.add_argument("--out", metavar="PATH",
+                        help="write to PATH instead of stdout (html: the folder, default "
+                             "<run>/report)")
+    parser.add_argument("--rows", metavar="AXIS", help="html: axis of the grid's rows")
+    parser.add_argument("--cols", metavar="AXIS", help="html: axis of the grid's columns")
+    parser.add_argument("--thumb", type=int, default=256, metavar="PX",
+                        help="html: thumbnail size in pixels (default 256)")
+
+
+def _plan_of(spec_path: Path) -> Any:
+    from specrunner.plan import build_plan
+    from specrunner.spec import load_spec
+
+    return build_plan(load_spec(spec_path, secrets=[os.environ.get("RUNWARE_API_KEY", "")]))
+
+
+def locate(target: str) -> tuple[Path, Any, list[str]]:
+    """(run folder, the spec's Plan or None, warnings) for a RUN_DIR or SPEC argument.
+
+    A SPEC that does not validate raises; a recorded spec that no longer does is a warning.
+    """
+    from specrunner.report import connect_ro
+
+    path = Path(target)
+    if path.is_file():
+        plan = _plan_of(path)
+        return plan.spec.output.dir, plan, []
+    if not path.is_dir():
+        raise UsageError(f"{target} is neither a run folder nor a spec file")
+    conn = connect_ro(path)
+    try:
+        row = conn.execute("SELECT spec_path FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    if not row or not row[0]:
+        return path, None, []
+    spec = Path(row[0]) if Path(row[0]).is_absolute() else path / row[0]
+    if not spec.is_file():
+        return path, None, [f"the recorded spec {row[0]} is gone; axes come from the requests"]
+    try:
+        return path, _plan_of(spec), []
+    except SpecrunnerError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return path, None, [f"the recorded spec {row[0]} no longer plans ({first}); "
+                            "axes come from the requests"]
+
+
+def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Render the report; return the exit code."""
+    from specrunner import report
+
+    by = [a.strip() for a in args.by.split(",") if a.strip()] if args.by else None
+    if args.by is not None and not by:
+        raise UsageError("--by needs at least one axis name")
+    if not 16 <= args.thumb <= 2048:
+        raise UsageError("--thumb must be between 16 and 2048 pixels")
+    run_dir, plan, warnings = locate(args.target)
+    data = report.load_run(run_dir, plan, warnings)
+    if args.format == "html":
+        from specrunner import contact_sheet
+
+        dest = Path(args.out) if args.out else run_dir / "report"
+        summary = report.summarize(data, by)
+        sheet = contact_sheet.build(summary, run_dir, dest, rows=args.rows, cols=args.cols,
+                                    size=args.thumb)
+        print(f"contact sheet: {sheet.index} ({sheet.cells} cells, {sheet.thumbs_made} "
+              f"thumbnails made, {sheet.thumbs_cached} cached)", file=out)
+        return EXIT_OK
+    text = report.render(report.summarize(data, by), args.format)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        out.write(text)
+    return EXIT_OK

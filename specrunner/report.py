@@ -1,0 +1,548 @@
+"""Run record -> what reviewers read: totals, per-axis breakdowns, failures; table/JSON/CSV/MD.
+
+`load_run(run_dir, plan)` reads `<run_dir>/.specrunner/run.db` read-only (one snapshot, works
+while a run is writing it: WAL) into a `RunData`; `summarize(data, by)` computes a `Summary`;
+`render(summary, fmt)` formats it. Pure apart from the read-only SQLite read: no httpx/anyio.
+Matrix axes come from the spec's plan (tasks matched by task_key, then by variant id); without
+a plan they fall back to the request fields whose values differ between tasks.
+
+Task status: `done` (succeeded; some results may have been refused), `failed`, `pending`
+(planned, never sent) and `in_doubt` (sent, outcome unknown: the next run reconciles it).
+JSON shape (`to_json`; money as decimal strings, times in seconds or ISO-8601 UTC):
+
+    {"format": "specrunner.report/1",
+     "run": {"name", "spec_path", "status", "runs", "started_at", "ended_at", "budget_usd"},
+     "totals": {"tasks", "images", "images_refused", "succeeded", "failed", "pending",
+                "in_doubt", "failed_by_category": {category: n}, "estimated_usd",
+                "actual_usd", "spend_per_image_usd", "retries", "new_uuids", "wall_s",
+                "request_latency_s": {"n", "p50", "p95"}, "task_latency_s": {"n", "p50", "p95"}},
+     "breakdown": {axis: [{"value", "tasks", "images", "succeeded", "failed", "pending",
+                           "in_doubt", "estimated_usd", "actual_usd"}, ...]},
+     "errors": [{"code", "category", "tasks"}, ...],
+     "failures": [{"variant", "status", "code", "category", "message"}, ...],
+     "tasks": [{"index", "variant", "status", "axes": {axis: value}, "task_key",
+                "estimated_usd", "actual_usd", "sends", "error": {"code", "message"} | null,
+                "images": [{"index", "path", "sha256", "bytes", "cost_usd", "seed"}]}, ...]}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tabulate import tabulate
+
+from specrunner import runware
+from specrunner.errors import RecordError, UsageError
+
+FORMATS = ("table", "markdown", "json", "csv")
+RECORD = Path(".specrunner") / "run.db"
+APP_ID = 0x53505243
+STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending", "sending": "in_doubt",
+             "accepted": "in_doubt", "received": "in_doubt", "in_doubt": "in_doubt"}
+STATUSES = ("done", "failed", "pending", "in_doubt")
+# Codes the runner itself gives up with (executor.py), not the API's.
+RUNNER_CODES = frozenset({"attemptsExhausted", "retryBudgetExhausted", "deadline",
+                          "inputChanged", "uploadFailed", "noOutput", "error"})
+_SKIP_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs",
+                          "includeCost", "deliveryMethod"})
+
+
+@dataclass(frozen=True)
+class Image:
+    """One recorded result image; `path` is relative to the run folder (None: not written)."""
+
+    index: int
+    path: str | None
+    sha256: str | None
+    bytes: int | None
+    cost: Decimal | None
+    seed: str | None
+    image_uuid: str | None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task as the record knows it, with its matrix axes (ordered) and inputs."""
+
+    index: int
+    variant_id: str
+    task_key: str
+    state: str
+    status: str
+    axes: tuple[tuple[str, str], ...]
+    est_cost: Decimal
+    cost: Decimal | None
+    number_results: int
+    images: tuple[Image, ...]
+    error_code: str | None
+    error_message: str | None
+    sends: int
+    latency_s: float | None  # first send -> done
+    input_name: str | None = None
+    inputs: tuple[tuple[str, str, str], ...] = ()  # (field, kind file|url|uuid, path or text)
+
+    @property
+    def category(self) -> str | None:
+        """The error category of the task's error code, if any."""
+        return category_of(self.error_code) if self.error_code else None
+
+    def axis(self, name: str) -> str:
+        """The task's value of axis `name` ("-" when it has none)."""
+        return dict(self.axes).get(name, "-")
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a report needs, read from one snapshot of the record."""
+
+    name: str | None
+    spec_path: str | None
+    status: str | None
+    runs: int
+    started_at: float | None
+    ended_at: float | None
+    wall_s: float
+    budget: Decimal | None
+    axes: tuple[str, ...]
+    tasks: tuple[TaskInfo, ...]
+    request_latencies: tuple[float, ...]
+    new_uuids: int
+    warnings: tuple[str, ...] = ()
+
+
+def category_of(code: str) -> str:
+    """runware.classify's category of an error code; `runner` for the runner's own codes."""
+    cat = runware.classify(code)
+    if cat == runware.Category.UNKNOWN and code in RUNNER_CODES:
+        return "runner"
+    return cat.value
+
+
+def text_of(value: Any) -> str:
+    """How an axis value reads in a report (true/false, 2, DESIGN; None -> "-")."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def record_path(run_dir: Path) -> Path:
+    """The record database of a run folder."""
+    return Path(run_dir) / RECORD
+
+
+def connect_ro(run_dir: Path) -> sqlite3.Connection:
+    """Open a run record read-only; RecordError if missing, damaged or not ours."""
+    db = record_path(run_dir)
+    if not db.is_file():
+        raise RecordError(f"no run record in {run_dir} (expected {db})")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        conn.execute("SELECT count(*) FROM tasks").fetchone()
+    except sqlite3.Error as exc:
+        raise RecordError(f"the run record {db} is damaged or unreadable ({exc})") from None
+    if app != APP_ID:
+        conn.close()
+        raise RecordError(f"{db} is not a specrunner run record")
+    return conn
+
+
+def _plan_index(plan: Any) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...], Any]:
+    if plan is None:
+        return {}, {}, (), None
+    return ({t.task_key: t for t in plan.tasks}, {t.variant_id: t for t in plan.tasks},
+            tuple(k for k, _ in plan.breakdown), plan.spec)
+
+
+def _axes_from_plan(task: Any, keys: Sequence[str], fields: Mapping[str, tuple[str, ...]]
+                    ) -> tuple[tuple[str, str], ...]:
+    out = []
+    for key in keys:
+        if key == "input":
+            val: Any = task.input_name
+        elif key == "prompt":
+            val = task.prompt_name
+        elif key in task.axes:
+            val = task.axes[key]
+        elif key in fields:
+            val = task.request
+            for part in fields[key]:
+                val = val.get(part) if isinstance(val, Mapping) else None
+        else:
+            val = None
+        out.append((key, text_of(val)))
+    return tuple(out)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if not prefix and k in _SKIP_FIELDS:
+                continue
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], node
+
+
+def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
+    """Request leaves whose value differs between tasks, named by leaf when unambiguous."""
+    flat = [dict(_leaves(r)) for r in requests]
+    seen: dict[str, set[str]] = {}
+    for f in flat:
+        for k, v in f.items():
+            seen.setdefault(k, set()).add(json.dumps(v))
+    varying = [k for k, vals in seen.items() if len(vals) > 1 or any(k not in f for f in flat)]
+    leaf = [k.rsplit(".", 1)[-1] for k in varying]
+    names = {k: (n if leaf.count(n) == 1 else k) for k, n in zip(varying, leaf)}
+    return [names[k] for k in varying], [{names[k]: text_of(f.get(k)) for k in varying}
+                                          for f in flat]
+
+
+def _inputs(task: Any, spec: Any) -> tuple[tuple[str, str, str], ...]:
+    if task is None or spec is None or task.input_name not in spec.inputs:
+        return ()
+    pair = spec.inputs[task.input_name]
+    return tuple((name, ref.kind, ref.value if ref.kind == "file" else ref.display)
+                 for name, ref in (("seedImage", pair.seed), ("maskImage", pair.mask)))
+
+
+def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> RunData:
+    """Read a run record (read-only snapshot) into RunData; RecordError if it is unusable.
+
+    `plan`: the spec's Plan, for matrix axes and input files (optional).
+    """
+    conn = connect_ro(run_dir)
+    try:
+        conn.execute("BEGIN")  # one consistent snapshot even while a run commits
+        runs = conn.execute("SELECT run_id, started_at, ended_at, status, spec_path, max_usd "
+                            "FROM runs ORDER BY run_id").fetchall()
+        rows = conn.execute("SELECT task_key, idx, variant_id, state, est_cost, cost, "
+                            "error_code, error_message, request_json FROM tasks "
+                            "ORDER BY idx, variant_id").fetchall()
+        results: dict[str, list[Image]] = {}
+        for r in conn.execute("SELECT task_key, idx, output_path, sha256, bytes, cost, seed, "
+                              "image_uuid FROM results ORDER BY task_key, idx"):
+            results.setdefault(r[0], []).append(
+                Image(r[1], r[2], r[3], r[4], Decimal(r[5]) if r[5] else None, r[6], r[7]))
+        sends: dict[str, int] = dict(conn.execute(
+            "SELECT task_key, count(*) FROM attempts WHERE kind='send' GROUP BY task_key"))
+        latencies = tuple(e - s for (s, e) in conn.execute(
+            "SELECT started_at, ended_at FROM attempts ORDER BY started_at, id"))
+        first = dict(conn.execute("SELECT task_key, min(at) FROM transitions "
+                                  "WHERE to_state='sending' GROUP BY task_key"))
+        done_at = dict(conn.execute("SELECT task_key, max(at) FROM transitions "
+                                    "WHERE to_state='done' GROUP BY task_key"))
+        new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation>0"
+                                 ).fetchone()[0]
+        last_seen = dict(conn.execute(
+            "SELECT run_id, max(at) FROM transitions GROUP BY run_id"))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise RecordError(f"the run record {record_path(run_dir)} is damaged ({exc})") from None
+    finally:
+        conn.close()
+    by_key, by_id, keys, spec = _plan_index(plan)
+    fields: Mapping[str, tuple[str, ...]] = {}
+    if spec is not None:
+        from specrunner import models
+
+        fields = models.field_paths(spec.model)
+    requests = [json.loads(r[8]) for r in rows]
+    matched = [by_key.get(r[0]) or by_id.get(r[2]) for r in rows]
+    notes = list(warnings)
+    if spec is None or any(m is None for m in matched):
+        axis_names, fallback = _fallback_axes(requests)
+        if spec is not None:
+            notes.append(f"{sum(m is None for m in matched)} recorded tasks are not in the "
+                         "spec's plan; their axes come from their requests")
+    else:
+        axis_names, fallback = [], []
+    axes_order = list(keys) if spec is not None else []
+    for name in axis_names:
+        if name not in axes_order:
+            axes_order.append(name)
+    tasks = []
+    for i, (r, req, m) in enumerate(zip(rows, requests, matched)):
+        axes = (_axes_from_plan(m, keys, fields) if m is not None
+                else tuple((k, fallback[i].get(k, "-")) for k in axis_names))
+        lat = done_at[r[0]] - first[r[0]] if r[0] in done_at and r[0] in first else None
+        tasks.append(TaskInfo(
+            index=r[1], variant_id=r[2], task_key=r[0], state=r[3],
+            status=STATUS_OF.get(r[3], "in_doubt"), axes=axes, est_cost=Decimal(r[4]),
+            cost=Decimal(r[5]) if r[5] else None,
+            number_results=int(req.get("numberResults", 1)),
+            images=tuple(results.get(r[0], ())), error_code=r[6], error_message=r[7],
+            sends=sends.get(r[0], 0), latency_s=lat,
+            input_name=m.input_name if m is not None else None, inputs=_inputs(m, spec)))
+    wall = 0.0
+    for run_id, started, ended, *_ in runs:
+        end = ended if ended is not None else last_seen.get(run_id, started)
+        wall += max(0.0, (end or started) - started)
+    last = runs[-1] if runs else None
+    return RunData(
+        name=spec.name if spec is not None else None,
+        spec_path=last[4] if last else None, status=last[3] if last else None,
+        runs=len(runs), started_at=runs[0][1] if runs else None,
+        ended_at=last[2] if last else None, wall_s=wall,
+        budget=Decimal(last[5]) if last and last[5] else None,
+        axes=tuple(axes_order), tasks=tuple(tasks), request_latencies=latencies,
+        new_uuids=int(new_uuids), warnings=tuple(notes))
+
+
+# -- summary -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Group:
+    """Figures of the tasks sharing one value of an axis (or one error code)."""
+
+    value: str
+    tasks: int
+    images: int
+    counts: tuple[int, int, int, int]  # done, failed, pending, in_doubt
+    estimated: Decimal
+    actual: Decimal
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Totals, breakdowns and failures of a run, ready to be rendered."""
+
+    data: RunData
+    by: tuple[str, ...]
+    totals: tuple[tuple[str, Any], ...]
+    breakdown: tuple[tuple[str, tuple[Group, ...]], ...]
+    errors: tuple[tuple[str, str, int], ...]  # (code, category, tasks)
+    failures: tuple[TaskInfo, ...]
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The nearest-rank p-th percentile of `values` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def actual_cost(task: TaskInfo) -> Decimal:
+    """What the record says was charged for a task: reported item costs (0 if none)."""
+    if task.cost is not None:
+        return task.cost
+    return sum((i.cost for i in task.images if i.cost is not None), Decimal(0))
+
+
+def _group(value: str, tasks: Sequence[TaskInfo]) -> Group:
+    counts = tuple(sum(t.status == s for t in tasks) for s in STATUSES)
+    return Group(value, len(tasks), sum(len(t.images) for t in tasks),
+                 counts,  # type: ignore[arg-type]
+                 sum((t.est_cost for t in tasks), Decimal(0)),
+                 sum((actual_cost(t) for t in tasks), Decimal(0)))
+
+
+def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
+    """Compute totals and per-axis breakdowns; `by` defaults to every axis with 2+ values.
+
+    Raises UsageError for an axis the run does not have.
+    """
+    tasks = data.tasks
+    if by is None:
+        by = [a for a in data.axes if len({t.axis(a) for t in tasks}) > 1]
+    for axis in by:
+        if axis not in data.axes:
+            raise UsageError(f"unknown axis {axis!r}; this run's axes: "
+                             + (", ".join(data.axes) or "none"))
+    breakdown = []
+    for axis in by:
+        groups: dict[str, list[TaskInfo]] = {}
+        for t in tasks:
+            groups.setdefault(t.axis(axis), []).append(t)
+        breakdown.append((axis, tuple(_group(v, ts) for v, ts in groups.items())))
+    failed = [t for t in tasks if t.status == "failed"]
+    cats: dict[str, int] = {}
+    for t in failed:
+        cats[t.category or "unknown"] = cats.get(t.category or "unknown", 0) + 1
+    codes: dict[str, int] = {}
+    for t in tasks:
+        if t.error_code:
+            codes[t.error_code] = codes.get(t.error_code, 0) + 1
+    images = sum(len(t.images) for t in tasks)
+    actual = sum((actual_cost(t) for t in tasks), Decimal(0))
+    task_lat = [t.latency_s for t in tasks if t.latency_s is not None]
+    totals = (
+        ("tasks", len(tasks)),
+        ("images", images),
+        ("images_refused", sum(max(0, t.number_results - len(t.images)) for t in tasks
+                               if t.status == "done")),
+        ("succeeded", sum(t.status == "done" for t in tasks)),
+        ("failed", len(failed)),
+        ("pending", sum(t.status == "pending" for t in tasks)),
+        ("in_doubt", sum(t.status == "in_doubt" for t in tasks)),
+        ("failed_by_category", dict(sorted(cats.items()))),
+        ("estimated_usd", sum((t.est_cost for t in tasks), Decimal(0))),
+        ("actual_usd", actual),
+        ("spend_per_image_usd", (actual / images).quantize(Decimal("0.0001"))
+         if images else None),
+        ("retries", sum(max(0, t.sends - 1) for t in tasks)),
+        ("new_uuids", data.new_uuids),
+        ("wall_s", round(data.wall_s, 3)),
+        ("request_latency_s", _lat(data.request_latencies)),
+        ("task_latency_s", _lat(task_lat)),
+    )
+    errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
+    problems = [t for t in tasks if t.status != "done" and t.status != "pending"
+                or t.error_code]
+    return Summary(data, tuple(by), totals, tuple(breakdown), errors, tuple(problems))
+
+
+def _lat(values: Sequence[float]) -> dict[str, Any]:
+    p50, p95 = percentile(values, 50), percentile(values, 95)
+    return {"n": len(values), "p50": None if p50 is None else round(p50, 3),
+            "p95": None if p95 is None else round(p95, 3)}
+
+
+# -- formats -------------------------------------------------------------------------------
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _money(d: Decimal | None) -> str | None:
+    """Dollars as a decimal string with at least cents: 0.08, 1.00, 0.0125."""
+    if d is None:
+        return None
+    cents = d.quantize(Decimal("0.01"))
+    return str(cents) if d == cents else str(d.normalize())
+
+
+LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in doubt",
+          "failed_by_category": "failed by category", "estimated_usd": "estimated spend",
+          "actual_usd": "actual spend", "spend_per_image_usd": "spend per image",
+          "new_uuids": "fresh UUIDs (provider failures)", "wall_s": "wall time",
+          "request_latency_s": "request latency", "task_latency_s": "task latency (send->done)",
+          "budget_usd": "budget"}
+
+
+def to_json(s: Summary) -> dict[str, Any]:
+    """The documented JSON shape (see the module docstring)."""
+    d = s.data
+    totals = {k: (_money(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
+    return {
+        "format": "specrunner.report/1",
+        "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
+                "started_at": _iso(d.started_at), "ended_at": _iso(d.ended_at),
+                "budget_usd": _money(d.budget)},
+        "totals": totals,
+        "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
+                              **dict(zip(("succeeded", "failed", "pending", "in_doubt"),
+                                         g.counts)),
+                              "estimated_usd": _money(g.estimated),
+                              "actual_usd": _money(g.actual)}
+                             for g in groups] for axis, groups in s.breakdown},
+        "errors": [{"code": c, "category": cat, "tasks": n} for c, cat, n in s.errors],
+        "failures": [{"variant": t.variant_id, "status": t.status, "code": t.error_code,
+                      "category": t.category, "message": t.error_message}
+                     for t in s.failures],
+        "tasks": [{"index": t.index, "variant": t.variant_id, "status": t.status,
+                   "axes": dict(t.axes), "task_key": t.task_key,
+                   "estimated_usd": _money(t.est_cost), "actual_usd": _money(t.cost),
+                   "sends": t.sends,
+                   "error": ({"code": t.error_code, "message": t.error_message}
+                             if t.error_code else None),
+                   "images": [{"index": i.index, "path": i.path, "sha256": i.sha256,
+                               "bytes": i.bytes, "cost_usd": _money(i.cost), "seed": i.seed}
+                              for i in t.images]}
+                  for t in d.tasks],
+    }
+
+
+def _fmt_total(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "failed_by_category":
+        return ", ".join(f"{k} {n}" for k, n in value.items()) or "-"
+    if key.endswith("latency_s"):
+        if not value["n"]:
+            return "-"
+        return f"p50 {value['p50']:.3f} s, p95 {value['p95']:.3f} s (n={value['n']})"
+    if key == "wall_s":
+        return f"{value:.3f} s"
+    if isinstance(value, Decimal):
+        return f"${_money(value)}"
+    return str(value)
+
+
+def _text(s: Summary, fmt: str) -> str:
+    d = s.data
+    md = fmt == "github"
+    head = (lambda t: f"### {t}") if md else (lambda t: t)
+    title = (f"run {d.name or '(unnamed)'}: {d.status or 'no run recorded'}, {d.runs} run(s), "
+             f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
+    parts = [f"## {title}" if md else title, ""]
+    budget = [("budget_usd", d.budget)] if d.budget is not None else []
+    rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals) + budget]
+    parts.append(tabulate(rows, headers=["total", "value"], tablefmt=fmt,
+                          disable_numparse=True))
+    cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
+            "actual USD"]
+    for axis, groups in s.breakdown:
+        parts += ["", head(f"by {axis}"), ""]
+        rows = [(g.value, g.tasks, g.images, *g.counts, _money(g.estimated), _money(g.actual))
+                for g in groups]
+        parts.append(tabulate(rows, headers=[axis, *cols], tablefmt=fmt, disable_numparse=True,
+                              colalign=("left",) + ("right",) * len(cols)))
+    if s.errors:
+        parts += ["", head("by error code"), ""]
+        parts.append(tabulate(s.errors, headers=["code", "category", "tasks"], tablefmt=fmt,
+                              disable_numparse=True, colalign=("left", "left", "right")))
+    if s.failures:
+        parts += ["", head("failures"), ""]
+        rows = [(t.variant_id, t.status, t.error_code or "-",
+                 _cell(t.error_message or "-", md)) for t in s.failures]
+        parts.append(tabulate(rows, headers=["variant", "status", "code", "message"],
+                              tablefmt=fmt, disable_numparse=True))
+    for w in d.warnings:
+        parts += ["", f"note: {w}"]
+    return "\n".join(parts) + "\n"
+
+
+def _cell(text: str, md: bool) -> str:
+    text = " ".join(text.split())
+    return text.replace("|", "\\|") if md else text
+
+
+def to_csv(s: Summary) -> str:
+    """One row per result image: variant, status, axes, index, path, sha256, bytes, cost."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    axes = list(s.data.axes)
+    w.writerow(["variant", "status", *axes, "image_index", "path", "sha256", "bytes",
+                "cost_usd", "seed", "image_uuid", "task_key"])
+    for t in s.data.tasks:
+        for i in t.images:
+            w.writerow([t.variant_id, t.status, *(t.axis(a) for a in axes), i.index,
+                        i.path or "", i.sha256 or "", "" if i.bytes is None else i.bytes,
+                        _money(i.cost) or "", i.seed or "", i.image_uuid or "", t.task_key])
+    return buf.getvalue()
+
+
+def render(s: Summary, fmt: str) -> str:
+    """Render a summary as table, markdown, json or csv."""
+    if fmt == "table":
+        return _text(s, "simple")
+    if fmt == "markdown":
+        return _text(s, "github")
+    if fmt == "json":
+        return json.dumps(to_json(s), indent=2) + "\n"
+    if fmt == "csv":
+        return to_csv(s)
+    raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
