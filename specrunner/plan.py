@@ -123,7 +123,11 @@ def path_problem(stem: str) -> str | None:
     """Why an output stem (relative, '/'-separated) is unsafe or unportable, or None."""
     if _SAFE_STEM.fullmatch(stem) and not stem.endswith(".") and "./" not in stem \
             and not _RESERVED_RE.search(stem):
-        return None
+        return None  # the common case, decided without the per-segment walk below
+    return _path_problem(stem)
+
+
+def _path_problem(stem: str) -> str | None:
     if not stem:
         return "is empty"
     if "\0" in stem:

@@ -357,3 +357,192 @@ def test_explain_found_with_include_changes() -> None:
                               f"{FILE}:10:3)")
     assert explain(p, "a-ANIM-OFF") == ("unknown", "no variant `a-ANIM-OFF` in the plan; did "
                                         "you mean `a-ANIME-OFF`, `a-DESIGN-OFF`?")
+
+
+# --- the `plan` command ----------------------------------------------------------------
+
+IMAGES = Path(__file__).resolve().parents[1] / "specs/examples/images"
+MINI = """\
+version: 1
+name: mini
+inputs:
+  bakery: {seed: bakery.jpg, mask: bakery-mask.png, vars: {shop_name: MIRELLE}}
+  diner: {seed: diner.jpg, mask: diner-mask.png, vars: {shop_name: SUNRISE}}
+prompts:
+  neon: Neon sign reading "{shop_name}" above the door, warm pink tubes
+matrix:
+  input: [bakery, diner]
+  styleType: [DESIGN, ANIME]
+  exclude:
+    - {input: diner, styleType: ANIME}
+  include:
+    - {input: bakery, numberResults: 2}
+budget:
+  max_usd: 1
+"""
+
+TABLE = """\
+plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
+
+variant          input    prompt                                    style      results    est. cost
+---------------  -------  ----------------------------------------  -------  ---------  -----------
+bakery-DESIGN-2  bakery   Neon sign reading "MIRELLE" above the...  DESIGN           2        $0.16
+bakery-ANIME-2   bakery   Neon sign reading "MIRELLE" above the...  ANIME            2        $0.16
+diner-DESIGN     diner    Neon sign reading "SUNRISE" above the...  DESIGN           1        $0.08
+
+by axis:
+axis           value        tasks    images    est. cost
+-------------  ---------  -------  --------  -----------
+input          bakery           2         4        $0.32
+input          diner            1         1        $0.08
+prompt         neon             3         5        $0.40
+styleType      DESIGN           2         3        $0.24
+styleType      ANIME            1         2        $0.16
+numberResults  2                2         4        $0.32
+numberResults  (not set)        1         1        $0.08
+"""
+
+MARKDOWN = """\
+## plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
+
+| variant         | input   | prompt                                   | style   |   results |   est. cost |
+|-----------------|---------|------------------------------------------|---------|-----------|-------------|
+| bakery-DESIGN-2 | bakery  | Neon sign reading "MIRELLE" above the... | DESIGN  |         2 |       $0.16 |
+
+(2 more tasks not shown; --all shows them, --format json or csv lists them all)
+
+### By axis
+
+| axis          | value     |   tasks |   images |   est. cost |
+|---------------|-----------|---------|----------|-------------|
+| input         | bakery    |       2 |        4 |       $0.32 |
+| input         | diner     |       1 |        1 |       $0.08 |
+| prompt        | neon      |       3 |        5 |       $0.40 |
+| styleType     | DESIGN    |       2 |        3 |       $0.24 |
+| styleType     | ANIME     |       1 |        2 |       $0.16 |
+| numberResults | 2         |       2 |        4 |       $0.32 |
+| numberResults | (not set) |       1 |        1 |       $0.08 |
+"""
+
+
+@pytest.fixture()
+def mini(tmp_path: Path) -> Path:
+    for name in ("bakery.jpg", "bakery-mask.png", "diner.jpg", "diner-mask.png"):
+        (tmp_path / name).write_bytes((IMAGES / name).read_bytes())
+    path = tmp_path / "spec.yaml"
+    path.write_text(MINI, encoding="utf-8")
+    return path
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.run(["plan", *argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_table_exact(mini: Path) -> None:
+    assert run_cli(str(mini)) == (0, TABLE, "")
+
+
+def test_cli_markdown_exact_with_limit(mini: Path) -> None:
+    assert run_cli(str(mini), "--format", "markdown", "--limit", "1") == (0, MARKDOWN, "")
+
+
+def test_cli_csv_one_row_per_task(mini: Path) -> None:
+    import csv
+
+    code, out, _ = run_cli(str(mini), "--format", "csv", "--limit", "1")  # csv ignores limit
+    rows = list(csv.DictReader(io.StringIO(out)))
+    plan = build_plan(__import__("specrunner.spec").spec.load_spec(mini))
+    assert code == 0 and out.splitlines()[0] == (
+        "index,variant,input,prompt,repeat,styleType,numberResults,number_results,est_cost,"
+        "outputs,task_uuid,task_key,positive_prompt")
+    assert [(r["variant"], r["numberResults"], r["est_cost"], r["outputs"]) for r in rows] == [
+        ("bakery-DESIGN-2", "2", "0.16", "bakery-DESIGN-2-1.jpg;bakery-DESIGN-2-2.jpg"),
+        ("bakery-ANIME-2", "2", "0.16", "bakery-ANIME-2-1.jpg;bakery-ANIME-2-2.jpg"),
+        ("diner-DESIGN", "", "0.08", "diner-DESIGN.jpg")]
+    assert [r["task_uuid"] for r in rows] == [t.task_uuid for t in plan.tasks]
+    assert rows[2]["positive_prompt"] == 'Neon sign reading "SUNRISE" above the door, warm pink tubes'
+
+
+def test_cli_json_is_complete_and_exact(mini: Path) -> None:
+    code, out, _ = run_cli(str(mini), "--format", "json", "--limit", "1")
+    doc = json.loads(out)
+    plan = build_plan(__import__("specrunner.spec").spec.load_spec(mini))
+    assert code == 0
+    assert doc["totals"] == {"tasks": 3, "images": 5, "est_cost": "0.40", "max_usd": "1",
+                             "max_tasks": 10000}
+    assert doc["breakdown"]["numberResults"] == [
+        {"value": 2, "tasks": 2, "images": 4, "est_cost": "0.32"},
+        {"value": None, "tasks": 1, "images": 1, "est_cost": "0.08"}]
+    assert [t["request"] for t in doc["tasks"]] == [dict(t.request) for t in plan.tasks]
+    first = doc["tasks"][0]
+    assert first["local_inputs"]["seedImage"] == {
+        "path": str(mini.parent / "bakery.jpg"), "invert": False,
+        "sha256": hashlib.sha256((IMAGES / "bakery.jpg").read_bytes()).hexdigest()}
+    assert first["request"]["inputs"]["seedImage"] == "local:" + first["local_inputs"][
+        "seedImage"]["sha256"]
+    assert (first["variant"], first["repeat"], first["outputs"]) == (
+        "bakery-DESIGN-2", 0, ["bakery-DESIGN-2-1.jpg", "bakery-DESIGN-2-2.jpg"])
+
+
+def test_cli_limits_and_overrides(mini: Path) -> None:
+    assert run_cli(str(mini), "--max-usd", "0.30") == (
+        2, "", "error: plan needs $0.40 for 5 images; budget max_usd is $0.30\n")
+    assert run_cli(str(mini), "--max-tasks", "2") == (
+        2, "", "error: plan has 3 tasks (3 combinations x repeat 1); budget max_tasks is 2\n")
+    code, out, _ = run_cli(str(mini), "--max-usd", "0.40", "--max-tasks", "3")
+    assert code == 0 and out.startswith("plan mini: 3 tasks, 5 images, estimated $0.40 "
+                                        "(budget $0.40, max 3 tasks)\n")
+    for argv, msg in [(("--max-usd", "abc"), "--max-usd must be a positive number of dollars, "
+                        "not 'abc'"), (("--max-usd", "-1"), "--max-usd must be a positive "
+                                       "number of dollars, not '-1'"),
+                      (("--max-tasks", "0"), "--max-tasks must be a whole number >= 1, not '0'"),
+                      (("--limit", "x"), "--limit must be a whole number >= 1, not 'x'")]:
+        assert run_cli(str(mini), *argv) == (2, "", f"error: {msg}\n")
+
+
+def test_cli_explain(mini: Path) -> None:
+    code, out, err = run_cli(str(mini), "--explain", "bakery-ANIME-2")
+    assert code == 0 and err == ""
+    assert out.splitlines()[:4] == [
+        "variant bakery-ANIME-2: combination #2 of 3, 1 task(s) (repeat 1)",
+        f"  declared by: matrix product, combination #2 of 4 ($.matrix at {mini}:9:3)",
+        "  axis values: input=bakery, styleType=ANIME",
+        f"  include #1 ($.matrix.include[0] at {mini}:14:7): added numberResults=2"]
+    assert run_cli(str(mini), "--explain", "diner-ANIME") == (0, (
+        "variant diner-ANIME is not in the plan: matrix combination #4 (input=diner, "
+        "styleType=ANIME) was removed by exclude #1 {input=diner, styleType=ANIME} "
+        f"($.matrix.exclude[0] at {mini}:12:7)\n"), "")
+    assert run_cli(str(mini), "--explain", "dinner-DESIGN") == (
+        2, "", "error: no variant `dinner-DESIGN` in the plan; did you mean `diner-DESIGN`, "
+        "`bakery-DESIGN-2`?\n")
+
+
+def test_cli_invalid_spec_exit_2(mini: Path) -> None:
+    mini.write_text(MINI.replace("name: mini", "name: mini\noutput: {name: '{input}'}"),
+                    encoding="utf-8")
+    code, out, err = run_cli(str(mini))
+    assert (code, out) == (2, "")
+    where = f"{mini}:3:16: error: variants `bakery-DESIGN-2` and `bakery-ANIME-2` both write"
+    assert err == (f"error: {where} 'bakery-1.jpg' [$.output.name] (put {{variant}} in "
+                   f"output.name)\n{where} 'bakery-2.jpg' [$.output.name] (put {{variant}} in "
+                   "output.name)\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="aZ09._- /\\:?*\0\u00e9CONnul", max_size=12))
+def test_path_check_fast_path_agrees_with_full_walk(stem: str) -> None:
+    assert planmod.path_problem(stem) == planmod._path_problem(stem)
+
+
+def test_fast_task_keys_equal_reference_keys() -> None:
+    spec = make_spec(("a", "b"), {"neon": "Néon « {shop} » \u2028 \\ \" {{x}}", "deco": "D"},
+                     repeat=3, defaults={"providerSettings": {"ideogram": {"magicPrompt": "ON"}},
+                                         "outputFormat": "WEBP"})
+    for t in build_plan(spec).tasks:
+        assert t.task_key == planmod.task_key(t.request, "white-edits", t.repeat)
+    sentinel = make_spec(prompts={"neon": "N"}, defaults={"webhookURL": "https://x.test/"
+                                                          + planmod._SENTINEL})
+    (t,) = build_plan(sentinel).tasks  # the sentinel in a field value takes the plain road
+    assert t.task_key == planmod.task_key(t.request, "white-edits", 0)
