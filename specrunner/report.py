@@ -11,7 +11,8 @@ Task status: `done` (succeeded; some results may have been refused), `failed`, `
 JSON shape (`to_json`; money as decimal strings, times in seconds or ISO-8601 UTC):
 
     {"format": "specrunner.report/1",
-     "run": {"name", "spec_path", "status", "runs", "started_at", "ended_at", "budget_usd"},
+     "run": {"name", "spec_path", "status", "runs", "started_at", "ended_at", "budget_usd",
+             "notes": [str, ...]},
      "totals": {"tasks", "images", "images_refused", "succeeded", "failed", "pending",
                 "in_doubt", "failed_by_category": {category: n}, "estimated_usd",
                 "actual_usd", "spend_per_image_usd", "retries", "new_uuids", "wall_s",
@@ -195,9 +196,17 @@ def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
         yield prefix[:-1], node
 
 
+def _seed_of(request: Mapping[str, Any]) -> Any:
+    seed = (request.get("inputs") or {}).get("seedImage")
+    return seed[:18] if isinstance(seed, str) and seed.startswith("local:") else seed
+
+
 def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
-    """Request leaves whose value differs between tasks, named by leaf when unambiguous."""
-    flat = [dict(_leaves(r)) for r in requests]
+    """Request leaves whose value differs between tasks, named by leaf when unambiguous.
+
+    The seed image counts as a leaf (`seedImage`; local files as `local:` + 12 hex digits).
+    """
+    flat = [{"seedImage": _seed_of(r), **dict(_leaves(r))} for r in requests]
     seen: dict[str, set[str]] = {}
     for f in flat:
         for k, v in f.items():
@@ -440,7 +449,7 @@ def to_json(s: Summary) -> dict[str, Any]:
         "format": "specrunner.report/1",
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
                 "started_at": _iso(d.started_at), "ended_at": _iso(d.ended_at),
-                "budget_usd": _money(d.budget)},
+                "budget_usd": _money(d.budget), "notes": list(d.warnings)},
         "totals": totals,
         "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
                               **dict(zip(("succeeded", "failed", "pending", "in_doubt"),

@@ -1,0 +1,288 @@
+"""Exact report output on the recorded fixture run (tests/fixtures/run_fixture).
+
+The fixture is a real run of fixture/spec.yaml against the local server with injected clocks
+(make_fixture.py): 5 tasks, one refused by the content policy, one with 1 of 2 results
+refused, one retried under a fresh UUID after a provider timeout, one never sent (the run was
+interrupted).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from specrunner import cli, report
+from specrunner.store import open_store
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+
+
+@pytest.fixture()
+def fixture_run(tmp_path: Path) -> Path:
+    """A private copy of the fixture (spec, images, run): reports may write next to it."""
+    dest = tmp_path / "fx"
+    shutil.copytree(FIXTURE, dest, ignore=shutil.ignore_patterns("expected", "__pycache__"))
+    return dest
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.run(["report", *argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+TABLE = """\
+run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:21Z
+
+total                            value
+-------------------------------  ------------------------------
+tasks                            5
+images                           3
+images refused (content policy)  1
+succeeded                        3
+failed                           1
+pending                          1
+in doubt                         0
+failed by category               safety 1
+estimated spend                  $0.48
+actual spend                     $0.24
+spend per image                  $0.08
+retries                          1
+fresh UUIDs (provider failures)  1
+wall time                        20.750 s
+request latency                  p50 0.500 s, p95 0.500 s (n=6)
+task latency (send->done)        p50 3.750 s, p95 7.250 s (n=3)
+budget                           $1.00
+
+by input
+
+input      tasks    images    done    failed    pending    in doubt    est. USD    actual USD
+-------  -------  --------  ------  --------  ---------  ----------  ----------  ------------
+bakery         2         1       1         1          0           0        0.24          0.08
+diner          2         1       1         0          1           0        0.16          0.08
+remote         1         1       1         0          0           0        0.08          0.08
+
+by styleType
+
+styleType      tasks    images    done    failed    pending    in doubt    est. USD    actual USD
+-----------  -------  --------  ------  --------  ---------  ----------  ----------  ------------
+DESIGN             3         3       3         0          0           0        0.32          0.24
+REALISTIC          2         0       0         1          1           0        0.16          0.00
+
+by numberResults
+
+numberResults      tasks    images    done    failed    pending    in doubt    est. USD    actual USD
+---------------  -------  --------  ------  --------  ---------  ----------  ----------  ------------
+2                      1         1       1         0          0           0        0.16          0.08
+-                      4         2       2         1          1           0        0.32          0.16
+
+by error code
+
+code                    category      tasks
+----------------------  ----------  -------
+contentPolicyViolation  safety            2
+
+failures
+
+variant           status    code                    message
+----------------  --------  ----------------------  -----------------------------------------------
+bakery-DESIGN-2   done      contentPolicyViolation  1 of 2 results refused
+bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the content policy (injected)
+"""
+
+MARKDOWN = """\
+## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:21Z
+
+| total                           | value                          |
+|---------------------------------|--------------------------------|
+| tasks                           | 5                              |
+| images                          | 3                              |
+| images refused (content policy) | 1                              |
+| succeeded                       | 3                              |
+| failed                          | 1                              |
+| pending                         | 1                              |
+| in doubt                        | 0                              |
+| failed by category              | safety 1                       |
+| estimated spend                 | $0.48                          |
+| actual spend                    | $0.24                          |
+| spend per image                 | $0.08                          |
+| retries                         | 1                              |
+| fresh UUIDs (provider failures) | 1                              |
+| wall time                       | 20.750 s                       |
+| request latency                 | p50 0.500 s, p95 0.500 s (n=6) |
+| task latency (send->done)       | p50 3.750 s, p95 7.250 s (n=3) |
+| budget                          | $1.00                          |
+
+### by input
+
+| input   |   tasks |   images |   done |   failed |   pending |   in doubt |   est. USD |   actual USD |
+|---------|---------|----------|--------|----------|-----------|------------|------------|--------------|
+| bakery  |       2 |        1 |      1 |        1 |         0 |          0 |       0.24 |         0.08 |
+| diner   |       2 |        1 |      1 |        0 |         1 |          0 |       0.16 |         0.08 |
+| remote  |       1 |        1 |      1 |        0 |         0 |          0 |       0.08 |         0.08 |
+
+### by styleType
+
+| styleType   |   tasks |   images |   done |   failed |   pending |   in doubt |   est. USD |   actual USD |
+|-------------|---------|----------|--------|----------|-----------|------------|------------|--------------|
+| DESIGN      |       3 |        3 |      3 |        0 |         0 |          0 |       0.32 |         0.24 |
+| REALISTIC   |       2 |        0 |      0 |        1 |         1 |          0 |       0.16 |         0.00 |
+
+### by numberResults
+
+| numberResults   |   tasks |   images |   done |   failed |   pending |   in doubt |   est. USD |   actual USD |
+|-----------------|---------|----------|--------|----------|-----------|------------|------------|--------------|
+| 2               |       1 |        1 |      1 |        0 |         0 |          0 |       0.16 |         0.08 |
+| -               |       4 |        2 |      2 |        1 |         1 |          0 |       0.32 |         0.16 |
+
+### by error code
+
+| code                   | category   |   tasks |
+|------------------------|------------|---------|
+| contentPolicyViolation | safety     |       2 |
+
+### failures
+
+| variant          | status   | code                   | message                                         |
+|------------------|----------|------------------------|-------------------------------------------------|
+| bakery-DESIGN-2  | done     | contentPolicyViolation | 1 of 2 results refused                          |
+| bakery-REALISTIC | failed   | contentPolicyViolation | result blocked by the content policy (injected) |
+"""
+
+CSV = """\
+variant,status,input,prompt,styleType,numberResults,image_index,path,sha256,bytes,cost_usd,seed,image_uuid,task_key
+bakery-DESIGN-2,done,bakery,neon,DESIGN,2,0,bakery-DESIGN-1.png,1f9c8a2124748924aa37587aa1227c25aa3e0441f325fb02b5a7c0895d0d1095,1996,0.08,7941583161658262306,10f15236-4048-43f6-b188-541c1ce1ad88,c9a5a0fba197cd7edaa47ac85e46962e885dd2b22cfac2f74ad52c454113fa5e
+diner-DESIGN,done,diner,neon,DESIGN,-,0,diner-DESIGN.png,8f69897c9e7de04b055fea3c8dad98a1f43617b4643c964fe995a6a5b011a0c8,2338,0.08,5091807202171097834,b4d31d52-bb9e-432d-ba84-febefe4d7282,159a32d0154cf4d7ddd08a973bc7221fd63e8a317d848243a93b8b9ed4da7a88
+remote-DESIGN,done,remote,neon,DESIGN,-,0,remote-DESIGN.png,2cb71a44a1d01c670b1c58fb877a94fcb76afd4ab206e7024e5bb1a8c8fea3fc,38974,0.08,4283295948521791540,d1c28bf9-af4b-483a-8435-8f31e5e7ad0d,d76ea8c66e5cbed5a48ec16b97ffec6911322ae075031974fbcfa670cf1d5c14
+"""
+
+
+def test_table_exact(fixture_run: Path) -> None:
+    assert run_cli(str(fixture_run / "run")) == (0, TABLE, "")
+
+
+def test_markdown_exact(fixture_run: Path) -> None:
+    assert run_cli(str(fixture_run / "run"), "--format", "markdown") == (0, MARKDOWN, "")
+
+
+def test_csv_exact_one_row_per_result_image(fixture_run: Path) -> None:
+    assert run_cli(str(fixture_run / "run"), "--format", "csv") == (0, CSV, "")
+
+
+def test_json_exact(fixture_run: Path) -> None:
+    expected = (FIXTURE / "expected" / "report.json").read_text(encoding="utf-8")
+    code, text, err = run_cli(str(fixture_run / "run"), "--format", "json")
+    assert (code, err) == (0, "")
+    assert text == expected
+
+
+def test_spec_target_finds_the_run_through_output_dir(fixture_run: Path) -> None:
+    assert run_cli(str(fixture_run / "spec.yaml")) == (0, TABLE, "")
+
+
+def test_by_chosen_axes_and_out_file(fixture_run: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "r.json"
+    code, text, err = run_cli(str(fixture_run / "run"), "--format", "json", "--by",
+                              "styleType,prompt", "--out", str(dest))
+    assert (code, text, err) == (0, "", "")
+    doc = json.loads(dest.read_text())
+    assert list(doc["breakdown"]) == ["styleType", "prompt"]
+    assert doc["breakdown"]["prompt"] == [{
+        "value": "neon", "tasks": 5, "images": 3, "succeeded": 3, "failed": 1, "pending": 1,
+        "in_doubt": 0, "estimated_usd": "0.48", "actual_usd": "0.24"}]
+
+
+def test_unknown_axis_is_a_usage_error(fixture_run: Path) -> None:
+    code, text, err = run_cli(str(fixture_run / "run"), "--by", "stlyeType")
+    assert (code, text) == (2, "")
+    assert err == ("error: unknown axis 'stlyeType'; this run's axes: input, prompt, "
+                   "styleType, numberResults\n")
+
+
+def test_missing_and_damaged_records_exit_2(tmp_path: Path) -> None:
+    code, _, err = run_cli(str(tmp_path))
+    assert code == 2 and err == f"error: no run record in {tmp_path} (expected " \
+                                f"{tmp_path / '.specrunner' / 'run.db'})\n"
+    (tmp_path / ".specrunner").mkdir()
+    (tmp_path / ".specrunner" / "run.db").write_bytes(b"not a database at all" * 100)
+    code, out, err = run_cli(str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: the run record ") and "damaged" in err
+    code, _, err = run_cli(str(tmp_path / "nowhere"))
+    assert code == 2 and "neither a run folder nor a spec file" in err
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".specrunner").mkdir()
+    sqlite3.connect(tmp_path / ".specrunner" / "run.db").executescript(
+        "CREATE TABLE tasks (x); INSERT INTO tasks VALUES (1);")
+    code, _, err = run_cli(str(tmp_path))
+    assert code == 2 and "not a specrunner run record" in err
+
+
+def test_in_doubt_tasks_are_counted_as_such(fixture_run: Path) -> None:
+    db = fixture_run / "run" / ".specrunner" / "run.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE tasks SET state='accepted' WHERE variant_id='diner-REALISTIC'")
+    s = report.summarize(report.load_run(fixture_run / "run"))
+    totals = dict(s.totals)
+    assert (totals["pending"], totals["in_doubt"], totals["failed"]) == (0, 1, 1)
+    assert [(t.variant_id, t.status) for t in s.failures] == [
+        ("bakery-DESIGN-2", "done"), ("bakery-REALISTIC", "failed"),
+        ("diner-REALISTIC", "in_doubt")]
+
+
+def test_report_reads_a_run_that_is_still_writing(fixture_run: Path) -> None:
+    """The runner holds the lock and an open write transaction: report reads the last commit."""
+    store = open_store(fixture_run / "run")
+    try:
+        store.conn.execute("BEGIN IMMEDIATE")
+        store.conn.execute("UPDATE tasks SET state='sending' WHERE variant_id='diner-REALISTIC'")
+        store.conn.execute("UPDATE runs SET status='running', ended_at=NULL")
+        code, text, err = run_cli(str(fixture_run / "run"))
+        assert (code, text, err) == (0, TABLE, "")  # uncommitted: not visible yet
+        store.conn.execute("COMMIT")
+        code, text, err = run_cli(str(fixture_run / "run"), "--format", "json")
+        doc = json.loads(text)
+        assert (doc["run"]["status"], doc["run"]["ended_at"]) == ("running", None)
+        assert (doc["totals"]["pending"], doc["totals"]["in_doubt"]) == (0, 1)
+        # wall time of an unfinished run: up to its last recorded transition
+        assert doc["totals"]["wall_s"] == 20.5
+    finally:
+        store.close()
+
+
+def test_without_the_spec_axes_come_from_the_requests(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE / "run", run)  # the recorded ../spec.yaml is not there
+    code, text, err = run_cli(str(run), "--format", "json")
+    assert (code, err) == (0, "")
+    doc = json.loads(text)
+    assert doc["run"]["name"] is None
+    assert doc["run"]["notes"] == ["the recorded spec ../spec.yaml is gone; axes come from "
+                                   "the requests"]
+    assert list(doc["breakdown"]) == ["seedImage", "numberResults", "styleType"]
+    assert [t["axes"] for t in doc["tasks"][:2]] == [
+        {"seedImage": "local:a7b845aba86f", "numberResults": "2", "styleType": "DESIGN"},
+        {"seedImage": "local:a7b845aba86f", "numberResults": "-", "styleType": "REALISTIC"}]
+    assert doc["tasks"][4]["axes"]["seedImage"] == "https://example.com/remote/seed.jpg"
+    assert doc["breakdown"]["styleType"] == [
+        {"value": "DESIGN", "tasks": 3, "images": 3, "succeeded": 3, "failed": 0, "pending": 0,
+         "in_doubt": 0, "estimated_usd": "0.32", "actual_usd": "0.24"},
+        {"value": "REALISTIC", "tasks": 2, "images": 0, "succeeded": 0, "failed": 1,
+         "pending": 1, "in_doubt": 0, "estimated_usd": "0.16", "actual_usd": "0.00"}]
+    code, text, _ = run_cli(str(run))
+    assert text.endswith("note: the recorded spec ../spec.yaml is gone; axes come from the "
+                         "requests\n")
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert report.percentile([], 50) is None
+    assert report.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert report.percentile([float(i) for i in range(1, 101)], 95) == 95.0
+    assert report.percentile([1.0, 10.0], 95) == 10.0
