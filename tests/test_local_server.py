@@ -391,3 +391,12 @@ def test_admin_stats_endpoint_reports_the_ledger() -> None:
     assert doc["charges"] == {task["taskUUID"]: 0.08} and doc["duplicateAttemptsTotal"] == 1
     assert doc["requestsByType"]["imageInference"] == 2 and doc["peakConcurrency"] == 1
     assert doc["simulator"] == "specrunner local simulator"
+
+
+def test_webhook_and_upload_endpoint_are_accepted_but_said_not_called() -> None:
+    server = create_app()
+    task = inference_task(webhookURL="https://hooks.example.invalid/rw",
+                          uploadEndpoint="https://bucket.example.invalid/put")
+    (item,) = post(server, [task])[1]["data"]
+    assert item["simulator"]["notCalled"] == ["webhookURL", "uploadEndpoint"]
+    assert server.stats().http_requests == 1  # and nothing else was attempted

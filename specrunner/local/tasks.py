@@ -294,6 +294,9 @@ class Simulator:
             item["cost"] = float(models.get_model(req["model"]).price_per_image)
         item["simulator"] = {"name": SIMULATOR, "placeholderInputs": record.placeholder,
                              "resultIndex": res.index}
+        ignored = [k for k in ("webhookURL", "uploadEndpoint") if k in req]
+        if ignored:  # no outbound network here: accepted, never called
+            item["simulator"]["notCalled"] = ignored
         if record.placeholder:
             w, h = engine.PLACEHOLDER_SIZE
             item["simulator"]["note"] = (f"input URLs cannot be fetched here: placeholder seed "
