@@ -71,6 +71,17 @@ class Image:
 
 
 @dataclass(frozen=True)
+class InputRef:
+    """A seed or mask of a task: a local file (absolute path, sha256) or a URL/UUID as text."""
+
+    field: str  # seedImage | maskImage
+    kind: str  # file | url | uuid
+    value: str
+    sha256: str | None = None
+    polarity: str = "white-edits"
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """One task as the record knows it, with its matrix axes (ordered) and inputs."""
 
@@ -89,7 +100,7 @@ class TaskInfo:
     sends: int
     latency_s: float | None  # first send -> done
     input_name: str | None = None
-    inputs: tuple[tuple[str, str, str], ...] = ()  # (field, kind file|url|uuid, path or text)
+    inputs: tuple[InputRef, ...] = ()
 
     @property
     def category(self) -> str | None:
@@ -218,11 +229,12 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
                                           for f in flat]
 
 
-def _inputs(task: Any, spec: Any) -> tuple[tuple[str, str, str], ...]:
+def _inputs(task: Any, spec: Any) -> tuple[InputRef, ...]:
     if task is None or spec is None or task.input_name not in spec.inputs:
         return ()
     pair = spec.inputs[task.input_name]
-    return tuple((name, ref.kind, ref.value if ref.kind == "file" else ref.display)
+    return tuple(InputRef(name, ref.kind, ref.value if ref.kind == "file" else ref.display,
+                          ref.sha256, pair.polarity)
                  for name, ref in (("seedImage", pair.seed), ("maskImage", pair.mask)))
 
 
