@@ -93,7 +93,8 @@ def base_id(values: Mapping[str, Scalar], index: int) -> str:
 
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SENTINEL = "\ue000specrunner-prompt\ue000"
-_SAFE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,200})*")
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}"
+_SAFE_STEM = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
 _RESERVED_RE = re.compile(r"(?:^|/)(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|/|$)", re.I)
 
 
@@ -336,6 +337,15 @@ def _build_plan(spec: Spec) -> Plan:
         out_tpl = None
     used_vars = {n for t in prompts.values() for n in t.names}
     used_vars |= set(out_tpl.names) if out_tpl else set()
+    if spec.matrix is not None:
+        axis_keys = [k for k, _ in spec.matrix.axes]
+        for j, entry in enumerate(spec.matrix.exclude):
+            for k in entry:
+                if k not in axis_keys:
+                    diags.add(f"exclude key `{k}` is not an axis of the matrix; excludes "
+                              "filter the product only (as in GitHub Actions)",
+                              f"$.matrix.exclude[{j}].{k}", "exclude-key",
+                              "axes: " + ", ".join(axis_keys))
     diags.raise_if_any()
     assert out_tpl is not None
 

@@ -21,6 +21,7 @@ from specrunner.campaign import (Budget, Execution, ImageRef, InputPair, LocalIm
                                  OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
 from specrunner.plan import build_plan, explain
+from specrunner.spec import load_spec
 
 FILE = "/camp/spec.yaml"
 LOC_PATHS = ["$.model", "$.defaults", "$.defaults.outputQuality", "$.prompts", "$.matrix",
@@ -453,7 +454,7 @@ def test_cli_csv_one_row_per_task(mini: Path) -> None:
 
     code, out, _ = run_cli(str(mini), "--format", "csv", "--limit", "1")  # csv ignores limit
     rows = list(csv.DictReader(io.StringIO(out)))
-    plan = build_plan(__import__("specrunner.spec").spec.load_spec(mini))
+    plan = build_plan(load_spec(mini))
     assert code == 0 and out.splitlines()[0] == (
         "index,variant,input,prompt,repeat,styleType,numberResults,number_results,est_cost,"
         "outputs,task_uuid,task_key,positive_prompt")
@@ -462,13 +463,14 @@ def test_cli_csv_one_row_per_task(mini: Path) -> None:
         ("bakery-ANIME-2", "2", "0.16", "bakery-ANIME-2-1.jpg;bakery-ANIME-2-2.jpg"),
         ("diner-DESIGN", "", "0.08", "diner-DESIGN.jpg")]
     assert [r["task_uuid"] for r in rows] == [t.task_uuid for t in plan.tasks]
-    assert rows[2]["positive_prompt"] == 'Neon sign reading "SUNRISE" above the door, warm pink tubes'
+    assert rows[2]["positive_prompt"] == ('Neon sign reading "SUNRISE" above the door, '
+                                          "warm pink tubes")
 
 
 def test_cli_json_is_complete_and_exact(mini: Path) -> None:
     code, out, _ = run_cli(str(mini), "--format", "json", "--limit", "1")
     doc = json.loads(out)
-    plan = build_plan(__import__("specrunner.spec").spec.load_spec(mini))
+    plan = build_plan(load_spec(mini))
     assert code == 0
     assert doc["totals"] == {"tasks": 3, "images": 5, "est_cost": "0.40", "max_usd": "1",
                              "max_tasks": 10000}
@@ -546,3 +548,12 @@ def test_fast_task_keys_equal_reference_keys() -> None:
                                                           + planmod._SENTINEL})
     (t,) = build_plan(sentinel).tasks  # the sentinel in a field value takes the plain road
     assert t.task_key == planmod.task_key(t.request, "white-edits", 0)
+
+
+def test_exclude_key_must_be_an_axis() -> None:
+    spec = with_matrix(make_spec(), Matrix(axes=(("styleType", ("DESIGN", "ANIME")),),
+                                           include=({"magicPrompt": "ON"},),
+                                           exclude=({"magicPrompt": "ON"},)))
+    (d,) = diags(spec)
+    assert (d.code, d.path, d.loc, d.hint) == ("exclude-key", "$.matrix.exclude[0].magicPrompt",
+                                               Loc(FILE, 10, 3), "axes: styleType")

@@ -43,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="output format (default: table)")
     parser.add_argument("--explain", metavar="VARIANT",
                         help="show which matrix values and include/exclude rules made VARIANT")
-    parser.add_argument("--max-usd", metavar="X", help="budget for this plan, overriding the spec's")
+    parser.add_argument("--max-usd", metavar="X",
+                        help="budget for this plan, overriding the spec's")
     parser.add_argument("--max-tasks", metavar="N", help="task cap, overriding the spec's")
     parser.add_argument("--limit", metavar="N", default="50",
                         help="table/markdown rows to show (default 50)")
