@@ -91,9 +91,20 @@ class SpecError(SpecrunnerError):
 
 
 class PlanLimitError(SpecrunnerError):
-    """The plan exceeds the budget (`max_usd`) or the task cap."""
+    """The plan exceeds the budget (`max_usd`) or the task cap.
+
+    `limit` names the spec setting that was exceeded ("max_tasks" or "max_usd"), `needed` and
+    `allowed` are the numbers, so callers never have to parse the message.
+    """
 
     exit_code = EXIT_INVALID
+
+    def __init__(self, message: str, *, limit: str | None = None,
+                 needed: object = None, allowed: object = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.needed = needed
+        self.allowed = allowed
 
 
 class RecordError(SpecrunnerError):

@@ -11,3 +11,17 @@ import os
 CANARY_KEY = "rw-canary-7f3e9d1c2b4a5e6f8091a2b3c4d5e6f7"
 os.environ["RUNWARE_API_KEY"] = CANARY_KEY
 os.environ.pop("RUNWARE_BASE_URL", None)
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _reset_retry_waits():
+    """Whatever a test switched in the client's testing mode, the next test starts clean."""
+    yield
+    try:
+        from specrunner import client
+    except ImportError:  # pragma: no cover
+        return
+    client.set_testing(False)
