@@ -1,0 +1,191 @@
+"""Compare two runs: variants added, removed and changed, and cost/failure deltas per axis.
+
+Variants are matched by id. A variant `changed` when its request differs (another task_key),
+its output images differ (sha256 of the files, in result order) or its status differs.
+Pure over two `report.Summary` values. JSON shape (`to_json`):
+
+    {"format": "specrunner.diff/1",
+     "a": {"name", "status", "tasks"}, "b": {...},
+     "added": [variant, ...], "removed": [variant, ...],
+     "changed": [{"variant", "request_changed", "outputs_changed", "status": [a, b],
+                  "actual_usd": [a, b]}, ...],
+     "unchanged": int,
+     "totals": {"tasks" | "succeeded" | "failed" | "images": [a, b, delta],
+                "estimated_usd" | "actual_usd": [a, b, delta]},
+     "by_axis": {axis: [{"value", "tasks": [a, b], "failed": [a, b, delta],
+                         "actual_usd": [a, b, delta]}, ...]}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from specrunner.errors import UsageError
+from specrunner.report import Summary, TaskInfo, _money, actual_cost
+
+FORMATS = ("table", "markdown", "json")
+
+
+@dataclass(frozen=True)
+class Change:
+    """How one variant present in both runs differs."""
+
+    variant: str
+    request_changed: bool
+    outputs_changed: bool
+    status: tuple[str, str]
+    cost: tuple[Decimal, Decimal]
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """The comparison of run A (before) with run B (after)."""
+
+    a: Summary
+    b: Summary
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[Change, ...]
+    unchanged: int
+    axes: tuple[str, ...]
+
+
+def _hashes(t: TaskInfo) -> tuple[str | None, ...]:
+    return tuple(i.sha256 for i in t.images)
+
+
+def compare(a: Summary, b: Summary, by: Sequence[str] | None = None) -> RunDiff:
+    """Compare two summaries; `by` defaults to the shared axes with 2+ values in either run.
+
+    Raises UsageError for an axis neither run has.
+    """
+    ta = {t.variant_id: t for t in a.data.tasks}
+    tb = {t.variant_id: t for t in b.data.tasks}
+    changed, same = [], 0
+    for vid, x in ta.items():
+        y = tb.get(vid)
+        if y is None:
+            continue
+        c = Change(vid, x.task_key != y.task_key,
+                   bool(x.images and y.images and _hashes(x) != _hashes(y)),
+                   (x.status, y.status), (actual_cost(x), actual_cost(y)))
+        if c.request_changed or c.outputs_changed or x.status != y.status:
+            changed.append(c)
+        else:
+            same += 1
+    if by is None:
+        tasks = a.data.tasks + b.data.tasks
+        axes = tuple(ax for ax in b.data.axes if ax in a.data.axes
+                     and len({t.axis(ax) for t in tasks}) > 1)
+    else:
+        for ax in by:
+            if ax not in a.data.axes and ax not in b.data.axes:
+                raise UsageError(f"unknown axis {ax!r}; axes: "
+                                 + ", ".join(dict.fromkeys(a.data.axes + b.data.axes)))
+        axes = tuple(by)
+    return RunDiff(a, b, tuple(v for v in tb if v not in ta), tuple(v for v in ta if v not in tb),
+                   tuple(changed), same, axes)
+
+
+def _totals(s: Summary) -> dict[str, Any]:
+    t = dict(s.totals)
+    return {k: t[k] for k in ("tasks", "images", "succeeded", "failed", "estimated_usd",
+                              "actual_usd")}
+
+
+def _triple(x: Any, y: Any) -> list[Any]:
+    if isinstance(x, Decimal):
+        return [_money(x), _money(y), _money(y - x)]
+    return [x, y, y - x]
+
+
+def _by_axis(d: RunDiff, axis: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[list[TaskInfo]]] = {}
+    for side, s in enumerate((d.a, d.b)):
+        for t in s.data.tasks:
+            groups.setdefault(t.axis(axis), [[], []])[side].append(t)
+    rows = []
+    for value, (xs, ys) in groups.items():
+        fa = sum(t.status == "failed" for t in xs)
+        fb = sum(t.status == "failed" for t in ys)
+        ca = sum((actual_cost(t) for t in xs), Decimal(0))
+        cb = sum((actual_cost(t) for t in ys), Decimal(0))
+        rows.append({"value": value, "tasks": [len(xs), len(ys)], "failed": _triple(fa, fb),
+                     "actual_usd": _triple(ca, cb)})
+    return rows
+
+
+def to_json(d: RunDiff) -> dict[str, Any]:
+    """The documented JSON shape (see the module docstring)."""
+    ta, tb = _totals(d.a), _totals(d.b)
+    return {
+        "format": "specrunner.diff/1",
+        **{side: {"name": s.data.name, "status": s.data.status, "tasks": len(s.data.tasks)}
+           for side, s in (("a", d.a), ("b", d.b))},
+        "added": list(d.added), "removed": list(d.removed),
+        "changed": [{"variant": c.variant, "request_changed": c.request_changed,
+                     "outputs_changed": c.outputs_changed, "status": list(c.status),
+                     "actual_usd": [_money(c.cost[0]), _money(c.cost[1])]} for c in d.changed],
+        "unchanged": d.unchanged,
+        "totals": {k: _triple(ta[k], tb[k]) for k in ta},
+        "by_axis": {axis: _by_axis(d, axis) for axis in d.axes},
+    }
+
+
+def _signed(v: Any) -> str:
+    text = str(v)
+    return text if text.startswith("-") or text in ("0", "0.00") else f"+{text}"
+
+
+def _text(d: RunDiff, fmt: str) -> str:
+    doc = to_json(d)
+    md = fmt == "github"
+    head = (lambda t: f"### {t}") if md else (lambda t: t)
+    a, b = doc["a"], doc["b"]
+    parts = [("## " if md else "") + f"diff {a['name'] or 'A'} ({a['status']}, {a['tasks']} "
+             f"tasks) -> {b['name'] or 'B'} ({b['status']}, {b['tasks']} tasks): "
+             f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
+             f"{d.unchanged} unchanged", ""]
+    rows = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
+            for k, (x, y, z) in doc["totals"].items()]
+    parts.append(tabulate(rows, headers=["total", "A", "B", "delta"], tablefmt=fmt,
+                          disable_numparse=True, colalign=("left", "right", "right", "right")))
+    variants = ([(v, "added", "", "") for v in d.added]
+                + [(v, "removed", "", "") for v in d.removed]
+                + [(c.variant, ", ".join(k for k, on in (("request", c.request_changed),
+                                                        ("outputs", c.outputs_changed),
+                                                        ("status", c.status[0] != c.status[1]))
+                                         if on),
+                    f"{c.status[0]} -> {c.status[1]}",
+                    f"{_money(c.cost[0])} -> {_money(c.cost[1])}") for c in d.changed])
+    if variants:
+        parts += ["", head("variants"), ""]
+        parts.append(tabulate(variants, headers=["variant", "change", "status", "USD"],
+                              tablefmt=fmt, disable_numparse=True))
+    for axis, groups in doc["by_axis"].items():
+        parts += ["", head(f"by {axis}"), ""]
+        rows = [(g["value"], f"{g['tasks'][0]} -> {g['tasks'][1]}",
+                 f"{g['failed'][0]} -> {g['failed'][1]}", _signed(g["failed"][2]),
+                 f"{g['actual_usd'][0]} -> {g['actual_usd'][1]}", _signed(g["actual_usd"][2]))
+                for g in groups]
+        parts.append(tabulate(rows, headers=[axis, "tasks", "failed", "delta", "actual USD",
+                                             "delta"],
+                              tablefmt=fmt, disable_numparse=True,
+                              colalign=("left",) + ("right",) * 5))
+    return "\n".join(parts) + "\n"
+
+
+def render(d: RunDiff, fmt: str) -> str:
+    """Render a diff as table, markdown or json."""
+    if fmt == "table":
+        return _text(d, "simple")
+    if fmt == "markdown":
+        return _text(d, "github")
+    if fmt == "json":
+        return json.dumps(to_json(d), indent=2) + "\n"
+    raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
