@@ -111,8 +111,15 @@ def _frame(body: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
 
 
 def task_key(request: Mapping[str, Any], polarity: str, repeat: int) -> str:
-    """sha256 of the request minus taskUUID, the mask polarity and the 0-based repeat index."""
-    return _key({k: v for k, v in request.items() if k != "taskUUID"}, polarity, repeat)
+    """sha256 of the request minus taskUUID, the mask polarity and the 0-based repeat index.
+
+    The fields that only say how the answer travels (`deliveryMethod`, `includeCost`) are left
+    out: switching delivery between a crash and a resume must not mint new UUIDs and pay again.
+    """
+    return _key({k: v for k, v in request.items() if k not in _NOT_IN_KEY}, polarity, repeat)
+
+
+_NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 
 
 def _key(body: Mapping[str, Any], polarity: str, repeat: int) -> str:
@@ -483,8 +490,7 @@ def _build_plan(spec: Spec) -> Plan:
             halves = frame_cache.get((sig, in_name))
             if halves is None:
                 halves = frame_cache[(sig, in_name)] = _frame(
-                    {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins,
-                     "includeCost": True, "deliveryMethod": delivery})
+                    {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins})
             if halves:
                 key = hashlib.sha256(b"".join((
                     b'{"maskPolarity":', polarity_json[pair.polarity], b',"repeat":',
@@ -492,8 +498,7 @@ def _build_plan(spec: Spec) -> Plan:
                     b"}"))).hexdigest()
             else:  # the sentinel occurs in a field value: take the plain road
                 key = _key({"taskType": "imageInference", "model": model.id,
-                            "positivePrompt": text, **merged, "inputs": ins,
-                            "includeCost": True, "deliveryMethod": delivery}, pair.polarity, r)
+                            "positivePrompt": text, **merged, "inputs": ins}, pair.polarity, r)
             if key in keys:
                 other = tasks[keys[key]].variant_id
                 diags.add(f"variants `{other}` and `{tid}` send identical requests (same task "

@@ -87,7 +87,8 @@ def test_request_is_exactly_defaults_fields_and_runner_fields() -> None:
                    "maskImage": "local:" + sha("bakery-mask.png")},
         "includeCost": True, "deliveryMethod": "async",
     }
-    canonical = json.dumps({"request": body, "maskPolarity": "white-edits", "repeat": 0},
+    keyed = {k: v for k, v in body.items() if k not in ("includeCost", "deliveryMethod")}
+    canonical = json.dumps({"request": keyed, "maskPolarity": "white-edits", "repeat": 0},
                            sort_keys=True, separators=(",", ":")).encode()
     assert task.task_key == hashlib.sha256(canonical).hexdigest()
     assert task.task_uuid == runware.task_uuid(task.task_key)
@@ -557,3 +558,13 @@ def test_exclude_key_must_be_an_axis() -> None:
     (d,) = diags(spec)
     assert (d.code, d.path, d.loc, d.hint) == ("exclude-key", "$.matrix.exclude[0].magicPrompt",
                                                Loc(FILE, 10, 3), "axes: styleType")
+
+
+def test_switching_delivery_keeps_every_task_key_and_uuid() -> None:
+    """A crash under async delivery resumed under sync must not mint new UUIDs (and pay again)."""
+    a = build_plan(make_spec(("b", "a"), repeat=2, delivery="async")).tasks
+    b = build_plan(make_spec(("b", "a"), repeat=2, delivery="sync")).tasks
+    assert [t.request["deliveryMethod"] for t in b] == ["sync"] * len(b)
+    assert [(t.task_key, t.task_uuid) for t in a] == [(t.task_key, t.task_uuid) for t in b]
+    for t in a:  # the fast path and the public definition agree
+        assert planmod.task_key(t.request, "white-edits", t.repeat) == t.task_key
