@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import TextIO
 
@@ -86,8 +87,14 @@ def run(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
 
 
 def main() -> int:
+    """Console-script entry point: run the CLI on sys.argv and return the exit code."""
     try:
         return run(sys.argv[1:])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `specrunner plan ... | head`: the reader left; not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -640,6 +640,11 @@ def _check_inputs(ctx: _Ctx, inputs: dict, folder: Path) -> dict[str, InputPair]
             ctx.add(GROUP_FILES, f"mask is {mask_ref.size[0]}x{mask_ref.size[1]} pixels but the "
                     f"seed is {seed_ref.size[0]}x{seed_ref.size[1]}; they must be the same size",
                     f"{base}.mask", "mask-size")
+        if mask_ref and mask_ref.kind != "file" and polarity == "black-edits":
+            ctx.add(GROUP_FILES, f"mask_polarity black-edits needs a local mask file to invert; "
+                    f"a {mask_ref.kind} mask is sent as it is, so white would be edited",
+                    f"{base}.mask_polarity", "mask-polarity",
+                    hint="invert the mask yourself and use white-edits, or use a local file")
         if mask_ref and mask_ref.kind == "file" and polarity in ("white-edits", "black-edits"):
             key = (mask_ref.value, polarity)
             if key not in coverage:
