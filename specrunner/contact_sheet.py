@@ -25,7 +25,7 @@ from typing import Callable
 from PIL import Image, ImageOps
 
 from specrunner.errors import UsageError
-from specrunner.report import InputRef, Summary, TaskInfo, _money
+from specrunner.report import InputRef, Summary, TaskInfo, usd
 
 THUMB_DIR = "thumbs"
 OVERLAY_RGB = (255, 40, 90)
@@ -153,8 +153,8 @@ def _card(t: TaskInfo, run_dir: Path, dest: Path, thumbs: Thumbs) -> str:
         figs.append(_figure(f"result {img.index + 1}" if t.number_results > 1 else "result",
                             thumbs.get(key, lambda full=full: _open_rgb(full)),
                             _href(full, dest)))
-    cost = _money(t.cost) if t.cost is not None else None
-    price = f"${cost}" if cost else f"est. ${_money(t.est_cost)}"
+    cost = usd(t.cost) if t.cost is not None else None
+    price = f"${cost}" if cost else f"est. ${usd(t.est_cost)}"
     error = ""
     if t.error_code:
         error = (f'<div class="error"><b>{_e(t.error_code)}</b> {_e(t.error_message or "")}'
@@ -234,7 +234,7 @@ def build(summary: Summary, run_dir: Path, dest: Path, *, rows: str | None = Non
         f"<body><h1>{_e(title)}</h1><p class=totals>{_e(d.status or 'no run')}: "
         f"{totals['succeeded']} done, {totals['failed']} failed, {totals['pending']} pending, "
         f"{totals['in_doubt']} in doubt of {totals['tasks']} tasks; "
-        f"${_money(totals['actual_usd'])} spent of ${_money(totals['estimated_usd'])} "
+        f"${usd(totals['actual_usd'])} spent of ${usd(totals['estimated_usd'])} "
         "estimated</p>"
         f'<table class=grid><tr><th>{_e(corner)}</th>{head}</tr>{"".join(body)}</table>'
         f'<div id=selfcheck></div><script>{SCRIPT}</script></body></html>\n')

@@ -438,7 +438,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _money(d: Decimal | None) -> str | None:
+def usd(d: Decimal | None) -> str | None:
     """Dollars as a decimal string with at least cents: 0.08, 1.00, 0.0125."""
     if d is None:
         return None
@@ -457,18 +457,18 @@ LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in d
 def to_json(s: Summary) -> dict[str, Any]:
     """The documented JSON shape (see the module docstring)."""
     d = s.data
-    totals = {k: (_money(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
+    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
     return {
         "format": "specrunner.report/1",
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
                 "started_at": _iso(d.started_at), "ended_at": _iso(d.ended_at),
-                "budget_usd": _money(d.budget), "notes": list(d.warnings)},
+                "budget_usd": usd(d.budget), "notes": list(d.warnings)},
         "totals": totals,
         "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
                               **dict(zip(("succeeded", "failed", "pending", "in_doubt"),
                                          g.counts)),
-                              "estimated_usd": _money(g.estimated),
-                              "actual_usd": _money(g.actual)}
+                              "estimated_usd": usd(g.estimated),
+                              "actual_usd": usd(g.actual)}
                              for g in groups] for axis, groups in s.breakdown},
         "errors": [{"code": c, "category": cat, "tasks": n} for c, cat, n in s.errors],
         "failures": [{"variant": t.variant_id, "status": t.status, "code": t.error_code,
@@ -476,12 +476,12 @@ def to_json(s: Summary) -> dict[str, Any]:
                      for t in s.failures],
         "tasks": [{"index": t.index, "variant": t.variant_id, "status": t.status,
                    "axes": dict(t.axes), "task_key": t.task_key,
-                   "estimated_usd": _money(t.est_cost), "actual_usd": _money(t.cost),
+                   "estimated_usd": usd(t.est_cost), "actual_usd": usd(t.cost),
                    "sends": t.sends,
                    "error": ({"code": t.error_code, "message": t.error_message}
                              if t.error_code else None),
                    "images": [{"index": i.index, "path": i.path, "sha256": i.sha256,
-                               "bytes": i.bytes, "cost_usd": _money(i.cost), "seed": i.seed}
+                               "bytes": i.bytes, "cost_usd": usd(i.cost), "seed": i.seed}
                               for i in t.images]}
                   for t in d.tasks],
     }
@@ -499,7 +499,7 @@ def _fmt_total(key: str, value: Any) -> str:
     if key == "wall_s":
         return f"{value:.3f} s"
     if isinstance(value, Decimal):
-        return f"${_money(value)}"
+        return f"${usd(value)}"
     return str(value)
 
 
@@ -518,7 +518,7 @@ def _text(s: Summary, fmt: str) -> str:
             "actual USD"]
     for axis, groups in s.breakdown:
         parts += ["", head(f"by {axis}"), ""]
-        rows = [(g.value, g.tasks, g.images, *g.counts, _money(g.estimated), _money(g.actual))
+        rows = [(g.value, g.tasks, g.images, *g.counts, usd(g.estimated), usd(g.actual))
                 for g in groups]
         parts.append(tabulate(rows, headers=[axis, *cols], tablefmt=fmt, disable_numparse=True,
                               colalign=("left",) + ("right",) * len(cols)))
@@ -553,7 +553,7 @@ def to_csv(s: Summary) -> str:
         for i in t.images:
             w.writerow([t.variant_id, t.status, *(t.axis(a) for a in axes), i.index,
                         i.path or "", i.sha256 or "", "" if i.bytes is None else i.bytes,
-                        _money(i.cost) or "", i.seed or "", i.image_uuid or "", t.task_key])
+                        usd(i.cost) or "", i.seed or "", i.image_uuid or "", t.task_key])
     return buf.getvalue()
 
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from specrunner.errors import UsageError
-from specrunner.report import Summary, TaskInfo, _money, actual_cost
+from specrunner.report import Summary, TaskInfo, usd, actual_cost
 
 FORMATS = ("table", "markdown", "json")
 
@@ -100,7 +100,7 @@ def _totals(s: Summary) -> dict[str, Any]:
 
 def _triple(x: Any, y: Any) -> list[Any]:
     if isinstance(x, Decimal):
-        return [_money(x), _money(y), _money(y - x)]
+        return [usd(x), usd(y), usd(y - x)]
     return [x, y, y - x]
 
 
@@ -130,7 +130,7 @@ def to_json(d: RunDiff) -> dict[str, Any]:
         "added": list(d.added), "removed": list(d.removed),
         "changed": [{"variant": c.variant, "request_changed": c.request_changed,
                      "outputs_changed": c.outputs_changed, "status": list(c.status),
-                     "actual_usd": [_money(c.cost[0]), _money(c.cost[1])]} for c in d.changed],
+                     "actual_usd": [usd(c.cost[0]), usd(c.cost[1])]} for c in d.changed],
         "unchanged": d.unchanged,
         "totals": {k: _triple(ta[k], tb[k]) for k in ta},
         "by_axis": {axis: _by_axis(d, axis) for axis in d.axes},
@@ -162,7 +162,7 @@ def _text(d: RunDiff, fmt: str) -> str:
                                                         ("status", c.status[0] != c.status[1]))
                                          if on),
                     f"{c.status[0]} -> {c.status[1]}",
-                    f"{_money(c.cost[0])} -> {_money(c.cost[1])}") for c in d.changed])
+                    f"{usd(c.cost[0])} -> {usd(c.cost[1])}") for c in d.changed])
     if variants:
         parts += ["", head("variants"), ""]
         parts.append(tabulate(variants, headers=["variant", "change", "status", "USD"],
