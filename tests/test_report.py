@@ -2,8 +2,8 @@
 
 The fixture is a real run of fixture/spec.yaml against the local server with injected clocks
 (make_fixture.py): 5 tasks, one refused by the content policy, one with 1 of 2 results
-refused, one retried under a fresh UUID after a provider timeout, one never sent (the run was
-interrupted).
+refused, two retried under fresh UUIDs after provider timeouts (twice each), one never sent
+(the run was interrupted).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 TABLE = """\
-run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:21Z
+run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:31Z
 
 total                            value
--------------------------------  ------------------------------
+-------------------------------  --------------------------------
 tasks                            5
 images                           3
 images refused (content policy)  1
@@ -52,11 +52,11 @@ failed by category               safety 1
 estimated spend                  $0.48
 actual spend                     $0.24
 spend per image                  $0.08
-retries                          1
-fresh UUIDs (provider failures)  1
-wall time                        20.750 s
-request latency                  p50 0.500 s, p95 0.500 s (n=6)
-task latency (send->done)        p50 3.750 s, p95 7.250 s (n=3)
+retries                          4
+fresh UUIDs (provider failures)  4
+wall time                        31.250 s
+request latency                  p50 0.500 s, p95 0.500 s (n=12)
+task latency (send->done)        p50 10.750 s, p95 10.750 s (n=3)
 budget                           $1.00
 
 by input
@@ -96,27 +96,27 @@ bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the conten
 """
 
 MARKDOWN = """\
-## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:21Z
+## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:31Z
 
-| total                           | value                          |
-|---------------------------------|--------------------------------|
-| tasks                           | 5                              |
-| images                          | 3                              |
-| images refused (content policy) | 1                              |
-| succeeded                       | 3                              |
-| failed                          | 1                              |
-| pending                         | 1                              |
-| in doubt                        | 0                              |
-| failed by category              | safety 1                       |
-| estimated spend                 | $0.48                          |
-| actual spend                    | $0.24                          |
-| spend per image                 | $0.08                          |
-| retries                         | 1                              |
-| fresh UUIDs (provider failures) | 1                              |
-| wall time                       | 20.750 s                       |
-| request latency                 | p50 0.500 s, p95 0.500 s (n=6) |
-| task latency (send->done)       | p50 3.750 s, p95 7.250 s (n=3) |
-| budget                          | $1.00                          |
+| total                           | value                            |
+|---------------------------------|----------------------------------|
+| tasks                           | 5                                |
+| images                          | 3                                |
+| images refused (content policy) | 1                                |
+| succeeded                       | 3                                |
+| failed                          | 1                                |
+| pending                         | 1                                |
+| in doubt                        | 0                                |
+| failed by category              | safety 1                         |
+| estimated spend                 | $0.48                            |
+| actual spend                    | $0.24                            |
+| spend per image                 | $0.08                            |
+| retries                         | 4                                |
+| fresh UUIDs (provider failures) | 4                                |
+| wall time                       | 31.250 s                         |
+| request latency                 | p50 0.500 s, p95 0.500 s (n=12)  |
+| task latency (send->done)       | p50 10.750 s, p95 10.750 s (n=3) |
+| budget                          | $1.00                            |
 
 ### by input
 
@@ -156,9 +156,9 @@ MARKDOWN = """\
 
 CSV = """\
 variant,status,input,prompt,styleType,numberResults,image_index,path,sha256,bytes,cost_usd,seed,image_uuid,task_key
-bakery-DESIGN-2,done,bakery,neon,DESIGN,2,0,bakery-DESIGN-1.png,1f9c8a2124748924aa37587aa1227c25aa3e0441f325fb02b5a7c0895d0d1095,1996,0.08,7941583161658262306,10f15236-4048-43f6-b188-541c1ce1ad88,c9a5a0fba197cd7edaa47ac85e46962e885dd2b22cfac2f74ad52c454113fa5e
-diner-DESIGN,done,diner,neon,DESIGN,-,0,diner-DESIGN.png,8f69897c9e7de04b055fea3c8dad98a1f43617b4643c964fe995a6a5b011a0c8,2338,0.08,5091807202171097834,b4d31d52-bb9e-432d-ba84-febefe4d7282,159a32d0154cf4d7ddd08a973bc7221fd63e8a317d848243a93b8b9ed4da7a88
-remote-DESIGN,done,remote,neon,DESIGN,-,0,remote-DESIGN.png,2cb71a44a1d01c670b1c58fb877a94fcb76afd4ab206e7024e5bb1a8c8fea3fc,38974,0.08,4283295948521791540,d1c28bf9-af4b-483a-8435-8f31e5e7ad0d,d76ea8c66e5cbed5a48ec16b97ffec6911322ae075031974fbcfa670cf1d5c14
+bakery-DESIGN-2,done,bakery,neon,DESIGN,2,0,bakery-DESIGN-1.png,8cec3279e3ed3f66754af5081623825394f8541ba8351a7c111585e45077e842,2056,0.08,8445862697981787208,7b247919-5ac7-4209-b4c3-fb0794fb7fe5,03076767b0ade7f99b4ff00102faff0237f60bb4d1d3e91cccb1e41fc4144cbd
+diner-DESIGN,done,diner,neon,DESIGN,-,0,diner-DESIGN.png,62e861a97d4df36c38ac5a94de0d066a83788091a1f40f9d551cee43a44e995e,2300,0.08,6698897233646220573,10653c38-c009-43bf-94a4-aac9ee17615b,39eb46d527a4427b9ca0075a9353399bbecdd3c863712286001edc1aa10898ff
+remote-DESIGN,done,remote,neon,DESIGN,-,0,remote-DESIGN.png,eadedd947c7a3ab7f3e3af92b1b6e20a4702137a7e4233ee3967b6b462070b70,39235,0.08,823996025897669996,ea3d1603-b7e4-4d24-bf94-81ff841390a5,2fede8280b1914fb0eab9699b59d8ca9fa1df883303ffedbaf673833e13b8813
 """
 
 
@@ -183,6 +183,18 @@ def test_json_exact(fixture_run: Path) -> None:
 
 def test_spec_target_finds_the_run_through_output_dir(fixture_run: Path) -> None:
     assert run_cli(str(fixture_run / "spec.yaml")) == (0, TABLE, "")
+
+
+def test_tasks_are_matched_to_the_plan_by_variant_when_identity_changed(
+        fixture_run: Path) -> None:
+    """A record made before a change of task identity (other task_keys) keeps its axes."""
+    db = fixture_run / "run" / ".specrunner" / "run.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE tasks SET task_key = 'old-' || task_key")
+        conn.execute("UPDATE results SET task_key = 'old-' || task_key")
+        conn.execute("UPDATE attempts SET task_key = 'old-' || task_key")
+        conn.execute("UPDATE transitions SET task_key = 'old-' || task_key")
+    assert run_cli(str(fixture_run / "run")) == (0, TABLE, "")
 
 
 def test_by_chosen_axes_and_out_file(fixture_run: Path, tmp_path: Path) -> None:
@@ -252,7 +264,7 @@ def test_report_reads_a_run_that_is_still_writing(fixture_run: Path) -> None:
         assert (doc["run"]["status"], doc["run"]["ended_at"]) == ("running", None)
         assert (doc["totals"]["pending"], doc["totals"]["in_doubt"]) == (0, 1)
         # wall time of an unfinished run: up to its last recorded transition
-        assert doc["totals"]["wall_s"] == 20.5
+        assert doc["totals"]["wall_s"] == 31.0
     finally:
         store.close()
 
