@@ -116,14 +116,15 @@ def _href(target: Path, dest: Path) -> str:
     return "/".join(_e(p) for p in Path(rel).parts)
 
 
-def _figure(label: str, thumb: str | None, href: str | None, text: str | None = None) -> str:
+def _figure(label: str, thumb: str | None, href: str | None, text: str | None = None,
+            kind: str = "input") -> str:
     if thumb is None:
         body = f'<div class="ref">{_e(text or "not available")}</div>'
     else:
         body = f'<img src="{THUMB_DIR}/{thumb}" alt="{_e(label)}">'
     if href is not None:
         body = f'<a href="{href}">{body}</a>'
-    return f'<figure>{body}<figcaption>{_e(label)}</figcaption></figure>'
+    return f'<figure class="{kind}">{body}<figcaption>{_e(label)}</figcaption></figure>'
 
 
 def _card(t: TaskInfo, run_dir: Path, dest: Path, thumbs: Thumbs) -> str:
@@ -152,7 +153,7 @@ def _card(t: TaskInfo, run_dir: Path, dest: Path, thumbs: Thumbs) -> str:
         key = f"result:{img.sha256 or full}"
         figs.append(_figure(f"result {img.index + 1}" if t.number_results > 1 else "result",
                             thumbs.get(key, lambda full=full: _open_rgb(full)),
-                            _href(full, dest)))
+                            _href(full, dest), kind="result"))
     cost = usd(t.cost) if t.cost is not None else None
     price = f"${cost}" if cost else f"est. ${usd(t.est_cost)}"
     error = ""
@@ -179,7 +180,8 @@ td{vertical-align:top;border:1px solid #ccc;padding:6px;background:#fff}
 .id{font-weight:600}.status{color:#666}.cost{margin-left:auto;font-variant-numeric:tabular-nums}
 .strip{display:flex;gap:4px;align-items:flex-start}
 figure{margin:0;text-align:center}figcaption{font-size:11px;color:#666}
-figure img{display:block;max-width:THUMBpx;max-height:THUMBpx;border:1px solid #bbb}
+figure img{display:block;max-width:HALFpx;max-height:HALFpx;border:1px solid #bbb}
+figure.result img{max-width:THUMBpx;max-height:THUMBpx}
 .ref{width:120px;font-size:11px;word-break:break-all;color:#555;border:1px dashed #bbb;
 padding:4px}
 .error{color:#a00;font-size:12px;margin-top:4px}.empty{color:#aaa}
@@ -228,9 +230,10 @@ def build(summary: Summary, run_dir: Path, dest: Path, *, rows: str | None = Non
         body.append(f"<tr><th>{_e(r)}</th>{tds}</tr>")
     d, totals = summary.data, dict(summary.totals)
     title = f"{d.name or run_dir.name}: contact sheet"
+    css = CSS.replace("THUMB", str(size)).replace("HALF", str(size // 2))
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>{_e(title)}</title><style>{CSS.replace('THUMB', str(size))}</style></head>"
+        f"<title>{_e(title)}</title><style>{css}</style></head>"
         f"<body><h1>{_e(title)}</h1><p class=totals>{_e(d.status or 'no run')}: "
         f"{totals['succeeded']} done, {totals['failed']} failed, {totals['pending']} pending, "
         f"{totals['in_doubt']} in doubt of {totals['tasks']} tasks; "
