@@ -32,6 +32,7 @@ Behaviour, decided on purpose:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import re
@@ -131,12 +132,32 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class _Where:
+    """Character offsets -> 1-based line:column, counting line breaks as editors and YAML 1.2
+    do (\\n, \\r\\n, a lone \\r). PyYAML's own marks also count NEL, LS and PS (YAML 1.1),
+    so every position is recomputed from the mark's character offset."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.starts = [0] + [m.end() for m in _BREAK.finditer(text)]
+
+    def at(self, index: int) -> Loc:
+        line = bisect.bisect_right(self.starts, index)
+        return Loc(self.file, line, index - self.starts[line - 1] + 1)
+
+    def mark(self, mark: Any) -> Loc:
+        return self.at(mark.index) if mark is not None else Loc(self.file, 1, 1)
+
+
 class _Composer(yaml.SafeLoader):
     """SafeLoader whose composer counts depth and aliases and remembers explicit tags."""
 
-    def __init__(self, text: str, file: str) -> None:
+    def __init__(self, text: str, where: _Where) -> None:
         super().__init__(text)
-        self.file = file
+        self.where = where
         self.depth = 0
         self.aliases = 0
         self.tag_notes: list[Diagnostic] = []
@@ -153,7 +174,7 @@ class _Composer(yaml.SafeLoader):
         if isinstance(event, AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                raise _fatal(self.file, mark, f"more than {MAX_ALIASES} aliases", "alias-limit")
+                raise _fatal(self.where, mark, f"more than {MAX_ALIASES} aliases", "alias-limit")
             if parent is not None:
                 slot = index if isinstance(index, int) else id(index)
                 self.alias_marks[(id(parent), slot)] = mark
@@ -164,33 +185,28 @@ class _Composer(yaml.SafeLoader):
                 Diagnostic(
                     f"YAML tags are not allowed (found `{shown}`); remove it, and quote the "
                     "value if you mean text",
-                    loc=_loc(self.file, mark),
+                    loc=self.where.mark(mark),
                     code="yaml-tag",
                 )
             )
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise _fatal(self.file, mark, f"nesting deeper than {MAX_DEPTH} levels", "too-deep")
+            raise _fatal(self.where, mark, f"nesting deeper than {MAX_DEPTH} levels", "too-deep")
         try:
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
 
-def _loc(file: str, mark: Any) -> Loc:
-    return Loc(file, mark.line + 1, mark.column + 1)
-
-
-def _fatal(file: str, mark: Any, message: str, code: str, path: str = "$") -> SpecError:
-    loc = _loc(file, mark) if mark is not None else Loc(file, 1, 1)
-    return SpecError([Diagnostic(message, path=path, loc=loc, code=code)])
+def _fatal(where: _Where, mark: Any, message: str, code: str, path: str = "$") -> SpecError:
+    return SpecError([Diagnostic(message, path=path, loc=where.mark(mark), code=code)])
 
 
 class _Builder:
     """Turns composed nodes into plain data, recording positions and enforcing budgets."""
 
-    def __init__(self, file: str, alias_marks: dict[tuple[int, int], Any]) -> None:
-        self.file = file
+    def __init__(self, where: _Where, alias_marks: dict[tuple[int, int], Any]) -> None:
+        self.where = where
         self.alias_marks = alias_marks
         self.locs: dict[str, Loc] = {}
         self.key_locs: dict[str, Loc] = {}
@@ -208,19 +224,19 @@ class _Builder:
         mark = alias or node.start_mark
         outer = outer or alias
         if nid in self.stack:
-            raise _fatal(self.file, mark, "recursive alias", "alias-recursive", path)
+            raise _fatal(self.where, mark, "recursive alias", "alias-recursive", path)
         aliased = outer is not None or nid in self.seen
         if aliased:
             self.expanded += 1
             if self.expanded > MAX_EXPANDED:
-                raise _fatal(self.file, outer or mark,
+                raise _fatal(self.where, outer or mark,
                              f"aliases expand to more than {MAX_EXPANDED} nodes", "alias-limit",
                              path)
         if depth > MAX_DEPTH:
-            raise _fatal(self.file, mark, f"nesting deeper than {MAX_DEPTH} levels",
+            raise _fatal(self.where, mark, f"nesting deeper than {MAX_DEPTH} levels",
                          "too-deep", path)
         self.seen.add(nid)
-        self.locs.setdefault(path, _loc(self.file, mark))
+        self.locs.setdefault(path, self.where.mark(mark))
         if isinstance(node, ScalarNode):
             return self._scalar(node, path, aliased)
         self.stack.add(nid)
@@ -249,7 +265,7 @@ class _Builder:
                     f"`{text}` is {describe(old)} to YAML 1.1 readers but {describe(value)} "
                     f"in YAML 1.2; quote it: \"{text}\"",
                     path=path,
-                    loc=_loc(self.file, node.start_mark),
+                    loc=self.where.mark(node.start_mark),
                     code="yaml-1.1",
                     hint=_yaml11_hint(value, old),
                 )
@@ -260,16 +276,16 @@ class _Builder:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
-                raise _fatal(self.file, key_node.start_mark,
+                raise _fatal(self.where, key_node.start_mark,
                              "mapping keys must be plain names, not lists or mappings",
                              "complex-key", path)
             key = key_node.value
             if key == "<<" and key_node.tag == _MARK + "plain":
-                raise _fatal(self.file, key_node.start_mark,
+                raise _fatal(self.where, key_node.start_mark,
                              "merge keys (<<) are not supported; repeat the fields",
                              "merge-key", path)
             child = f"{path}.{key}"
-            kloc = _loc(self.file, key_node.start_mark)
+            kloc = self.where.mark(key_node.start_mark)
             if key in out:
                 first = self.key_locs.get(child)
                 where = f" (first at line {first.line})" if first else ""
@@ -307,14 +323,14 @@ def _read_text(path: Path, file: str) -> tuple[str, bytes]:
         raise fail(f"cannot read {file}: {exc.strerror or exc}", "file-unreadable") from None
     if len(raw) > MAX_BYTES:
         raise fail(f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB", "file-too-large")
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 BOM is not content
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
-        line = before.count(b"\n") + 1
-        col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
-        raise fail(f"file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                   "not-utf8", Loc(file, line, col)) from None
+        before = raw[bom : bom + exc.start].decode("utf-8")  # valid up to the bad byte
+        offset = bom + exc.start
+        raise fail(f"file is not UTF-8 (byte 0x{raw[offset]:02x} at offset {offset})",
+                   "not-utf8", _Where(file, before).at(len(before))) from None
     return text, raw
 
 
@@ -326,35 +342,35 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
     p = Path(path)
     file = display if display is not None else str(path)
     text, raw = _read_text(p, file)
+    where = _Where(file, text)
     composer: _Composer | None = None
     try:
-        composer = _Composer(text, file)
+        composer = _Composer(text, where)
         root = composer.get_single_node()
     except SpecError:
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if "expected a single document" in str(exc.context or ""):
-            raise _fatal(file, exc.problem_mark, "several YAML documents in one file; "
+            raise _fatal(where, exc.problem_mark, "several YAML documents in one file; "
                          "a spec is exactly one document", "multiple-documents") from None
         message = "; ".join(x for x in (exc.context, exc.problem) if x) or "YAML syntax error"
-        raise _fatal(file, mark, f"YAML syntax error: {message}", "yaml-syntax") from None
+        raise _fatal(where, mark, f"YAML syntax error: {message}", "yaml-syntax") from None
     except yaml.YAMLError as exc:  # reader errors: control characters and the like
         mark = getattr(exc, "problem_mark", None)
         if isinstance(exc, yaml.reader.ReaderError):
-            before = text[: exc.position]
-            loc = Loc(file, before.count("\n") + 1, len(before) - before.rfind("\n"))
+            loc = where.at(exc.position)
             char = exc.character if isinstance(exc.character, int) else 0
             raise SpecError([Diagnostic(f"YAML syntax error: {exc.reason} (character "
                                         f"U+{char:04X})", loc=loc, code="yaml-syntax")]) from None
-        raise _fatal(file, mark, f"YAML syntax error: {exc}", "yaml-syntax") from None
+        raise _fatal(where, mark, f"YAML syntax error: {exc}", "yaml-syntax") from None
     finally:
         if composer is not None:
             composer.dispose()
     if root is None:
         raise SpecError([Diagnostic("file is empty (no YAML content)", loc=Loc(file, 1, 1),
                                     code="file-empty")])
-    builder = _Builder(file, composer.alias_marks if composer else {})
+    builder = _Builder(where, composer.alias_marks if composer else {})
     data = builder.build(root, "$")
     paths = {}
     for path_, loc in builder.locs.items():

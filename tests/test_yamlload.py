@@ -156,3 +156,32 @@ def test_file_level_rejections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_keys_are_always_text(tmp_path: Path) -> None:
     assert load_text(tmp_path, "1: a\ntrue: b\nNO: c\n").data == {"1": "a", "true": "b", "NO": "c"}
+
+
+# --- positions count lines as editors do: \n, \r\n and a lone \r; never NEL, LS or PS ------
+
+@pytest.mark.parametrize("nl", ["\n", "\r\n", "\r"])
+def test_positions_with_every_line_ending(tmp_path: Path, nl: str) -> None:
+    loaded = load_text(tmp_path, nl.join(["a: 1", "b:", "  c: [x, y]", "d: 'z'", ""]))
+    assert loaded.locs["$.b.c[1]"] == Loc("x.yaml", 3, 10)
+    assert loaded.key_locs["$.d"] == Loc("x.yaml", 4, 1)
+
+
+@pytest.mark.parametrize("nl", ["\n", "\r\n", "\r"])
+def test_reader_and_encoding_errors_located_with_every_line_ending(tmp_path: Path,
+                                                                   nl: str) -> None:
+    text = nl.join(["a: 1", "b: 2", "c: x\x01y", ""])
+    assert fail(tmp_path, text)[:2] == ("yaml-syntax", Loc("x.yaml", 3, 5))
+    raw = nl.join(["a: 1", "bé: 2", "c: x\xffy", ""]).encode("latin-1").replace(
+        b"b\xe9", "bé".encode())
+    assert fail(tmp_path, raw)[:2] == ("not-utf8", Loc("x.yaml", 3, 5))
+    assert fail(tmp_path, b"\xef\xbb\xbf" + raw)[:2] == ("not-utf8", Loc("x.yaml", 3, 5))
+
+
+@pytest.mark.parametrize("sep", ["\u0085", "\u2028", "\u2029"])
+def test_unicode_line_separators_do_not_shift_positions(tmp_path: Path, sep: str) -> None:
+    # PyYAML counts NEL/LS/PS as line breaks (YAML 1.1); YAML 1.2 and editors do not.
+    loaded = load_text(tmp_path, f"a: 'x{sep}y'\nb: [1, 2]\n")
+    assert loaded.locs["$.b[1]"] == Loc("x.yaml", 2, 8)
+    code, loc, _ = fail(tmp_path, f"a: 'x{sep}y'\nb: [1, 2\n")
+    assert (code, loc.line) == ("yaml-syntax", 3)
