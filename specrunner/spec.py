@@ -321,22 +321,60 @@ def load_spec_checked(path: str | Path, *,
     return _build(Path(path).resolve(), loaded, data, refs), warnings
 
 
+@lru_cache(maxsize=None)
+def integer_fields(model_id: str) -> dict[str, tuple[str, ...]]:
+    """alias -> request path of every field whose schema type is integer."""
+    request = models.load_schema(models.get_model(model_id).request_schema)
+    out = {}
+    for alias, path in models.field_paths(model_id).items():
+        sub: Any = request
+        for part in path:
+            sub = sub["properties"][part]
+        if sub.get("type") == "integer":
+            out[alias] = path
+    return out
+
+
+def _whole(value: Any) -> Any:
+    """2.0 -> 2: JSON Schema accepts a whole float as an integer, but the request must carry
+    (and the task key hash) one spelling, and counts such as numberResults must be ints."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _ints(values: dict, fields: dict[str, tuple[str, ...]]) -> dict:
+    return {k: _whole(v) if k in fields else v for k, v in values.items()}
+
+
+def _ints_nested(defaults: dict, paths: Iterable[tuple[str, ...]]) -> dict:
+    out = copy.deepcopy(defaults)
+    for p in paths:
+        node: Any = out
+        for part in p[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and p[-1] in node:
+            node[p[-1]] = _whole(node[p[-1]])
+    return out
+
+
 def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, InputPair]) -> Spec:
     model = data.get("model", models.DEFAULT_MODEL)
+    ints = integer_fields(model)
     prices = {m.id: m.price_per_image for m in models.MODELS.values()}
     prices.update({k: Decimal(str(v)) for k, v in data.get("prices", {}).items()})
     matrix = None
     if "matrix" in data:
         m = data["matrix"]
         matrix = Matrix(
-            axes=tuple((k, tuple(v)) for k, v in m.items() if k not in ("include", "exclude")),
-            include=tuple(dict(x) for x in m.get("include", [])),
-            exclude=tuple(dict(x) for x in m.get("exclude", [])),
+            axes=tuple((k, tuple(_whole(x) for x in v) if k in ints else tuple(v))
+                       for k, v in m.items() if k not in ("include", "exclude")),
+            include=tuple(_ints(x, ints) for x in m.get("include", [])),
+            exclude=tuple(_ints(x, ints) for x in m.get("exclude", [])),
         )
     variants = None
     if "variants" in data:
         variants = tuple(
-            VariantDecl(values={k: v for k, v in x.items() if k != "id"}, id=x.get("id"))
+            VariantDecl(values=_ints({k: v for k, v in x.items() if k != "id"}, ints),
+                        id=x.get("id"))
             for x in data["variants"]
         )
     out = data.get("output", {})
@@ -354,7 +392,7 @@ def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, Inpu
         source_sha256=loaded.sha256,
         name=data["name"],
         model=model,
-        defaults=copy.deepcopy(data.get("defaults", {})),
+        defaults=_ints_nested(data.get("defaults", {}), set(ints.values())),
         vars=dict(data.get("vars", {})),
         inputs=refs,
         prompts=dict(data["prompts"]),

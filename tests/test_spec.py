@@ -239,3 +239,27 @@ def test_python_dash_m_validate(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 valid, 0 invalid" in proc.stdout
+
+
+def test_whole_floats_in_integer_fields_become_ints(tmp_path: Path) -> None:
+    # JSON Schema counts 2.0 as an integer; the planner once read `numberResults: 2.0` as one
+    # image (half the cost reserved), sent 2.0, and gave the task another key than `2`.
+    from specrunner.plan import build_plan
+
+    def planned(defaults: str, axis: str) -> list:
+        text = BASE_SPEC.replace("  outputFormat: PNG\n", f"  outputFormat: PNG\n{defaults}")
+        text = text.replace("  styleType: [DESIGN, REALISTIC]\n",
+                            f"  styleType: [DESIGN, REALISTIC]\n{axis}")
+        plan = build_plan(load_spec(write_spec(tmp_path, text)))
+        return [(t.task_key, t.number_results, t.est_cost, dict(t.request)) for t in plan.tasks]
+
+    floats = planned("  numberResults: 2.0\n", "  outputQuality: [90.0]\n")
+    ints = planned("  numberResults: 2\n", "  outputQuality: [90]\n")
+    assert floats == ints
+    assert [(n, c) for _, n, c, _ in floats] == [(2, Decimal("0.16"))] * 2
+    request = floats[0][3]
+    assert type(request["numberResults"]) is int and type(request["outputQuality"]) is int
+    variants = BASE_SPEC.split("matrix:")[0] + ("variants:\n  - {numberResults: 3.0}\n"
+                                                "budget: {max_usd: 1}\n")
+    plan = build_plan(load_spec(write_spec(tmp_path, variants)))
+    assert plan.tasks[0].number_results == 3 and plan.total_cost == Decimal("0.24")
