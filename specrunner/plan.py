@@ -370,7 +370,9 @@ def _build_plan(spec: Spec) -> Plan:
     cost_cache: dict[int, Decimal] = {}
     tasks: list[Task] = []
     ids: dict[str, int] = {}
+    task_ids: dict[str, tuple[str, int]] = {}  # task id -> (variant id, repeat index)
     keys: dict[str, int] = {}
+    name_path = "$.output.name" if "$.output.name" in spec.locs else None
     outputs: dict[str, int] = {}
     known_keys: set[str] = set()
     slug_cache: dict[tuple[type, Scalar], str] = {}
@@ -476,6 +478,12 @@ def _build_plan(spec: Spec) -> Plan:
             cost = cost_cache[nres] = (price or Decimal(0)) * nres
         for r in range(repeat):
             tid = vid if r == 0 else f"{vid}-r{r + 1}"
+            if tid in task_ids:
+                diags.add(f"task id `{tid}` is used twice: {_which(*task_ids[tid])} and "
+                          f"{_which(vid, r)}", src, "duplicate-id",
+                          "give explicit ids that do not end in -r<number>")
+                continue
+            task_ids[tid] = (vid, r)
             ns["variant"], ns["repeat"] = tid, str(r + 1)
             try:
                 stem = out_tpl.render(ns)
@@ -486,7 +494,7 @@ def _build_plan(spec: Spec) -> Plan:
             problem = path_problem(stem)
             if problem:
                 diags.add(f"output name for variant `{tid}` renders to {stem!r}, which "
-                          f"{problem}", "$.output.name", "output-path")
+                          f"{problem}", name_path or src, "output-path")
             halves = frame_cache.get((sig, in_name))
             if halves is None:
                 halves = frame_cache[(sig, in_name)] = _frame(
@@ -521,11 +529,15 @@ def _build_plan(spec: Spec) -> Plan:
                     same = tasks[outputs[f]].output_paths()
                     diags.add(f"variants `{other}` and `{tid}` both write {p!r}"
                               + ("" if p in same else " (names differ only in case)"),
-                              "$.output.name", "output-collision",
+                              name_path or src, "output-collision",
                               "put {variant} in output.name")
                 else:
                     outputs[f] = len(tasks)
             tasks.append(task)
+    if not tasks and not diags.items:
+        why = ("exclude removes every combination of the matrix" if exp and exp.excluded
+               else "the matrix makes no combinations")
+        diags.add(f"the plan has no tasks: {why}", "$.matrix", "empty-plan")
     diags.raise_if_any()
     assert price is not None
     total_images = sum(t.number_results for t in tasks)
@@ -535,6 +547,11 @@ def _build_plan(spec: Spec) -> Plan:
                              f"budget max_usd is {money(spec.budget.max_usd)}")
     return Plan(spec, tuple(tasks), total_cost, total_images,
                 _breakdown(tasks, repeat, fields, price), exp)
+
+
+def _which(variant_id: str, repeat: int) -> str:
+    return f"variant `{variant_id}`" if repeat == 0 else \
+        f"repeat {repeat + 1} of variant `{variant_id}`"
 
 
 def _breakdown(tasks: list[Task], repeat: int, fields: Mapping[str, tuple[str, ...]],

@@ -568,3 +568,41 @@ def test_switching_delivery_keeps_every_task_key_and_uuid() -> None:
     assert [(t.task_key, t.task_uuid) for t in a] == [(t.task_key, t.task_uuid) for t in b]
     for t in a:  # the fast path and the public definition agree
         assert planmod.task_key(t.request, "white-edits", t.repeat) == t.task_key
+
+
+# --- task ids, empty plans, locations of name problems -------------------------------------
+
+def test_repeat_suffix_cannot_collide_with_another_variant_id() -> None:
+    # `a` repeated twice makes task `a-r2`, which an explicit variant id already holds: two
+    # tasks with one id (reports and explain would mix them up), even when their files differ.
+    spec = make_spec(repeat=2, output_name="{variant}-{styleType}", variants=[
+        VariantDecl({"styleType": "DESIGN"}, id="a-r2"),
+        VariantDecl({"styleType": "REALISTIC"}, id="a")])
+    (d,) = diags(spec)
+    assert (d.code, d.path) == ("duplicate-id", "$.variants[1]")
+    assert d.message == ("task id `a-r2` is used twice: variant `a-r2` and repeat 2 of "
+                         "variant `a`")
+    axes = with_matrix(make_spec(repeat=2, output_name="{variant}"),
+                       Matrix(axes=(("shop", ("x", "x-r2")),)))
+    assert [d.code for d in diags(axes)] == ["duplicate-id"]
+
+
+def test_a_plan_without_tasks_is_an_error() -> None:
+    spec = with_matrix(make_spec(), Matrix(axes=(("shop", ("x",)),),
+                                           exclude=({"shop": "X"},)))
+    (d,) = diags(spec)
+    assert (d.code, d.path, d.loc) == ("empty-plan", "$.matrix", Loc(FILE, 6, 3))
+    assert d.message == "the plan has no tasks: exclude removes every combination of the matrix"
+
+
+def test_name_problems_point_at_the_variant_when_output_name_is_not_written() -> None:
+    spec = make_spec(variants=[VariantDecl({"styleType": "DESIGN", "numberResults": 2}, id="con"),
+                               VariantDecl({"styleType": "REALISTIC"}, id="con-1")])
+    locs = {p: loc for p, loc in spec.locs.items() if p != "$.output.name"}
+    spec = dataclasses.replace(spec, locs=locs)
+    got = [(d.code, d.path, d.loc) for d in diags(spec)]
+    assert got == [("output-path", "$.variants[0]", Loc(FILE, 11, 3)),
+                   ("output-collision", "$.variants[1]", Loc(FILE, 12, 3))]
+    written = make_spec(variants=[VariantDecl({"styleType": "DESIGN"}, id="con")])
+    (d,) = diags(written)
+    assert (d.path, d.loc) == ("$.output.name", Loc(FILE, 13, 3))
