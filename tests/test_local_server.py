@@ -400,3 +400,19 @@ def test_webhook_and_upload_endpoint_are_accepted_but_said_not_called() -> None:
     (item,) = post(server, [task])[1]["data"]
     assert item["simulator"]["notCalled"] == ["webhookURL", "uploadEndpoint"]
     assert server.stats().http_requests == 1  # and nothing else was attempted
+
+
+def test_a_taskuuid_in_other_letter_case_is_the_same_task() -> None:
+    # UUIDs compare case-insensitively (RFC 4122): the oracle once billed `ABC...` and
+    # `abc...` as two tasks, so a client that re-sent in upper case looked paid-once.
+    server = create_app()
+    task = inference_task()
+    upper = dict(task, taskUUID=task["taskUUID"].upper())
+    assert post(server, [task])[0] == 200
+    status, body, _ = post(server, [upper])
+    assert status == 400 and body["errors"][0]["code"] == "conflictTaskUUID"
+    status, body, _ = post(server, [{"taskType": "getResponse", "taskUUID": upper["taskUUID"]}])
+    assert status == 200 and [d["status"] for d in body["data"]] == ["success"]
+    stats = server.stats()
+    assert stats.charges == {task["taskUUID"]: Decimal("0.08")}
+    assert stats.duplicate_attempts == {task["taskUUID"]: 1}

@@ -154,14 +154,15 @@ class Simulator:
         if not is_uuid4(uuid):
             raise TaskError(400, "invalidTaskUUID", "taskUUID must be a UUID version 4",
                             "taskUUID")
-        if uuid in self.taken:
-            self.ledger.duplicate(uuid)
+        if uuid.lower() in self.taken:  # UUIDs compare case-insensitively (RFC 4122)
+            self.ledger.duplicate(uuid.lower())
             raise TaskError(400, "conflictTaskUUID", "a task with this taskUUID was already "
                             "accepted; fetch its results with getResponse", "taskUUID")
         return uuid
 
     async def _accept_inference(self, task: dict[str, Any]) -> TaskRecord:
-        uuid = self._check_uuid(task)
+        sent = self._check_uuid(task)
+        uuid = sent.lower()  # the key of every table; answers echo the UUID as sent
         model = task.get("model")
         if model is None:
             raise TaskError(400, "missingModel", "missing model", "model")
@@ -181,7 +182,7 @@ class Simulator:
         n = int(task.get("numberResults", 1))
         faults, processing = self.injector.for_task(uuid, n)
         now = self.clock()
-        record = TaskRecord(uuid, "imageInference", task, now, now + processing,
+        record = TaskRecord(sent, "imageInference", task, now, now + processing,
                             placeholder=placeholder, inputs=(seed, mask))
         record.results = [Result(i, engine.image_uuid(uuid, i), engine.result_seed(uuid, i))
                           for i in range(n)]
@@ -190,13 +191,13 @@ class Simulator:
         if faults.provider_timeout:
             record.error = error_object("timeoutProvider", "the provider did not answer in "
                                         "time (injected); retry with a new taskUUID",
-                                        task_type="imageInference", task_uuid=uuid)
+                                        task_type="imageInference", task_uuid=sent)
             self.ledger.failed[uuid] = "timeoutProvider"
             return record
         for i in sorted(faults.blocked):
             record.results[i].error = error_object(
                 "contentPolicyViolation", "result blocked by the content policy (injected)",
-                task_type="imageInference", task_uuid=uuid, resultIndex=i)
+                task_type="imageInference", task_uuid=sent, resultIndex=i)
         delivered = n - len(faults.blocked)
         if delivered:
             self.ledger.charge(uuid, delivered, models.get_model(model).price_per_image)
@@ -336,8 +337,8 @@ class Simulator:
             if isinstance(image, Image.Image):
                 image = engine.downscale(image)
         self._check_uuid(task)
-        self.taken[uuid] = "imageUpload"
-        image_uuid = engine.image_uuid(uuid, -1)
+        self.taken[uuid.lower()] = "imageUpload"
+        image_uuid = engine.image_uuid(uuid.lower(), -1)
         self.uploads[image_uuid] = image
         item: dict[str, Any] = {"taskType": "imageUpload", "taskUUID": uuid,
                                 "imageUUID": image_uuid,
@@ -353,7 +354,7 @@ class Simulator:
         if not is_uuid4(uuid):
             raise TaskError(400, "invalidTaskUUID", "taskUUID must be a UUID version 4",
                             "taskUUID")
-        record = self.records.get(uuid)
+        record = self.records.get(uuid.lower())
         if record is not None:
             await self._resolve(record)
         if ttype == "getResponse":
