@@ -6,7 +6,8 @@ int, float, bool, None), `locs` (JSON path of every value -> Loc of the value), 
 Problems that make the file unreadable raise `errors.SpecError` with one located Diagnostic.
 
 Behaviour, decided on purpose:
-- Nodes come from PyYAML's composer (SafeLoader machinery, so marks are kept); values are
+- Nodes come from PyYAML's composer over libyaml's events when available (PyYAML's own
+  parser otherwise; `PARSER`), so marks are kept; values are
   constructed here, never by PyYAML's constructors, so no tag can run code.
 - Rejected (SpecError): missing file, a folder, larger than MAX_BYTES, not UTF-8 (a UTF-8 BOM
   is accepted), empty or comments only, syntax errors (at PyYAML's mark), several documents,
@@ -152,16 +153,24 @@ class _Where:
         return self.at(mark.index) if mark is not None else Loc(self.file, 1, 1)
 
 
-class _Composer(yaml.SafeLoader):
-    """SafeLoader whose composer counts depth and aliases and remembers explicit tags."""
+class _Compose(yaml.composer.Composer):
+    """PyYAML's composer, counting depth and aliases and remembering explicit tags. The
+    events come from libyaml (C) when PyYAML was built with it, else from PyYAML's own
+    scanner and parser: composition, and so every check here, is the same Python code."""
 
-    def __init__(self, text: str, where: _Where) -> None:
-        super().__init__(text)
+    def __init__(self, where: _Where) -> None:
+        super().__init__()
         self.where = where
         self.depth = 0
         self.aliases = 0
         self.tag_notes: list[Diagnostic] = []
         self.alias_marks: dict[tuple[int, int], Any] = {}  # (parent id, slot) -> alias mark
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass  # no path-dependent resolution: every tag is decided in resolve()
+
+    def ascend_resolver(self) -> None:
+        pass
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:  # type: ignore[override]
         if kind is ScalarNode:
@@ -196,6 +205,35 @@ class _Composer(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+class _PyComposer(_Compose, yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    """Pure-Python events (marks carry character offsets)."""
+
+    def __init__(self, text: str, where: _Where) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _Compose.__init__(self, where)
+
+
+_COMPOSERS: dict[str, Any] = {"python": _PyComposer}
+try:
+    from yaml._yaml import CParser as _CParser
+
+    class _CComposer(_Compose, _CParser):  # type: ignore[misc, valid-type]
+        """libyaml events: ~5x faster. Its marks count characters too, but its reader errors
+        give a byte offset (converted in load())."""
+
+        def __init__(self, text: str, where: _Where) -> None:
+            _CParser.__init__(self, text)
+            _Compose.__init__(self, where)
+
+    _COMPOSERS["libyaml"] = _CComposer
+except ImportError:  # PyYAML without libyaml: same results, slower
+    pass
+# Which event source load() uses; tests run the suite under both.
+PARSER = "libyaml" if "libyaml" in _COMPOSERS else "python"
 
 
 def _fatal(where: _Where, mark: Any, message: str, code: str, path: str = "$") -> SpecError:
@@ -343,9 +381,9 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
     file = display if display is not None else str(path)
     text, raw = _read_text(p, file)
     where = _Where(file, text)
-    composer: _Composer | None = None
+    composer: _Compose | None = None
     try:
-        composer = _Composer(text, where)
+        composer = _COMPOSERS[PARSER](text, where)
         root = composer.get_single_node()
     except SpecError:
         raise
@@ -359,14 +397,19 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
     except yaml.YAMLError as exc:  # reader errors: control characters and the like
         mark = getattr(exc, "problem_mark", None)
         if isinstance(exc, yaml.reader.ReaderError):
-            loc = where.at(exc.position)
-            char = exc.character if isinstance(exc.character, int) else 0
-            raise SpecError([Diagnostic(f"YAML syntax error: {exc.reason} (character "
-                                        f"U+{char:04X})", loc=loc, code="yaml-syntax")]) from None
+            index = exc.position
+            if not isinstance(exc.character, int):  # libyaml: a byte offset, no character
+                index = len(text.encode("utf-8")[: exc.position].decode("utf-8", "ignore"))
+            loc = where.at(index)
+            char = ord(text[index]) if index < len(text) else 0
+            # One wording whichever parser read it (PyYAML says "special", libyaml "control").
+            raise SpecError([Diagnostic("YAML syntax error: special characters are not allowed "
+                                        f"(character U+{char:04X})", loc=loc,
+                                        code="yaml-syntax")]) from None
         raise _fatal(where, mark, f"YAML syntax error: {exc}", "yaml-syntax") from None
     finally:
         if composer is not None:
-            composer.dispose()
+            composer.dispose()  # type: ignore[attr-defined]
     if root is None:
         raise SpecError([Diagnostic("file is empty (no YAML content)", loc=Loc(file, 1, 1),
                                     code="file-empty")])

@@ -12,6 +12,18 @@ from specrunner import yamlload
 from specrunner.errors import Loc, SpecError
 
 
+@pytest.fixture(autouse=True, params=sorted(yamlload._COMPOSERS))
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on libyaml's events (the default when built in) and on PyYAML's own."""
+    monkeypatch.setattr(yamlload, "PARSER", request.param)
+    return str(request.param)
+
+
+def test_libyaml_is_the_default_when_available() -> None:
+    import yaml
+    assert ("libyaml" in yamlload._COMPOSERS) == bool(yaml.__with_libyaml__)
+
+
 def load_text(tmp_path: Path, text: str | bytes) -> yamlload.Loaded:
     path = tmp_path / "x.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
