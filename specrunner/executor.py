@@ -218,6 +218,7 @@ class _Job:
     blocked: int = 0  # results refused by the content policy (not charged)
     blocked_code: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    token: object | None = None  # its slot of the concurrency limit, while it holds one
 
 
 class Executor:
@@ -235,6 +236,7 @@ class Executor:
         self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
         self.notify, self.backoff = notify, backoff
         self.writer = Writer(store)
+        self.files = st.FileSink()
         self.limit = AdaptiveLimit(execution.concurrency, clock)
         self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)
@@ -284,6 +286,7 @@ class Executor:
             todo.append(job)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.writer.run)
+            outer.start_soon(self.files.run)
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:
@@ -291,6 +294,7 @@ class Executor:
                             if not await self._dispatch(job, work):
                                 break
             finally:
+                await self.files.close()
                 await self.writer.close()
         return self._outcome()
 
@@ -319,11 +323,18 @@ class Executor:
             return False
         self.c.reserved += est
         self.c.in_flight += 1
-        work.start_soon(self._worker, job, token)
+        job.token = token
+        work.start_soon(self._worker, job)
         return True
 
+    def _release_slot(self, job: _Job) -> None:
+        """Give back the task's concurrency slot (once): its requests are over."""
+        if job.token is not None:
+            self.limit.limiter.release_on_behalf_of(job.token)
+            job.token = None
+
     # -- one task --------------------------------------------------------------------------
-    async def _worker(self, job: _Job, token: object) -> None:
+    async def _worker(self, job: _Job) -> None:
         t = job.task
         charged: Decimal | None = None
         try:
@@ -356,13 +367,26 @@ class Executor:
             elif job.state in st.IN_DOUBT_STATES and job.sends:
                 self.c.in_doubt += 1
                 self.c.spent += t.est_cost
-            self.limit.limiter.release_on_behalf_of(token)
+            self._release_slot(job)
 
     async def _set_state(self, job: _Job, new: str, *, detail: str | None = None,
                          extra: list[st.Op] | None = None, **cols: Any) -> None:
+        """Move `job` to `new` once the change is durable."""
         ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
                        now=self.wall(), **cols)
         await self.writer.write((extra or []) + ops)
+        job.state = new
+
+    def _queue_state(self, job: _Job, new: str, *, detail: str | None = None,
+                     extra: list[st.Op] | None = None, **cols: Any) -> None:
+        """Move `job` to `new` without waiting: durable with (or before) its next write.
+
+        Only for changes nothing depends on until that next write: the record may briefly
+        lag (a crash leaves the task in its previous in-doubt state, which resume reconciles).
+        """
+        ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
+                       now=self.wall(), **cols)
+        self.writer.queue((extra or []) + ops)
         job.state = new
 
     def _request(self, job: _Job, resolved: dict[str, str]) -> dict[str, Any]:
@@ -455,19 +479,19 @@ class Executor:
                 retry_after = f.retry_after
                 if f.status in OVERLOAD_STATUS or f.code == "timeout":
                     self.limit.on_overload()
-                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "send",
-                                                    started, self.wall(), f.status, "fault",
-                                                    f.code, str(f))])
+                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "send",
+                                              started, self.wall(), f.status, "fault", f.code,
+                                              str(f))])
                 continue
             outcome = self._classify(job, reply)
-            await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "send",
-                                                started, self.wall(), reply.status, outcome[0],
-                                                outcome[1], outcome[2])])
+            self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "send", started,
+                                          self.wall(), reply.status, outcome[0], outcome[1],
+                                          outcome[2])])
             kind = outcome[0]
             if kind == "results":
                 return self._take_items(job, reply)
             if kind in ("accepted", "conflict"):
-                await self._set_state(job, "accepted", detail=kind)
+                self._queue_state(job, "accepted", detail=kind)  # polling needs no record
                 return None
             if kind == "retry":
                 continue
@@ -558,9 +582,9 @@ class Executor:
                                                self.execution.request_timeout_s)
             except Fault as f:
                 faults += 1
-                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
-                                                    started, self.wall(), f.status, "fault",
-                                                    f.code, str(f))])
+                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
+                                              started, self.wall(), f.status, "fault", f.code,
+                                              str(f))])
                 continue
             kind, code, msg = self._classify(job, reply)
             if kind == "results":
@@ -568,9 +592,9 @@ class Executor:
                 if found is not None:
                     return found
             elif kind == "new_uuid":
-                await self.writer.write([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
-                                                    started, self.wall(), reply.status, kind,
-                                                    code, msg)])
+                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
+                                              started, self.wall(), reply.status, kind, code,
+                                              msg)])
                 return None
             elif kind == "stop":
                 raise _StopRun(f"the API refused the run: {code} ({msg})")
@@ -643,24 +667,38 @@ class Executor:
         return await self._details(job)
 
     async def _finish(self, job: _Job, items: list[dict[str, Any]]) -> Decimal | None:
-        """Record the results, then write every output file, then mark the task done."""
+        """Record the results, fetch every output, then write the files and mark it done.
+
+        The result rows are queued at once (committed while the downloads run, and always in
+        a transaction no later than "done"); the files are written temp + fsync + rename +
+        fsync(dir) and the task marked done in one group commit, which the task waits for.
+        """
         t = job.task
         now = self.wall()
         if job.state != "received":
-            await self._set_state(job, "received",
-                                  extra=[op_result(t.task_key, i, it, now)
-                                         for i, it in enumerate(items)])
+            self._queue_state(job, "received", extra=[op_result(t.task_key, i, it, now)
+                                                      for i, it in enumerate(items)])
         paths = t.output_paths()
         ops: list[st.Op] = []
+        files: list[st.OutputFile] = []
         for i, item in enumerate(items):
             data = await self._output_bytes(job, item)
-            await anyio.to_thread.run_sync(st.write_atomic, self.out_dir, paths[i], data)
+            files.append((self.out_dir, paths[i], data))
             ops.append(op_output(t.task_key, i, paths[i], hashlib.sha256(data).hexdigest(),
                                  len(data)))
         costs = [it.get("cost") for it in items]
         cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
                 if all(isinstance(c, (int, float, str)) for c in costs) else None)
         partial = f"{job.blocked} of {t.number_results} results refused" if job.blocked else None
+        # Every request of this task is over: its slot goes to the next task while the files
+        # and the "done" commit become durable (the budget reservation stays until then).
+        self._release_slot(job)
+        try:
+            await self.files.write(files)  # temp + fsync + rename + fsync(dir), batched
+        except OSError as exc:
+            raise _GiveUp("received", "outputWriteFailed", "could not write an output file "
+                          f"({exc.strerror or type(exc).__name__}); results recorded, resume "
+                          "writes it") from None
         await self._set_state(job, "done", extra=ops, cost=None if cost is None else str(cost),
                               error_code=job.blocked_code if job.blocked else None,
                               error_message=partial)

@@ -12,6 +12,7 @@ resume. Raises RecordError for a damaged or locked record; never overwrites one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -310,36 +311,80 @@ def open_store(out_dir: Path) -> Store:
     return Store(conn, db, fd)
 
 
-class Writer:
-    """Group commit: concurrent tasks hand ops to `write()`, which returns once they are durable.
+OutputFile = tuple[Path, str, bytes]  # (output folder, path relative to it, bytes)
 
-    One background loop owns the connection and commits everything queued in one transaction
-    in a worker thread, so the event loop never blocks on fsync. Start it with `run()` inside
-    the run's task group; `close()` flushes and stops it.
+
+@dataclass
+class _Entry:
+    ops: Sequence[Op]
+    done: anyio.Event | None  # None: queued, nobody waits
+
+
+class Writer:
+    """Group commit of record changes: many tasks' ops in one transaction (one fsync).
+
+    `write()` returns once the ops are durable; `queue()` adds ops without waiting: they are
+    committed in the same or an earlier transaction than anything written after them (FIFO),
+    so a task's queued result rows are always durable before its later "done". One
+    background loop takes everything pending, runs the statements on the event loop (CPU
+    only: in WAL mode nothing touches the disk before COMMIT, and doing it here spares the
+    worker thread hundreds of GIL hand-overs per batch), then COMMITs in a worker thread.
+    Start it with `run()` inside the run's task group; `close()` flushes and stops it.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._pending: list[Op] = []
-        self._waiters: list[anyio.Event] = []
+        self._entries: list[_Entry] = []
         self._wake = anyio.Event()
         self._closed = False
         self._error: BaseException | None = None
         self._stopped = anyio.Event()
         self.commits = 0
 
-    async def write(self, ops: Sequence[Op]) -> None:
-        """Queue `ops` and wait until they are committed (RecordError if the disk failed)."""
+    def _check(self) -> None:
         if self._error is not None:
             raise RecordError(f"the run record could not be written: {self._error}")
-        done = anyio.Event()
-        self._pending.extend(ops)
-        self._waiters.append(done)
+
+    def queue(self, ops: Sequence[Op]) -> None:
+        """Add `ops` to the next commit without waiting for it."""
+        self._check()
+        self._entries.append(_Entry(ops, None))
         self._wake.set()
+
+    async def write(self, ops: Sequence[Op]) -> None:
+        """Commit `ops` (and everything queued before them); return once durable.
+        RecordError if the record could not be written."""
+        self._check()
+        entry = _Entry(ops, anyio.Event())
+        self._entries.append(entry)
+        self._wake.set()
+        assert entry.done is not None
         with anyio.CancelScope(shield=True):  # a cancelled task still gets its ops committed
-            await done.wait()
-        if self._error is not None:
-            raise RecordError(f"the run record could not be written: {self._error}")
+            await entry.done.wait()
+        self._check()
+
+    def _fill(self, entries: list[_Entry]) -> bool:
+        """Event loop: BEGIN and run every op; False if there was nothing to write."""
+        if not any(e.ops for e in entries):
+            return False
+        cur = self.store.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for e in entries:
+                for sql, params in e.ops:
+                    cur.execute(sql, params)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return True
+
+    def _commit(self) -> None:
+        try:
+            self.store.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.store.conn.execute("ROLLBACK")
+            raise
 
     async def run(self) -> None:
         """The commit loop; returns after `close()` once everything queued is committed."""
@@ -347,18 +392,19 @@ class Writer:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                ops, waiters = self._pending, self._waiters
-                self._pending, self._waiters = [], []
-                if ops:
+                entries, self._entries = self._entries, []
+                if entries and self._error is None:
                     try:
                         with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(self.store.apply, ops)
-                        self.commits += 1
+                            if self._fill(entries):
+                                await anyio.to_thread.run_sync(self._commit)
+                                self.commits += 1
                     except Exception as exc:  # keep the loop alive; writers see the error
                         self._error = exc
-                for w in waiters:
-                    w.set()
-                if self._closed and not self._pending:
+                for e in entries:
+                    if e.done is not None:
+                        e.done.set()
+                if self._closed and not self._entries:
                     return
         finally:
             self._stopped.set()
@@ -371,26 +417,159 @@ class Writer:
             await self._stopped.wait()
 
 
-def write_atomic(out_dir: Path, rel_path: str, data: bytes) -> Path:
-    """Write `data` to out_dir/rel_path via temp file + fsync + rename + fsync(dir)."""
-    target = (Path(out_dir) / rel_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    dfd = os.open(target.parent, os.O_RDONLY)
+@dataclass
+class _FileEntry:
+    files: list[_Staged]
+    done: anyio.Event
+    error: OSError | None = None
+
+
+class FileSink:
+    """Output files made durable in batches: write() returns once its files are in place.
+
+    Each file is written under a temporary name beside its target on the event loop (into
+    the page cache: no disk wait), then one worker-thread call per batch fsyncs every file,
+    renames each into place and fsyncs each folder once: temp + fsync + rename + fsync(dir),
+    with one thread hop and one folder fsync for many tasks. Runs beside `Writer`, so the
+    pre-send commits of new tasks never queue behind other tasks' file fsyncs.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[_FileEntry] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self._stopped = anyio.Event()
+        self._dirs: set[Path] = set()  # output folders known to exist
+        self.files = 0
+        self.batches = 0
+
+    async def write(self, files: Sequence[OutputFile]) -> None:
+        """Make `files` durable in place; OSError if one could not be written (the others
+        of this call may already be in place: rewriting them is harmless)."""
+        staged: list[_Staged] = []
+        try:
+            for out_dir, rel, data in files:
+                staged.append(_Staged.write(Path(out_dir) / rel, data, self._dirs))
+        except OSError:
+            for f in staged:
+                f.discard()
+            raise
+        entry = _FileEntry(staged, anyio.Event())
+        self._entries.append(entry)
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+
+    def _place(self, entries: list[_FileEntry]) -> None:
+        """Worker thread: fsync + rename every file, then fsync each folder once."""
+        dirs: set[Path] = set()
+        for e in entries:
+            for i, f in enumerate(e.files):
+                try:
+                    f.place()
+                except OSError as exc:
+                    e.error = exc
+                    for left in e.files[i:]:
+                        left.discard()
+                    break
+                dirs.add(f.target.parent)
+        for d in dirs:
+            try:
+                _fsync_dir(d)
+            except OSError as exc:
+                for e in entries:
+                    if e.error is None and any(f.target.parent == d for f in e.files):
+                        e.error = exc
+        self.files += sum(len(e.files) for e in entries if e.error is None)
+
+    async def run(self) -> None:
+        """The batching loop; returns after `close()` once everything pending is placed."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                entries, self._entries = self._entries, []
+                if entries:
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._place, entries)
+                        self.batches += 1
+                    except Exception as exc:  # pragma: no cover - _place catches OSError
+                        for e in entries:
+                            e.error = e.error or OSError(str(exc))
+                    for e in entries:
+                        e.done.set()
+                if self._closed and not self._entries:
+                    return
+        finally:
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Place what is pending and stop the loop."""
+        self._closed = True
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+
+class _Staged:
+    """An output file written under a temporary name beside its target, not yet durable."""
+
+    def __init__(self, target: Path, tmp: Path, fd: int) -> None:
+        self.target, self.tmp, self.fd = target, tmp, fd
+
+    @classmethod
+    def write(cls, target: Path, data: bytes, known_dirs: set[Path] | None = None) -> _Staged:
+        if known_dirs is None or target.parent not in known_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if known_dirs is not None:
+                known_dirs.add(target.parent)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        staged = cls(target, tmp, fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            staged.discard()
+            raise
+        return staged
+
+    def place(self) -> None:
+        """fsync, close, rename into place (the caller fsyncs the folder)."""
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        os.replace(self.tmp, self.target)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return target
+
+
+def write_atomic(out_dir: Path, rel_path: str, data: bytes) -> Path:
+    """Write `data` to out_dir/rel_path via temp file + fsync + rename + fsync(dir)."""
+    staged = _Staged.write(Path(out_dir) / rel_path, data)
+    staged.place()
+    _fsync_dir(staged.target.parent)
+    return staged.target
 
 
 Clock = Callable[[], float]

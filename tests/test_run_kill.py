@@ -37,9 +37,9 @@ def stats(url: str) -> dict:
         return json.load(resp)
 
 
-def run_cmd(spec: Path, out: Path, url: str) -> list[str]:
+def run_cmd(spec: Path, out: Path, url: str, max_usd: str = "5") -> list[str]:
     return [sys.executable, "-m", "specrunner", "run", str(spec), "--base-url", f"{url}/v1",
-            "--out", str(out), "--concurrency", "4", "--progress", "none"]
+            "--out", str(out), "--concurrency", "4", "--progress", "none", "--max-usd", max_usd]
 
 
 def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
@@ -51,18 +51,19 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
                                "--fault", "http_503=0.05", "--seed", str(seed))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = 0
+    max_usd = str(Decimal("0.08") * 2 * repeat)  # exactly the campaign: no room to pay twice
     try:
         for _ in range(2 * kills):  # bounded; a run may finish before its kill lands
             if killed >= kills:
                 break
-            proc = subprocess.Popen(run_cmd(spec, out, url), env=env,
+            proc = subprocess.Popen(run_cmd(spec, out, url, max_usd), env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.4, 1.0))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 killed += 1
             proc.wait(timeout=30)
-        final = subprocess.run(run_cmd(spec, out, url), env=env, capture_output=True, text=True,
+        final = subprocess.run(run_cmd(spec, out, url, max_usd), env=env, capture_output=True, text=True,
                                timeout=120)
         s = stats(url)
     finally:
@@ -83,7 +84,7 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
-    fig = kill_and_resume(tmp_path, kills=22, repeat=30, seed=11)
+    fig = kill_and_resume(tmp_path, kills=22, repeat=60, seed=11)
     a = fig["audit"]
     assert fig["exit"] == 0, fig["stderr"]
     assert fig["killed"] >= 20 and fig["killed_mid_run"] >= 5, fig

@@ -34,13 +34,19 @@ def test_canary_key_appears_nowhere(tmp_path, monkeypatch, caplog, capfd, server
     caplog.set_level(logging.DEBUG)
     spec = write_spec(tmp_path)
     out, err = io.StringIO(), io.StringIO()
+    codes = []
     try:
-        # --local normally needs no key; the env key is still sent and must stay secret
-        code = cli.run(["run", str(spec), "--local", "--out", str(tmp_path / "o"),
-                        "--progress", "plain", "--progress-every", "0"], out, err)
+        # --local normally needs no key; the env key is still sent and must stay secret.
+        # With 50% faults a task may end in doubt (3 ambiguous sends): resuming, bounded,
+        # also runs the reconciliation paths past the canary.
+        for _ in range(4):
+            codes.append(cli.run(["run", str(spec), "--local", "--out", str(tmp_path / "o"),
+                                  "--progress", "plain", "--progress-every", "0"], out, err))
+            if codes[-1] != 1 or server_key is not None:
+                break
     finally:
         set_testing(False)
-    assert code == (0 if server_key is None else 1), err.getvalue()
+    assert codes[-1] == (0 if server_key is None else 1), err.getvalue()
     if server_key:
         assert "invalidApiKey" in err.getvalue() or "unauthorized" in err.getvalue().lower()
     captured = capfd.readouterr()
