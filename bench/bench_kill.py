@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=100, help="tasks = 2 x repeat")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
+    # `specrunner serve` accepts any key; the runner refuses to start without one (the test
+    # suite's conftest sets a canary key, a bench run must set its own).
+    os.environ.setdefault("RUNWARE_API_KEY", "bench-kill-local-key")
     fig = kill_and_resume(Path(tempfile.mkdtemp(prefix="bench-kill-")), args.kills, args.repeat,
                           args.seed)
     a = fig["audit"]

@@ -102,22 +102,28 @@ class Backoff:
 class RetryBudget:
     """A run-wide retry budget (Google SRE): retries may add at most `ratio` of first sends.
 
-    Every first send deposits `ratio` tokens; every retry spends one. `floor` tokens are
-    available from the start so a small run can still retry.
+    Every first send earns `ratio` of a retry; every retry spends one. `floor` retries are
+    available from the start so a small run can still retry. Counted from integers (not a
+    float running sum, which would lose a retry to rounding: 50 x 0.2 < 10.0).
     """
 
     def __init__(self, ratio: float, floor: float = 10.0) -> None:
         self.ratio = ratio
-        self.tokens = floor
+        self.floor = floor
+        self.sends = 0
         self.spent = 0
 
+    @property
+    def tokens(self) -> float:
+        """Retries still allowed (may be fractional)."""
+        return self.floor + self.ratio * self.sends - self.spent
+
     def on_send(self) -> None:
-        self.tokens += self.ratio
+        self.sends += 1
 
     def try_spend(self) -> bool:
-        """Take one retry token; False when the budget is exhausted."""
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        """Take one retry; False when the budget is exhausted."""
+        if self.tokens >= 1.0 - 1e-9:
             self.spent += 1
             return True
         return False
