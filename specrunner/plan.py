@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from specrunner import matrix, models, runware
+from specrunner import matrix, models, runware, templates
 from specrunner.campaign import InputPair, LocalImage, Scalar, Spec, Task
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 
@@ -34,44 +34,9 @@ MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansi
 RUNNER_OWNED = models.RUNNER_FIELDS | {"includeCost", "deliveryMethod"}
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
-_TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 _WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                  *(f"LPT{i}" for i in range(1, 10))}
 _WIN_BAD = re.compile(r'[<>:"|?*\x00-\x1f]')
-
-
-@dataclass(frozen=True)
-class Template:
-    """A compiled `{name}` template (`{{`/`}}` are literal braces)."""
-
-    parts: tuple[tuple[str, str | None], ...]  # (literal text, variable name or None)
-    names: tuple[str, ...]
-
-    def render(self, ns: Mapping[str, str]) -> str:
-        """The text with every variable substituted; KeyError names a missing variable."""
-        return "".join(lit + (ns[name] if name else "") for lit, name in self.parts)
-
-
-def compile_template(text: str) -> Template:
-    """Compile a template; ValueError on a lone brace or a non-name placeholder."""
-    parts: list[tuple[str, str | None]] = []
-    lit, pos = [], 0
-    for m in _TEMPLATE.finditer(text):
-        lit.append(text[pos:m.start()])
-        pos = m.end()
-        tok = m.group(0)
-        if tok in ("{{", "}}"):
-            lit.append(tok[0])
-        elif m.group(1):
-            parts.append(("".join(lit), m.group(1)))
-            lit = []
-        else:
-            raise ValueError(f"lone `{tok}` at character {m.start() + 1}; write `{tok}{tok}` "
-                             "for a literal brace, {name} for a variable")
-    lit.append(text[pos:])
-    parts.append(("".join(lit), None))
-    names = tuple(dict.fromkeys(n for _, n in parts if n))
-    return Template(tuple(parts), names)
 
 
 def text_of(value: Scalar) -> str:
@@ -331,19 +296,20 @@ def _build_plan(spec: Spec) -> Plan:
             diags.add(f"`{key}` is set by specrunner, not by a spec", f"$.defaults.{key}",
                       "runner-field", "deliveryMethod comes from execution.delivery"
                       if key == "deliveryMethod" else None)
-    prompts: dict[str, Template] = {}
+    prompts: dict[str, templates.Template] = {}
     for name, text in spec.prompts.items():
-        try:
-            prompts[name] = compile_template(text)
-        except ValueError as exc:
-            diags.add(f"prompt `{name}`: {exc}", f"$.prompts.{name}", "template-syntax")
-    try:
-        out_tpl: Template | None = compile_template(spec.output.name)
-    except ValueError as exc:
-        diags.add(f"output name: {exc}", "$.output.name", "template-syntax")
-        out_tpl = None
+        parsed = templates.parse(text)
+        if isinstance(parsed, templates.Template):
+            prompts[name] = parsed
+        else:
+            diags.add(f"prompt `{name}`: {parsed} (at character {parsed.offset + 1})",
+                      f"$.prompts.{name}", "template-syntax")
+    out_tpl = templates.parse(spec.output.name)
+    if isinstance(out_tpl, templates.TemplateError):
+        diags.add(f"output name: {out_tpl} (at character {out_tpl.offset + 1})",
+                  "$.output.name", "template-syntax")
     used_vars = {n for t in prompts.values() for n in t.names}
-    used_vars |= set(out_tpl.names) if out_tpl else set()
+    used_vars |= set(out_tpl.names) if isinstance(out_tpl, templates.Template) else set()
     if spec.matrix is not None:
         axis_keys = [k for k, _ in spec.matrix.axes]
         for j, entry in enumerate(spec.matrix.exclude):
@@ -354,7 +320,7 @@ def _build_plan(spec: Spec) -> Plan:
                               f"$.matrix.exclude[{j}].{k}", "exclude-key",
                               "axes: " + ", ".join(axis_keys))
     diags.raise_if_any()
-    assert out_tpl is not None
+    assert isinstance(out_tpl, templates.Template)
 
     combos, exp = _combinations(spec, repeat)
     if len(combos) * repeat > spec.budget.max_tasks:

@@ -32,11 +32,12 @@ from typing import Any, Iterable, Sequence
 
 import jsonschema
 
-from specrunner import images, models, yamlload
+from specrunner import images, models, templates, yamlload
 from specrunner.campaign import (
     Budget, Execution, ImageRef, InputPair, Matrix, OutputSettings, Spec, VariantDecl,
 )
 from specrunner.errors import Diagnostic, Loc, SpecError
+from specrunner.templates import TemplateSyntaxError, template_fields  # noqa: F401 (API)
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
 # Request fields the runner sets from other settings; a spec may not set them directly.
@@ -111,9 +112,11 @@ def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]
 class _Ctx:
     """Collects diagnostics with their sort keys while one spec is checked."""
 
-    def __init__(self, file: str, loaded: yamlload.Loaded) -> None:
+    def __init__(self, file: str, loaded: yamlload.Loaded, source: Path | None = None) -> None:
         self.file = file
         self.loaded = loaded
+        self.source = source  # the spec file, read again only to place template errors
+        self._lines: list[str] | None = None
         self.items: list[tuple[tuple, Diagnostic]] = []
         self.reported: set[str] = set()
 
@@ -133,6 +136,24 @@ class _Ctx:
         sev = 0 if severity == "error" else 1
         self.items.append(((sev, group, rank, loc.line, loc.col, path), diag))
         self.reported.add(path)
+
+    def column(self, path: str, text: str, offset: int) -> Loc | None:
+        """The position of character `offset` of the string at `path`, when that string is a
+        plain scalar on one line (its source text is the value itself); otherwise None."""
+        start = self.loaded.locs.get(path)
+        if start is None or self.source is None:
+            return None
+        if self._lines is None:
+            try:
+                self._lines = re.split(r"\r\n|\r|\n", self.source.read_text(encoding="utf-8"))
+            except (OSError, UnicodeError):
+                self._lines = []
+        if start.line > len(self._lines):
+            return None
+        rest = self._lines[start.line - 1][start.col - 1:]
+        if rest[:1] in ("\"", "'", "|", ">") or not rest.startswith(text):
+            return None
+        return Loc(start.file, start.line, start.col + offset)
 
     def errors(self) -> bool:
         return any(d.severity == "error" for _, d in self.items)
@@ -293,7 +314,7 @@ def load_spec_checked(path: str | Path, *,
         loaded = yamlload.load(path, display)
     except SpecError as exc:
         raise SpecError(_redact(exc.diagnostics, secrets)) from None
-    ctx = _Ctx(display, loaded)
+    ctx = _Ctx(display, loaded, Path(path))
     for note in loaded.notes:
         ctx.add(GROUP_LOADER, note.message, note.path, note.code, hint=note.hint,
                 severity=note.severity, loc=note.loc)
@@ -437,50 +458,6 @@ def image_ref(ctx: Any, value: str, path: str, folder: Path,
 
 
 
-class TemplateSyntaxError(ValueError):
-    """A template that is not `{name}` placeholders with `{{`/`}}` escapes."""
-
-
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def template_fields(text: str) -> list[str]:
-    """Variable names a template uses, in order. Raises TemplateSyntaxError.
-
-    Syntax: `{name}` (letters, digits, `_`), `{{` and `}}` for literal braces; anything
-    else in braces (`{0}`, `{a.b}`, `{a!r}`, `{a:>3}`) and unbalanced braces are errors.
-    """
-    names: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if text.startswith("{{", i) or text.startswith("}}", i):
-            i += 2
-        elif c == "{":
-            j = text.find("}", i)
-            if j < 0:
-                raise TemplateSyntaxError(f"unclosed `{{` at character {i + 1}; write `{{{{` "
-                                          "for a literal brace")
-            inner = text[i + 1 : j]
-            if not _VAR_NAME.fullmatch(inner):
-                raise TemplateSyntaxError(f"`{{{inner}}}` is not a variable: use {{name}} "
-                                          "(letters, digits, _); write {{ and }} for braces")
-            names.append(inner)
-            i = j + 1
-        elif c == "}":
-            raise TemplateSyntaxError(f"single `}}` at character {i + 1}; write `}}}}` for a "
-                                      "literal brace")
-        else:
-            i += 1
-    return names
-
-
-def _literal(text: str) -> str:
-    """A template's text without its placeholders, escapes resolved."""
-    return re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*\}", "", text.replace("{{", "\0").replace(
-        "}}", "\1")).replace("\0", "{").replace("\1", "}")
-
-
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -499,14 +476,13 @@ def check_references(ctx: _Ctx, data: dict, model: str, folder: Path) -> dict[st
     for name, text in prompts.items():
         if not isinstance(text, str):
             continue
-        try:
-            prompt_fields[name] = template_fields(text)
-        except TemplateSyntaxError as exc:
-            ctx.add(GROUP_REFS, f"prompt `{name}`: {exc}", f"$.prompts.{name}", "template-syntax")
+        tpl = _template(ctx, text, f"$.prompts.{name}", f"prompt `{name}`")
+        if tpl is None:
             continue
-        used |= set(prompt_fields[name])
-        if len(_literal(text)) > max_prompt:
-            ctx.add(GROUP_REFS, f"prompt `{name}` is {len(_literal(text))} characters without "
+        prompt_fields[name] = list(tpl.names)
+        used |= set(tpl.names)
+        if len(tpl.literal) > max_prompt:
+            ctx.add(GROUP_REFS, f"prompt `{name}` is {len(tpl.literal)} characters without "
                     f"its variables; Runware accepts at most {max_prompt}", f"$.prompts.{name}",
                     "prompt-too-long")
     output_fields = _check_output_name(ctx, _dict(data.get("output")))
@@ -538,16 +514,26 @@ def check_references(ctx: _Ctx, data: dict, model: str, folder: Path) -> dict[st
     return _check_inputs(ctx, inputs, folder)
 
 
+def _template(ctx: _Ctx, text: str, path: str, what: str) -> templates.Template | None:
+    """Parse a template; report a syntax error at its column when the source allows it."""
+    parsed = templates.parse(text)
+    if isinstance(parsed, templates.Template):
+        return parsed
+    loc = ctx.column(path, text, parsed.offset)
+    where = "" if loc else f" (at character {parsed.offset + 1})"
+    ctx.add(GROUP_REFS, f"{what}: {parsed.message}{where}", path, "template-syntax", loc=loc)
+    return None
+
+
 def _check_output_name(ctx: _Ctx, output: dict) -> list[str] | None:
     name = output.get("name", "{variant}")
     if not isinstance(name, str):
         return None
-    try:
-        names = template_fields(name)
-    except TemplateSyntaxError as exc:
-        ctx.add(GROUP_REFS, f"output name: {exc}", "$.output.name", "template-syntax")
+    tpl = _template(ctx, name, "$.output.name", "output name")
+    if tpl is None:
         return None
-    sample = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*\}", "x", name)
+    names = list(tpl.names)
+    sample = tpl.render(dict.fromkeys(names, "x"))
     if sample.startswith("/") or "\\" in sample or any(
         part in ("", ".", "..") for part in sample.split("/")
     ):
