@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import difflib
 import gc
-import hashlib
 import json
-import re
-import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -29,102 +26,15 @@ from typing import Any, Iterable, Mapping
 from specrunner import matrix, models, runware, templates
 from specrunner.campaign import InputPair, LocalImage, Scalar, Spec, Task
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
+from specrunner.explain import explain, money  # noqa: F401 (explain: public API)
+from specrunner.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
+    base_id, canonical_json, framed_key, key_of, prompt_frame, slug, task_key, text_of,
+)
+from specrunner.outpaths import fold, path_problem
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 RUNNER_OWNED = models.RUNNER_FIELDS | {"includeCost", "deliveryMethod"}
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
-_SLUG = re.compile(r"[^A-Za-z0-9._-]")
-_WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                 *(f"LPT{i}" for i in range(1, 10))}
-_WIN_BAD = re.compile(r'[<>:"|?*\x00-\x1f]')
-
-
-def text_of(value: Scalar) -> str:
-    """How a combination value reads inside a template or an id (true/false, 12, 1.5)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
-
-
-def slug(value: Scalar) -> str:
-    """A value as an id segment: characters other than [A-Za-z0-9._-] become '_'."""
-    return _SLUG.sub("_", text_of(value))
-
-
-def base_id(values: Mapping[str, Scalar], index: int) -> str:
-    """The default variant id of a combination: its values in key order, slugified."""
-    return "-".join(slug(v) for v in values.values()) or f"variant{index + 1}"
-
-
-_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_SENTINEL = "\ue000specrunner-prompt\ue000"
-_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}"
-_SAFE_STEM = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
-_RESERVED_RE = re.compile(r"(?:^|/)(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|/|$)", re.I)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """JSON with sorted keys and no spaces, UTF-8: the bytes task keys hash."""
-    return _CANON.encode(obj).encode()
-
-
-def _frame(body: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
-    """canonical_json(body + positivePrompt) split where the prompt goes; None if ambiguous."""
-    parts = canonical_json({**body, "positivePrompt": _SENTINEL}).split(
-        canonical_json(_SENTINEL))
-    return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-def task_key(request: Mapping[str, Any], polarity: str, repeat: int) -> str:
-    """sha256 of the request minus taskUUID, the mask polarity and the 0-based repeat index.
-
-    The fields that only say how the answer travels (`deliveryMethod`, `includeCost`) are left
-    out: switching delivery between a crash and a resume must not mint new UUIDs and pay again.
-    """
-    return _key({k: v for k, v in request.items() if k not in _NOT_IN_KEY}, polarity, repeat)
-
-
-_NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
-
-
-def _key(body: Mapping[str, Any], polarity: str, repeat: int) -> str:
-    return hashlib.sha256(canonical_json(
-        {"request": body, "maskPolarity": polarity, "repeat": repeat})).hexdigest()
-
-
-def path_problem(stem: str) -> str | None:
-    """Why an output stem (relative, '/'-separated) is unsafe or unportable, or None."""
-    if _SAFE_STEM.fullmatch(stem) and not stem.endswith(".") and "./" not in stem \
-            and not _RESERVED_RE.search(stem):
-        return None  # the common case, decided without the per-segment walk below
-    return _path_problem(stem)
-
-
-def _path_problem(stem: str) -> str | None:
-    if not stem:
-        return "is empty"
-    if "\0" in stem:
-        return "contains a NUL character"
-    if "\\" in stem:
-        return "contains a backslash (a folder separator on Windows); use /"
-    if stem.startswith("/") or re.match(r"^[A-Za-z]:", stem):
-        return "is an absolute path"
-    for seg in stem.split("/"):
-        if seg in ("", ".", ".."):
-            return "escapes the output folder (..)" if seg == ".." else \
-                f"has an empty or '.' folder name ({stem!r})"
-        if seg.split(".")[0].upper() in _WIN_RESERVED:
-            return f"uses the reserved Windows device name {seg.split('.')[0]!r}"
-        if _WIN_BAD.search(seg) or seg[-1] in ". ":
-            return f"has a character that is not portable in file names in {seg!r}"
-        if len(seg.encode()) > 240:
-            return "has a file or folder name longer than 240 bytes"
-    return None
-
-
-def fold(path: str) -> str:
-    """A path as case-insensitive file systems (macOS, Windows) compare it."""
-    return unicodedata.normalize("NFC", path).casefold()
 
 
 @dataclass(frozen=True)
@@ -183,9 +93,6 @@ class _Diags:
             raise SpecError(self.items)
 
 
-def money(d: Decimal) -> str:
-    """Dollars with at least cents: $0.08, $12.80, $0.0125."""
-    return f"${d.quantize(Decimal('0.01'))}" if d == d.quantize(Decimal("0.01")) else f"${d}"
 
 
 def _combinations(spec: Spec, repeat: int
@@ -415,7 +322,7 @@ def _build_plan(spec: Spec) -> Plan:
             if missing:
                 continue
             text = tpl.render(ns)
-            cached_text = prompt_cache[pkey] = (text, _CANON.encode(text).encode())
+            cached_text = prompt_cache[pkey] = (text, canonical_json(text))
             if not min_len <= len(text) <= max_len:
                 diags.add(f"prompt `{pr_name}` renders to {len(text)} characters for input "
                           f"`{in_name}`; Runware accepts {min_len}-{max_len}",
@@ -463,16 +370,13 @@ def _build_plan(spec: Spec) -> Plan:
                           f"{problem}", name_path or src, "output-path")
             halves = frame_cache.get((sig, in_name))
             if halves is None:
-                halves = frame_cache[(sig, in_name)] = _frame(
+                halves = frame_cache[(sig, in_name)] = prompt_frame(
                     {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins})
             if halves:
-                key = hashlib.sha256(b"".join((
-                    b'{"maskPolarity":', polarity_json[pair.polarity], b',"repeat":',
-                    str(r).encode(), b',"request":', halves[0], prompt_json, halves[1],
-                    b"}"))).hexdigest()
-            else:  # the sentinel occurs in a field value: take the plain road
-                key = _key({"taskType": "imageInference", "model": model.id,
-                            "positivePrompt": text, **merged, "inputs": ins}, pair.polarity, r)
+                key = framed_key(halves, prompt_json, polarity_json[pair.polarity], r)
+            else:  # the placeholder occurs in a field value: take the plain road
+                key = key_of({"taskType": "imageInference", "model": model.id,
+                              "positivePrompt": text, **merged, "inputs": ins}, pair.polarity, r)
             if key in keys:
                 other = tasks[keys[key]].variant_id
                 diags.add(f"variants `{other}` and `{tid}` send identical requests (same task "
@@ -556,85 +460,9 @@ def _breakdown(tasks: list[Task], repeat: int, fields: Mapping[str, tuple[str, .
     return tuple(out)
 
 
-def _where(spec: Spec, path: str) -> str:
-    loc = spec.loc(path)
-    return f"{path} at {loc}" if loc else path
 
 
-def _pairs(values: Mapping[str, Scalar]) -> str:
-    return ", ".join(f"{k}={text_of(v)}" for k, v in values.items()) or "(no values)"
 
 
-def explain(plan: Plan, variant_id: str) -> tuple[str, str]:
-    """Where `variant_id` came from, or which exclude entry removed it.
-
-    Returns (status, text), status "found", "excluded" (the text names the exclude entry and
-    its location) or "unknown" (the text suggests close ids).
-    """
-    spec, rep, exp = plan.spec, plan.spec.repeat, plan.expansion
-    hit = next((t for t in plan.tasks if t.variant_id == variant_id), None)
-    if hit is None:
-        return _explain_missing(plan, variant_id)
-    ci = hit.index // rep
-    group = plan.tasks[ci * rep:(ci + 1) * rep]
-    lines = [f"variant {variant_id}: combination #{ci + 1} of {len(plan.tasks) // rep}, "
-             f"{len(group)} task(s) (repeat {rep})"]
-    if exp is None:
-        lines.append(f"  declared by: variant #{ci + 1} ({_where(spec, f'$.variants[{ci}]')})")
-        lines.append(f"  values: {_pairs(hit.axes)}")
-    else:
-        c = exp.combinations[ci]
-        if c.product_index is None:
-            lines.append(f"  declared by: include #{c.created_by + 1} "  # type: ignore[operator]
-                         f"({_where(spec, f'$.matrix.include[{c.created_by}]')}), a new "
-                         "combination: it joins no original combination without overwriting "
-                         "an axis value")
-            lines.append(f"  values: {_pairs(c.values)}")
-        else:
-            base = exp.combination_at(c.product_index)
-            lines.append(f"  declared by: matrix product, combination #{c.product_index + 1} "
-                         f"of {exp.product_size} ({_where(spec, '$.matrix')})")
-            lines.append(f"  axis values: {_pairs(base)}")
-            current = dict(base)
-            for j in c.touched_by:
-                entry = spec.matrix.include[j]  # type: ignore[union-attr]
-                changes = []
-                for k, v in entry.items():
-                    if k in base:
-                        continue
-                    if k not in current:
-                        changes.append(f"added {k}={text_of(v)}")
-                    elif current[k] != v or type(current[k]) is not type(v):
-                        changes.append(f"changed {k}: {text_of(current[k])} -> {text_of(v)}")
-                    else:
-                        changes.append(f"kept {k}={text_of(v)}")
-                    current[k] = v
-                lines.append(f"  include #{j + 1} ({_where(spec, f'$.matrix.include[{j}]')}): "
-                             + "; ".join(changes))
-        if spec.matrix and spec.matrix.exclude:
-            lines.append(f"  excludes: none of the {len(spec.matrix.exclude)} entries matches it")
-    lines.append(f"  input: {hit.input_name}   prompt: {hit.prompt_name}")
-    for t in group:
-        outs = ", ".join(str(spec.output.dir / p) for p in t.output_paths())
-        lines.append(f"  task #{t.index + 1} {t.variant_id}: key {t.task_key[:16]}... "
-                     f"uuid {t.task_uuid} est. {money(t.est_cost)} -> {outs}")
-    lines.append("  request:")
-    body = json.dumps(dict(hit.request), indent=2, ensure_ascii=False)
-    lines.extend("    " + line for line in body.splitlines())
-    return "found", "\n".join(lines)
 
 
-def _explain_missing(plan: Plan, variant_id: str) -> tuple[str, str]:
-    spec, exp = plan.spec, plan.expansion
-    stem = re.sub(r"-r[0-9]+$", "", variant_id)
-    if exp is not None:
-        for pidx, j in exp.excluded:
-            values = exp.combination_at(pidx)
-            if base_id(values, pidx) in (variant_id, stem):
-                entry = spec.matrix.exclude[j]  # type: ignore[union-attr]
-                return "excluded", (f"variant {variant_id} is not in the plan: matrix combination "
-                        f"#{pidx + 1} ({_pairs(values)}) was removed by exclude #{j + 1} "
-                        f"{{{_pairs(entry)}}} ({_where(spec, f'$.matrix.exclude[{j}]')})")
-    close = difflib.get_close_matches(variant_id, [t.variant_id for t in plan.tasks], n=3)
-    return "unknown", (f"no variant `{variant_id}` in the plan"
-            + (f"; did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""))

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specrunner import cli, models, plan as planmod, runware
+from specrunner import cli, identity, models, outpaths, runware
+from specrunner import plan as planmod
 from specrunner.campaign import (Budget, Execution, ImageRef, InputPair, LocalImage, Matrix,
                                  OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
@@ -536,7 +537,7 @@ def test_cli_invalid_spec_exit_2(mini: Path) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="aZ09._- /\\:?*\0\u00e9CONnul", max_size=12))
 def test_path_check_fast_path_agrees_with_full_walk(stem: str) -> None:
-    assert planmod.path_problem(stem) == planmod._path_problem(stem)
+    assert planmod.path_problem(stem) == outpaths._path_problem(stem)
 
 
 def test_fast_task_keys_equal_reference_keys() -> None:
@@ -546,7 +547,7 @@ def test_fast_task_keys_equal_reference_keys() -> None:
     for t in build_plan(spec).tasks:
         assert t.task_key == planmod.task_key(t.request, "white-edits", t.repeat)
     sentinel = make_spec(prompts={"neon": "N"}, defaults={"webhookURL": "https://x.test/"
-                                                          + planmod._SENTINEL})
+                                                          + identity._SENTINEL})
     (t,) = build_plan(sentinel).tasks  # the sentinel in a field value takes the plain road
     assert t.task_key == planmod.task_key(t.request, "white-edits", 0)
 
