@@ -4,7 +4,9 @@
 combination once per repeat index, and builds every task as DESIGN.md "Plan and task
 identity" states. Every problem found while expanding is collected and raised at once as
 `SpecError` (located with `spec.loc`); a plan over `budget.max_tasks` or `budget.max_usd`
-raises `PlanLimitError` with the numbers.
+raises `PlanLimitError` with the numbers (`limit` "max_tasks" or "max_usd", `needed` and
+`allowed` as int task counts or Decimal dollars); a matrix product over MAX_PRODUCT, a cap
+of specrunner's own rather than of the spec, raises it with `limit` None.
 
 Requests are validated against the model's request schema once per distinct combination of
 field settings (the part of a request that jsonschema can find fault with); the parts that
@@ -109,10 +111,12 @@ def _combinations(spec: Spec, repeat: int
     except matrix.MatrixTooLarge as exc:
         if exc.what == "product":
             raise PlanLimitError(f"matrix product has {exc.size:,} combinations; specrunner "
-                                 f"refuses to expand more than {MAX_PRODUCT:,}") from None
+                                 f"refuses to expand more than {MAX_PRODUCT:,}",
+                                 limit=None, needed=exc.size, allowed=MAX_PRODUCT) from None
         raise PlanLimitError(f"plan has {exc.size * repeat:,} tasks ({exc.size:,} combinations"
                              f" x repeat {repeat}); budget max_tasks is "
-                             f"{spec.budget.max_tasks:,}") from None
+                             f"{spec.budget.max_tasks:,}", limit="max_tasks",
+                             needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
     out = []
     for c in exp.combinations:
         src = "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
@@ -232,7 +236,8 @@ def _build_plan(spec: Spec) -> Plan:
     combos, exp = _combinations(spec, repeat)
     if len(combos) * repeat > spec.budget.max_tasks:
         raise PlanLimitError(f"plan has {len(combos) * repeat:,} tasks; budget max_tasks is "
-                             f"{spec.budget.max_tasks:,}")
+                             f"{spec.budget.max_tasks:,}", limit="max_tasks",
+                             needed=len(combos) * repeat, allowed=spec.budget.max_tasks)
     delivery = spec.execution.delivery
     ext_default = "jpg"
     sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
@@ -414,7 +419,8 @@ def _build_plan(spec: Spec) -> Plan:
     total_cost = price * total_images
     if total_cost > spec.budget.max_usd:
         raise PlanLimitError(f"plan needs {money(total_cost)} for {total_images:,} images; "
-                             f"budget max_usd is {money(spec.budget.max_usd)}")
+                             f"budget max_usd is {money(spec.budget.max_usd)}", limit="max_usd",
+                             needed=total_cost, allowed=spec.budget.max_usd)
     return Plan(spec, tuple(tasks), total_cost, total_images,
                 _breakdown(tasks, repeat, fields, price), exp)
 

@@ -259,6 +259,8 @@ def test_budget_limit_message() -> None:
     with pytest.raises(PlanLimitError) as exc:
         build_plan(spec)
     assert str(exc.value) == "plan needs $12.80 for 160 images; budget max_usd is $10.00"
+    assert (exc.value.limit, exc.value.needed, exc.value.allowed) == (
+        "max_usd", Decimal("12.80"), Decimal("10"))
 
 
 def test_task_cap_message_counts_before_building() -> None:
@@ -268,10 +270,12 @@ def test_task_cap_message_counts_before_building() -> None:
         build_plan(spec)
     assert str(exc.value) == ("plan has 160 tasks (32 combinations x repeat 5); budget "
                               "max_tasks is 100")
+    assert (exc.value.limit, exc.value.needed, exc.value.allowed) == ("max_tasks", 160, 100)
     variants = make_spec(("a",), variants=[VariantDecl({"shop": str(i)}, id=f"v{i}")
                                            for i in range(3)], max_tasks=2)
-    with pytest.raises(PlanLimitError, match="^plan has 3 tasks; budget max_tasks is 2$"):
+    with pytest.raises(PlanLimitError, match="^plan has 3 tasks; budget max_tasks is 2$") as exc:
         build_plan(variants)
+    assert (exc.value.limit, exc.value.needed, exc.value.allowed) == ("max_tasks", 3, 2)
 
 
 def test_huge_product_refused_at_once() -> None:
@@ -280,8 +284,24 @@ def test_huge_product_refused_at_once() -> None:
                        Matrix(axes=axes))
     with pytest.raises(PlanLimitError, match="matrix product has 10,000,000,000,000,000 "
                                              "combinations; specrunner refuses to expand more "
-                                             "than 1,000,000"):
+                                             "than 1,000,000") as exc:
         build_plan(spec)
+    assert (exc.value.limit, exc.value.needed, exc.value.allowed) == (None, 10**16, 1_000_000)
+
+
+def test_validate_points_at_the_limit_exceeded(tmp_path: Path) -> None:
+    from fixtures.specfiles import BASE_SPEC, validate_json, write_spec
+
+    path = write_spec(tmp_path, BASE_SPEC.replace(
+        "budget: {max_usd: 1}", "budget:\n  max_tasks: 5\n  max_usd: 0.1"))
+    code, result = validate_json(path)
+    (d,) = result["specs"][0]["diagnostics"]
+    assert code == 2 and (d["line"], d["column"], d["path"], d["code"]) == (
+        18, 12, "$.budget.max_usd", "plan-limit")
+    assert d["message"] == "plan needs $0.16 for 2 images; budget max_usd is $0.10"
+    path.write_text(BASE_SPEC.replace("budget: {max_usd: 1}", "budget: {max_usd: 1, max_tasks: 1}"))
+    (d,) = validate_json(path)[1]["specs"][0]["diagnostics"]
+    assert (d["line"], d["path"]) == (16, "$.budget.max_tasks")
 
 
 # --- fast validation is equivalent to validating every request ---------------------------
@@ -492,9 +512,11 @@ def test_cli_json_is_complete_and_exact(mini: Path) -> None:
 
 def test_cli_limits_and_overrides(mini: Path) -> None:
     assert run_cli(str(mini), "--max-usd", "0.30") == (
-        2, "", "error: plan needs $0.40 for 5 images; budget max_usd is $0.30\n")
+        2, "", "error: plan needs $0.40 for 5 images; budget max_usd is $0.30 (raise "
+        "budget.max_usd, or try this plan with --max-usd X)\n")
     assert run_cli(str(mini), "--max-tasks", "2") == (
-        2, "", "error: plan has 3 tasks (3 combinations x repeat 1); budget max_tasks is 2\n")
+        2, "", "error: plan has 3 tasks (3 combinations x repeat 1); budget max_tasks is 2 "
+        "(raise budget.max_tasks, or try this plan with --max-tasks N)\n")
     code, out, _ = run_cli(str(mini), "--max-usd", "0.40", "--max-tasks", "3")
     assert code == 0 and out.startswith("plan mini: 3 tasks, 5 images, estimated $0.40 "
                                         "(budget $0.40, max 3 tasks)\n")

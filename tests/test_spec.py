@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +25,6 @@ from specrunner.yamlload import load as yaml_load
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "specs" / "examples").glob("*.yaml"))
 CANARY = os.environ["RUNWARE_API_KEY"]
-HAS_PLAN = importlib.util.find_spec("specrunner.plan") is not None
 
 
 def test_valid_spec_loads_into_a_typed_spec(tmp_path: Path) -> None:
@@ -222,8 +220,7 @@ def test_validate_json_output(tmp_path: Path) -> None:
     assert code == 0 and result["valid"] is True
     (entry,) = result["specs"]
     assert entry["file"] == str(tmp_path / "spec.yaml") and entry["diagnostics"] == []
-    if HAS_PLAN:
-        assert entry["planned"] is True and entry["tasks"] == 2
+    assert entry["planned"] is True and entry["tasks"] == 2
     code, result = validate_json(tmp_path / "missing.yaml")
     assert code == 2 and result["valid"] is False
     assert result["specs"][0]["diagnostics"][0] == {

@@ -1,27 +1,29 @@
 """`specrunner validate SPEC... [--format text|json]`: check specs; nothing is ever sent.
 
-Each spec is loaded and validated (spec.load_spec), then expanded with plan.build_plan when
-that module is available, so expansion-time problems (task cap, budget, output collisions,
-prompts too long after templating) are reported too. Exit 0 when every spec is valid, 2
-otherwise.
+Each spec is loaded and validated (spec.load_spec), then expanded with plan.build_plan, so
+expansion-time problems (task cap, budget, output collisions, prompts too long after
+templating) are reported too; a plan over a limit is located at that budget setting
+(PlanLimitError.limit). Exit 0 when every spec is valid, 2 otherwise.
 
 Text output: one line per diagnostic, `file:line:col: error: message [json.path] (hint)`,
 then one summary line. JSON output (`--format json`), one object:
     {"valid": bool,
      "specs": [{"file": str, "valid": bool, "tasks": int | null, "planned": bool,
                 "diagnostics": [Diagnostic.to_json(), ...]}]}
-`tasks` is the planned task count (null when the spec is invalid or was not planned).
+`tasks` is the planned task count (null when the spec is invalid); `planned` is true
+exactly when the spec was planned.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 from typing import Any, TextIO
 
+from specrunner.campaign import Spec
 from specrunner.errors import EXIT_INVALID, EXIT_OK, Diagnostic, PlanLimitError, SpecError
+from specrunner.plan import build_plan
 from specrunner.spec import load_spec_checked
 
 
@@ -32,19 +34,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="output format (default: text)")
 
 
-def _planner() -> Any:
-    """plan.build_plan, or None while the planner module does not exist."""
-    try:
-        module = importlib.import_module("specrunner.plan")
-    except ModuleNotFoundError as exc:
-        if exc.name == "specrunner.plan":
-            return None
-        raise
-    return getattr(module, "build_plan", None)
+def limit_path(exc: PlanLimitError, spec: Spec) -> str:
+    """The JSON path of the setting a PlanLimitError exceeded (the matrix for specrunner's
+    own product cap); located where the spec writes it, else at its nearest parent."""
+    if exc.limit is None:
+        return "$.matrix" if spec.matrix is not None else "$"
+    return f"$.budget.{exc.limit}"
 
 
 def check(path: str, secrets: tuple[str, ...]) -> dict[str, Any]:
-    """Validate (and plan, when possible) one spec; a dict as in the JSON output."""
+    """Validate and plan one spec; a dict as in the JSON output."""
     result: dict[str, Any] = {"file": path, "valid": False, "tasks": None, "planned": False,
                               "diagnostics": []}
     try:
@@ -53,26 +52,17 @@ def check(path: str, secrets: tuple[str, ...]) -> dict[str, Any]:
         result["diagnostics"] = exc.diagnostics
         return result
     result["diagnostics"] = list(warnings)
-    build_plan = _planner()
-    if build_plan is not None:
-        try:
-            plan = build_plan(spec)
-        except SpecError as exc:
-            result["diagnostics"] = list(warnings) + exc.diagnostics
-            return result
-        except PlanLimitError as exc:
-            where = "$.budget"
-            for limit in ("max_tasks", "max_usd"):  # point at the limit the message names
-                if limit in str(exc) and f"$.budget.{limit}" in spec.locs:
-                    where = f"$.budget.{limit}"
-                    break
-            result["diagnostics"] = list(warnings) + [
-                Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit")]
-            return result
-        tasks = getattr(plan, "tasks", None)
-        result["tasks"] = len(tasks) if tasks is not None else None
-        result["planned"] = True
-    result["valid"] = True
+    try:
+        plan = build_plan(spec)
+    except SpecError as exc:
+        result["diagnostics"] = list(warnings) + exc.diagnostics
+        return result
+    except PlanLimitError as exc:
+        where = limit_path(exc, spec)
+        result["diagnostics"] = list(warnings) + [
+            Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit")]
+        return result
+    result.update(valid=True, tasks=len(plan.tasks), planned=True)
     return result
 
 
@@ -102,8 +92,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.write(_redact(d.format(), secrets) + "\n")
                 errors += d.severity == "error"
             if r["valid"]:
-                detail = f"{r['tasks']} tasks" if r["planned"] else "not planned: specrunner.plan is not available"
-                out.write(f"{r['file']}: valid ({detail})\n")
+                out.write(f"{r['file']}: valid ({r['tasks']} tasks)\n")
         bad = sum(not r["valid"] for r in results)
         out.write(f"{len(results)} spec(s) checked: {len(results) - bad} valid, {bad} invalid, "
                   f"{errors} error(s)\n")
