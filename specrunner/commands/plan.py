@@ -16,7 +16,15 @@ complete; one task per line):
 
 Money is a decimal string. `--explain VARIANT` tells where a variant came from (axis
 values, product index, include entries) or which exclude entry removed it.
-Exit codes: 0 ok, 2 invalid spec, over budget or task cap, or unknown variant.
+
+When the run folder (`--out DIR`, default the spec's output.dir) holds a run record, every
+task also gets a status (plan_status.py: `done`, `new`, `changed: <fields>`, `retry: <code>`,
+`in doubt: reconcile first`, `pending`): a `status` column in table, markdown and csv, a
+`"status"` member of each JSON task, a line "N done, M would run (est. $X)" under the
+summary, and in JSON `"record": {"path", <status kind>: count..., "would_run",
+"est_cost_to_run", "not_in_plan"}`. Without a record these are absent.
+Exit codes: 0 ok, 2 invalid spec, over budget or task cap, unknown variant, or a missing
+(with --out) or damaged run record.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import csv
 import json
 import os
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, TextIO
 
 from tabulate import tabulate
@@ -55,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", metavar="N", default="50",
                         help="table/markdown rows to show (default 50)")
     parser.add_argument("--all", action="store_true", help="show every row of the table")
+    parser.add_argument("--out", metavar="DIR",
+                        help="run folder whose record says what is done (default: the spec's "
+                        "output.dir; a status column appears when it holds a run record)")
 
 
 def _positive_decimal(text: str, option: str) -> Decimal:
@@ -101,9 +113,22 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_INVALID
         print(text, file=out)
         return EXIT_OK
+    record = _record_status(plan, args.out)
     {"table": write_table, "markdown": write_markdown, "csv": write_csv,
-     "json": write_json}[args.format](plan, out, limit)
+     "json": write_json}[args.format](plan, out, limit, record)
     return EXIT_OK
+
+
+def _record_status(plan: Any, out_dir: str | None) -> Any:
+    """The plan against the run record of `out_dir` (given: it must hold one) or of the
+    spec's output folder (when it holds one); None without a record to compare."""
+    from specrunner import plan_status
+    from specrunner.report import record_path
+
+    run_dir = Path(out_dir).resolve() if out_dir else plan.spec.output.dir
+    if out_dir is None and not record_path(run_dir).exists():
+        return None
+    return plan_status.compare(plan, run_dir)  # RecordError (exit 2) if missing or damaged
 
 
 def _excerpt(text: str, width: int = EXCERPT) -> str:
@@ -116,12 +141,22 @@ def _style(request: Any) -> str:
     return "-" if style is None else str(style)
 
 
-def _rows(plan: Any, limit: int | None) -> list[list[Any]]:
+def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     from specrunner.plan import money
 
     tasks = plan.tasks if limit is None else plan.tasks[:limit]
-    return [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
+    rows = [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
              _style(t.request), t.number_results, money(t.est_cost)] for t in tasks]
+    if record is not None:
+        for row, status in zip(rows, record.statuses):
+            row.append(status.text)
+    return rows
+
+
+def _headers(record: Any) -> tuple[list[str], tuple[str, ...]]:
+    if record is None:
+        return HEADERS, ROW_ALIGN
+    return [*HEADERS, "status"], (*ROW_ALIGN, "left")
 
 
 HEADERS = ["variant", "input", "prompt", "style", "results", "est. cost"]
@@ -158,12 +193,20 @@ def _hidden(plan: Any, limit: int | None) -> str | None:
             "lists them all)")
 
 
-def write_table(plan: Any, out: TextIO, limit: int | None) -> None:
-    """The human view: summary, task rows (up to `limit`), per-axis breakdown."""
+def _record_line(record: Any) -> str:
+    return f"{record.summary()} (record: {record.record})"
+
+
+def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
+    """The human view: summary, task rows (up to `limit`), per-axis breakdown; with a run
+    record, each task's status and a line counting what is done and what would run."""
     print(_summary(plan), file=out)
+    if record is not None:
+        print(_record_line(record), file=out)
     print(file=out)
-    print(tabulate(_rows(plan, limit), headers=HEADERS, tablefmt="simple",
-                   disable_numparse=True, colalign=ROW_ALIGN), file=out)
+    headers, align = _headers(record)
+    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="simple",
+                   disable_numparse=True, colalign=align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(note, file=out)
@@ -173,12 +216,15 @@ def write_table(plan: Any, out: TextIO, limit: int | None) -> None:
                    disable_numparse=True, colalign=AXIS_ALIGN), file=out)
 
 
-def write_markdown(plan: Any, out: TextIO, limit: int | None) -> None:
+def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The table view as GitHub-flavoured Markdown."""
     print(f"## {_summary(plan)}", file=out)
     print(file=out)
-    print(tabulate(_rows(plan, limit), headers=HEADERS, tablefmt="github",
-                   disable_numparse=True, colalign=ROW_ALIGN), file=out)
+    if record is not None:
+        print(f"{_record_line(record)}\n", file=out)
+    headers, align = _headers(record)
+    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="github",
+                   disable_numparse=True, colalign=align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(f"\n{note}", file=out)
@@ -191,19 +237,22 @@ def _axis_keys(plan: Any) -> list[str]:
     return [k for k, _ in plan.breakdown if k not in ("input", "prompt")]
 
 
-def write_csv(plan: Any, out: TextIO, limit: int | None = None) -> None:
-    """One row per task (always all of them): ids, axes, cost, output, identity, prompt."""
+def write_csv(plan: Any, out: TextIO, limit: int | None = None, record: Any = None) -> None:
+    """One row per task (always all of them): ids, axes, cost, output, identity, prompt, and
+    with a run record its status."""
     from specrunner.plan import text_of
 
     axes = _axis_keys(plan)
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["index", "variant", "input", "prompt", "repeat", *axes, "number_results",
-                "est_cost", "outputs", "task_uuid", "task_key", "positive_prompt"])
-    for t in plan.tasks:
+                "est_cost", "outputs", "task_uuid", "task_key", "positive_prompt",
+                *(["status"] if record is not None else [])])
+    for i, t in enumerate(plan.tasks):
         w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat,
                     *(text_of(t.axes[k]) if k in t.axes else "" for k in axes),
                     t.number_results, str(t.est_cost), ";".join(t.output_paths()),
-                    t.task_uuid, t.task_key, t.request["positivePrompt"]])
+                    t.task_uuid, t.task_key, t.request["positivePrompt"],
+                    *([record.statuses[i].text] if record is not None else [])])
 
 
 def task_json(t: Any) -> dict[str, Any]:
@@ -219,7 +268,7 @@ def task_json(t: Any) -> dict[str, Any]:
     }
 
 
-def write_json(plan: Any, out: TextIO, limit: int | None = None) -> None:
+def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = None) -> None:
     """The whole plan as one JSON document (always all tasks), streamed one task a line."""
     spec = plan.spec
     head = {
@@ -233,8 +282,16 @@ def write_json(plan: Any, out: TextIO, limit: int | None = None) -> None:
                            "est_cost": str(av.cost)} for av in vals]
                       for k, vals in plan.breakdown},
     }
+    if record is not None:
+        head["record"] = {"path": str(record.record), **record.counts(),
+                          "would_run": sum(s.would_run for s in record.statuses),
+                          "est_cost_to_run": str(record.to_run_cost),
+                          "not_in_plan": record.not_in_plan}
     text = json.dumps(head, ensure_ascii=False)
     out.write(text[:-1] + ', "tasks": [')
     for i, t in enumerate(plan.tasks):
-        out.write(("\n" if i == 0 else ",\n") + json.dumps(task_json(t), ensure_ascii=False))
+        item = task_json(t)
+        if record is not None:
+            item["status"] = record.statuses[i].text
+        out.write(("\n" if i == 0 else ",\n") + json.dumps(item, ensure_ascii=False))
     out.write("\n]}\n")
