@@ -430,6 +430,22 @@ def _which(variant_id: str, repeat: int) -> str:
         f"repeat {repeat + 1} of variant `{variant_id}`"
 
 
+def axis_value(task: Task, key: str, fields: Mapping[str, tuple[str, ...]]) -> Any:
+    """The value of axis `key` for `task`: its input or prompt name, its combination value,
+    else the value its request carries for a field (`fields`: models.field_paths), else None.
+    """
+    if key == "input":
+        return task.input_name
+    if key == "prompt":
+        return task.prompt_name
+    if key in task.axes:
+        return task.axes[key]
+    val: Any = task.request if key in fields else None
+    for part in fields.get(key, ()):
+        val = val.get(part) if isinstance(val, Mapping) else None
+    return val
+
+
 def _breakdown(tasks: list[Task], repeat: int, fields: Mapping[str, tuple[str, ...]],
                price: Decimal) -> tuple[tuple[str, tuple[AxisValue, ...]], ...]:
     """Tasks, images and cost per value of `input`, `prompt` and every combination key.
@@ -449,16 +465,7 @@ def _breakdown(tasks: list[Task], repeat: int, fields: Mapping[str, tuple[str, .
     for key in keys:
         counts: dict[tuple[type, Scalar], list[Any]] = {}
         for t in firsts:
-            if key in ("input", "prompt"):
-                val: Any = t.input_name if key == "input" else t.prompt_name
-            elif key in t.axes:
-                val = t.axes[key]
-            elif key in fields:
-                val = t.request
-                for part in fields[key]:
-                    val = val.get(part) if isinstance(val, Mapping) else None
-            else:
-                val = None
+            val = axis_value(t, key, fields)
             slot = counts.setdefault((type(val), val), [val, 0, 0])
             slot[1] += repeat
             slot[2] += repeat * t.number_results
