@@ -117,7 +117,7 @@ def _combinations(spec: Spec, repeat: int
                              f" x repeat {repeat}); budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
-    out = []
+    out: list[tuple[Mapping[str, Scalar], str | None, str]] = []
     for c in exp.combinations:
         src = "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
         out.append((c.values, None, src))
@@ -290,10 +290,10 @@ def _build_plan(spec: Spec) -> Plan:
                 where = tuple(str(p) for p in err.absolute_path)
                 origin = next((k for k in values if k in fields and
                                fields[k] == where[:len(fields[k])]), None)
-                path = (_key_path(values, src, origin, spec, exp, ci) if origin else
-                        "$.defaults" + "".join(f".{p}" for p in where))
+                jpath = (_key_path(values, src, origin, spec, exp, ci) if origin else
+                         "$.defaults" + "".join(f".{p}" for p in where))
                 diags.add(f"request field {'.'.join(where) or '(root)'}: {err.message}",
-                          path, "request-schema")
+                          jpath, "request-schema")
         merged, nres, ext = cached
         inp = input_cache.get(in_name)
         if inp is None:

@@ -260,7 +260,8 @@ def _check_implied(ctx: Collector, data: dict, inputs: dict, prompts: dict) -> N
         if len(names) <= 1:
             continue
         if isinstance(matrix, dict):
-            includes = matrix.get("include") if isinstance(matrix.get("include"), list) else []
+            include = matrix.get("include")
+            includes = include if isinstance(include, list) else []
             if key not in matrix and not any(isinstance(e, dict) and key in e for e in includes):
                 ctx.add(GROUP_REFS, f"the matrix must choose the {key}: there are "
                         f"{len(names)} {key}s", "$.matrix", f"missing-{key}",

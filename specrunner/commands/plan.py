@@ -148,7 +148,7 @@ def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     rows = [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
              _style(t.request), t.number_results, money(t.est_cost)] for t in tasks]
     if record is not None:
-        for row, status in zip(rows, record.statuses):
+        for row, status in zip(rows, record.statuses):  # statuses: one per task
             row.append(status.text)
     return rows
 
