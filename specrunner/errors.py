@@ -93,8 +93,9 @@ class SpecError(SpecrunnerError):
 class PlanLimitError(SpecrunnerError):
     """The plan exceeds the budget (`max_usd`) or the task cap.
 
-    `limit` names the spec setting that was exceeded ("max_tasks" or "max_usd"), `needed` and
-    `allowed` are the numbers, so callers never have to parse the message.
+    `limit` names the spec setting that was exceeded ("max_tasks" or "max_usd"; None for
+    specrunner's own matrix-product cap), `needed` and `allowed` are the numbers, so callers
+    never have to parse the message.
     """
 
     exit_code = EXIT_INVALID
