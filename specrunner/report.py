@@ -180,22 +180,9 @@ def _plan_index(plan: Any) -> tuple[dict[str, Any], dict[str, Any], tuple[str, .
 
 def _axes_from_plan(task: Any, keys: Sequence[str], fields: Mapping[str, tuple[str, ...]]
                     ) -> tuple[tuple[str, str], ...]:
-    out = []
-    for key in keys:
-        if key == "input":
-            val: Any = task.input_name
-        elif key == "prompt":
-            val = task.prompt_name
-        elif key in task.axes:
-            val = task.axes[key]
-        elif key in fields:
-            val = task.request
-            for part in fields[key]:
-                val = val.get(part) if isinstance(val, Mapping) else None
-        else:
-            val = None
-        out.append((key, text_of(val)))
-    return tuple(out)
+    from specrunner.plan import axis_value
+
+    return tuple((key, text_of(axis_value(task, key, fields))) for key in keys)
 
 
 def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
