@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from specrunner.errors import RecordError
-from specrunner.store import (Writer, op_attempt, op_result, op_state, open_store, write_atomic)
+from specrunner.store import (FileSink, Writer, op_attempt, op_result, op_state, open_store,
+                              write_atomic)
 from test_run_support import make_tasks
 
 
@@ -97,3 +98,59 @@ def test_write_atomic_replaces_without_leaving_temp_files(tmp_path: Path) -> Non
     write_atomic(tmp_path, "a/b.png", b"two")
     assert (tmp_path / "a" / "b.png").read_bytes() == b"two"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.png"]
+
+
+@pytest.mark.parametrize("use_helper", [True, False])
+def test_file_sink_places_batches_and_reports_a_bad_target_alone(tmp_path: Path,
+                                                                 use_helper: bool) -> None:
+    (tmp_path / "blocker").write_bytes(b"a file, not a folder")
+
+    async def main() -> dict[str, BaseException | None]:
+        sink = FileSink(use_helper=use_helper)
+        outcome: dict[str, BaseException | None] = {}
+
+        async def one(rel: str, data: bytes) -> None:
+            try:
+                await sink.write([(tmp_path, rel, data)])
+                outcome[rel] = None
+            except OSError as exc:
+                outcome[rel] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sink.run)
+            async with anyio.create_task_group() as inner:
+                for i in range(20):
+                    inner.start_soon(one, f"new/deep/{i}.png", b"x" * i)
+                inner.start_soon(one, "blocker/under-a-file.png", b"y")
+            await sink.close()
+        return outcome
+
+    outcome = anyio.run(main)
+    assert isinstance(outcome.pop("blocker/under-a-file.png"), OSError)
+    assert outcome == {f"new/deep/{i}.png": None for i in range(20)}
+    names = sorted(p.name for p in (tmp_path / "new" / "deep").iterdir())
+    assert names == sorted(f"{i}.png" for i in range(20))  # no temporary file left behind
+    assert (tmp_path / "new" / "deep" / "7.png").read_bytes() == b"x" * 7
+
+
+def test_file_sink_survives_its_helper_dying(tmp_path: Path) -> None:
+    async def main() -> tuple[BaseException | None, bytes]:
+        sink = FileSink()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sink.run)
+            await sink.write([(tmp_path, "first.png", b"1")])
+            assert sink._helper is not None
+            sink._helper.proc.kill()
+            sink._helper.proc.wait()
+            err: BaseException | None = None
+            try:
+                await sink.write([(tmp_path, "lost.png", b"2")])
+            except OSError as exc:
+                err = exc
+            await sink.write([(tmp_path, "again.png", b"3")])  # a fresh helper
+            await sink.close()
+        return err, (tmp_path / "again.png").read_bytes()
+
+    err, again = anyio.run(main)
+    assert isinstance(err, OSError) and again == b"3"
+    assert (tmp_path / "first.png").read_bytes() == b"1"
