@@ -69,10 +69,12 @@ class Fault(Exception):
 class DownloadError(Exception):
     """An output image could not be fetched or is not an acceptable image."""
 
-    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+    def __init__(self, code: str, message: str, *, transient: bool,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.transient = transient
+        self.status = status  # the HTTP status, when a response came back
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class RunwareClient:
                     raise DownloadError(f"http{resp.status_code}",
                                         f"download failed: HTTP {resp.status_code}",
                                         transient=resp.status_code in TRANSIENT_STATUS
-                                        or resp.status_code == 404)
+                                        or resp.status_code == 404, status=resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise DownloadError("tooLarge", f"download larger than {max_bytes} bytes",

@@ -236,7 +236,7 @@ class Executor:
         self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
         self.notify, self.backoff = notify, backoff
         self.writer = Writer(store)
-        self.files = st.FileSink()
+        self.files = st.FileSink(self.writer)
         self.limit = AdaptiveLimit(execution.concurrency, clock)
         self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)
@@ -389,6 +389,10 @@ class Executor:
         self.writer.queue((extra or []) + ops)
         job.state = new
 
+    def _queue_fault(self, job: _Job, kind: str, started: float, f: Fault) -> None:
+        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, kind, started,
+                                      self.wall(), f.status, "fault", f.code, str(f))])
+
     def _request(self, job: _Job, resolved: dict[str, str]) -> dict[str, Any]:
         req = dict(job.task.request)
         if resolved:
@@ -461,11 +465,14 @@ class Executor:
                 await self._retry_wait(job, tries - 1, retry_after)
             tries += 1
             if job.state != "sending":
-                # The UUID about to be sent is durable before the request leaves.
+                # The UUID about to be sent is durable before the request leaves (the plan's
+                # own UUID, generation 0, was recorded with the plan).
+                planned = job.generation == 0 and job.uuid == t.task_uuid
                 await self._set_state(job, "sending", attempts=job.sends + 1,
                                       task_uuid=job.uuid, generation=job.generation,
-                                      extra=[op_new_uuid(t.task_key, self.run_id, job.uuid,
-                                                         job.generation, self.wall())])
+                                      extra=None if planned else [
+                                          op_new_uuid(t.task_key, self.run_id, job.uuid,
+                                                      job.generation, self.wall())])
             job.sends += 1
             self.c.sends += 1
             if tries == 1:
@@ -582,19 +589,16 @@ class Executor:
                                                self.execution.request_timeout_s)
             except Fault as f:
                 faults += 1
-                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
-                                              started, self.wall(), f.status, "fault", f.code,
-                                              str(f))])
+                self._queue_fault(job, "poll", started, f)
                 continue
             kind, code, msg = self._classify(job, reply)
+            self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll", started,
+                                          self.wall(), reply.status, kind, code, msg)])
             if kind == "results":
                 found = self._take_items(job, reply)
                 if found is not None:
                     return found
             elif kind == "new_uuid":
-                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll",
-                                              started, self.wall(), reply.status, kind, code,
-                                              msg)])
                 return None
             elif kind == "stop":
                 raise _StopRun(f"the API refused the run: {code} ({msg})")
@@ -614,12 +618,16 @@ class Executor:
 
     async def _details(self, job: _Job) -> list[dict[str, Any]] | None:
         """Ask getTaskDetails for results the client may have lost; None if it has none."""
+        started = self.wall()
         try:
             reply = await self.client.send([{"taskType": "getTaskDetails",
                                              "taskUUID": job.uuid}],
                                            self.execution.request_timeout_s)
-        except Fault:
+        except Fault as f:
+            self._queue_fault(job, "details", started, f)
             return None
+        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "details",
+                                      started, self.wall(), reply.status, "ok")])
         found: list[dict[str, Any]] = []
 
         def walk(node: Any) -> None:
@@ -645,13 +653,17 @@ class Executor:
         same UUID, which the server answers with conflictTaskUUID if it already has it).
         """
         self.c.polls += 1
+        started = self.wall()
         try:
             reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
                                            self.execution.request_timeout_s)
-        except Fault:
+        except Fault as f:
+            self._queue_fault(job, "poll", started, f)
             reply = None
         if reply is not None:
             kind, code, msg = self._classify(job, reply)
+            self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "poll",
+                                          started, self.wall(), reply.status, kind, code, msg)])
             if kind == "results":
                 found = self._take_items(job, reply)
                 if found is not None:
@@ -693,30 +705,43 @@ class Executor:
         # Every request of this task is over: its slot goes to the next task while the files
         # and the "done" commit become durable (the budget reservation stays until then).
         self._release_slot(job)
+        ops += op_state(t.task_key, self.run_id, job.state, "done", now=self.wall(),
+                        cost=None if cost is None else str(cost),
+                        error_code=job.blocked_code if job.blocked else None,
+                        error_message=partial)
         try:
-            await self.files.write(files)  # temp + fsync + rename + fsync(dir), batched
+            # temp + fsync + rename + fsync(dir), then "done" in the batch's group commit
+            await self.files.write(files, after=ops)
         except OSError as exc:
             raise _GiveUp("received", "outputWriteFailed", "could not write an output file "
                           f"({exc.strerror or type(exc).__name__}); results recorded, resume "
                           "writes it") from None
-        await self._set_state(job, "done", extra=ops, cost=None if cost is None else str(cost),
-                              error_code=job.blocked_code if job.blocked else None,
-                              error_message=partial)
+        job.state = "done"
         return cost
 
     async def _output_bytes(self, job: _Job, item: dict[str, Any]) -> bytes:
         cap = self.execution.max_download_bytes
+        url: str | None = None
+        started = 0.0
         for attempt in range(max(3, self.execution.max_attempts)):
             if attempt:
                 await self.sleep(self.backoff.delay(attempt - 1, self.rng))
             try:
-                data = inline_output(item, cap)
-                if data is not None:
-                    return data
+                inline = inline_output(item, cap)
+                if inline is not None:
+                    return inline
                 url = item.get("imageURL")
                 if not isinstance(url, str):
                     raise _GiveUp("received", "noOutput", "result item carries no image")
-                return await self.client.download(url, cap, self.execution.request_timeout_s)
+                started = self.wall()
+                data = await self.client.download(url, cap, self.execution.request_timeout_s)
+                self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid,
+                                              "download", started, self.wall(), 200, "ok")])
+                return data
             except DownloadError as exc:
                 last = exc  # even "too large": the result is paid for, keep it re-fetchable
+                if url is not None:
+                    self.writer.queue([op_attempt(
+                        job.task.task_key, self.run_id, job.uuid, "download", started,
+                        self.wall(), exc.status, "fault", exc.code, str(exc))])
         raise _GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")

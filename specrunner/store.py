@@ -227,23 +227,29 @@ def op_state(task_key: str, run_id: int, old: str | None, new: str, *, detail: s
     sql = f"UPDATE tasks SET state=?, updated_at=?, run_id=?{', ' + sets if sets else ''} " \
           "WHERE task_key=?"
     return [(sql, (new, now, run_id, *cols.values(), task_key)),
-            ("INSERT INTO transitions (task_key, run_id, from_state, to_state, at, detail) "
-             "VALUES (?,?,?,?,?,?)", (task_key, run_id, old, new, now, detail))]
+            (_TRANSITION_SQL, (task_key, run_id, old, new, now, detail))]
+
+
+_TRANSITION_SQL = ("INSERT INTO transitions (task_key, run_id, from_state, to_state, at, detail) "
+                   "VALUES (?,?,?,?,?,?)")
+_NEW_UUID_SQL = "INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)"
+_ATTEMPT_SQL = ("INSERT INTO attempts (task_key, run_id, task_uuid, kind, started_at, ended_at, "
+                "http_status, outcome, error_code, error_message) VALUES (?,?,?,?,?,?,?,?,?,?)")
+# Pure appends that no other statement reads or updates: Writer runs each kind of them with
+# one executemany at the end of its transaction (same transaction, same order among them).
+APPEND_ONLY = frozenset({_TRANSITION_SQL, _NEW_UUID_SQL, _ATTEMPT_SQL})
 
 
 def op_new_uuid(task_key: str, run_id: int, task_uuid: str, generation: int, now: float) -> Op:
     """Remember a fresh UUID minted for a task (before it is sent)."""
-    return ("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
-            (task_uuid, task_key, generation, run_id, now))
+    return (_NEW_UUID_SQL, (task_uuid, task_key, generation, run_id, now))
 
 
 def op_attempt(task_key: str, run_id: int, task_uuid: str, kind: str, started: float,
                ended: float, http_status: int | None, outcome: str, code: str | None = None,
                message: str | None = None) -> Op:
     """Log one request made for a task (send, poll, fetch, download)."""
-    return ("INSERT INTO attempts (task_key, run_id, task_uuid, kind, started_at, ended_at, "
-            "http_status, outcome, error_code, error_message) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (task_key, run_id, task_uuid, kind, started, ended, http_status, outcome, code,
+    return (_ATTEMPT_SQL, (task_key, run_id, task_uuid, kind, started, ended, http_status, outcome, code,
              (message or "")[:500] or None))
 
 
@@ -363,20 +369,30 @@ class Writer:
         self._entries.append(entry)
         self._wake.set()
         assert entry.done is not None
-        with anyio.CancelScope(shield=True):  # a cancelled task still gets its ops committed
+        try:
             await entry.done.wait()
+        except BaseException:  # cancelled: still wait until the ops are committed, then go
+            with anyio.CancelScope(shield=True):
+                await entry.done.wait()
+            raise
         self._check()
 
     def _fill(self, entries: list[_Entry]) -> bool:
-        """Event loop: BEGIN and run every op; False if there was nothing to write."""
+        """Event loop: BEGIN and run every op (appends batched); False if nothing to write."""
         if not any(e.ops for e in entries):
             return False
         cur = self.store.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
+        appends: dict[str, list[Sequence[Any]]] = {}
         try:
             for e in entries:
                 for sql, params in e.ops:
-                    cur.execute(sql, params)
+                    if sql in APPEND_ONLY:
+                        appends.setdefault(sql, []).append(params)
+                    else:
+                        cur.execute(sql, params)
+            for sql, rows in appends.items():
+                cur.executemany(sql, rows)
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -425,7 +441,8 @@ class Writer:
 class _FileEntry:
     files: list[tuple[bytes, bytes]]  # (absolute target path, bytes)
     done: anyio.Event
-    error: OSError | None = None
+    after: Sequence[Op] = ()  # committed once every file of the entry is in place
+    error: BaseException | None = None
 
 
 # The file helper: a tiny separate Python process (stdlib only, started with -I -S) that makes
@@ -583,7 +600,8 @@ class FileSink:
     pre-send commits of new tasks never queue behind other tasks' file fsyncs.
     """
 
-    def __init__(self, *, use_helper: bool = True) -> None:
+    def __init__(self, writer: Writer | None = None, *, use_helper: bool = True) -> None:
+        self.writer = writer
         self._entries: list[_FileEntry] = []
         self._wake = anyio.Event()
         self._closed = False
@@ -593,15 +611,22 @@ class FileSink:
         self.files = 0
         self.batches = 0
 
-    async def write(self, files: Sequence[OutputFile]) -> None:
-        """Make `files` durable in place; OSError if one could not be written (the others
-        of this call may already be in place: rewriting them is harmless)."""
+    async def write(self, files: Sequence[OutputFile], after: Sequence[Op] = ()) -> None:
+        """Make `files` durable in place, then commit `after` through the writer (one group
+        commit per batch); OSError if a file could not be written (`after` is then not
+        committed; the other files of this call may already be in place: rewriting them is
+        harmless), RecordError if the commit failed."""
+        assert not after or self.writer is not None
         entry = _FileEntry([(os.fsencode(os.path.join(out_dir, rel)), bytes(data))
-                            for out_dir, rel, data in files], anyio.Event())
+                            for out_dir, rel, data in files], anyio.Event(), after)
         self._entries.append(entry)
         self._wake.set()
-        with anyio.CancelScope(shield=True):
+        try:
             await entry.done.wait()
+        except BaseException:  # cancelled: the files and ops still land; wait for them
+            with anyio.CancelScope(shield=True):
+                await entry.done.wait()
+            raise
         if entry.error is not None:
             raise entry.error
 
@@ -642,10 +667,14 @@ class FileSink:
                     try:
                         with anyio.CancelScope(shield=True):
                             await anyio.to_thread.run_sync(self._place, entries)
-                        self.batches += 1
-                    except Exception as exc:  # pragma: no cover - _place catches OSError
+                            self.batches += 1
+                            ops = [op for e in entries if e.error is None for op in e.after]
+                            if ops:
+                                assert self.writer is not None
+                                await self.writer.write(ops)
+                    except Exception as exc:  # the commit failed (_place catches OSError)
                         for e in entries:
-                            e.error = e.error or OSError(str(exc))
+                            e.error = e.error or exc
                     for e in entries:
                         e.done.set()
                 if self._closed and not self._entries:

@@ -254,3 +254,28 @@ def test_retry_of_a_failed_task_records_its_fresh_uuid_before_sending(tmp_path: 
         gen1, 1, "done")
     assert conn.execute("SELECT generation FROM task_uuids WHERE task_uuid=?", (gen1,)
                         ).fetchone() == (1,)
+
+
+def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
+        tmp_path: Path) -> None:
+    fake = Fake(polls_before_ready=2, script=lambda kind, uuid, n:
+                "truncated" if kind == "download" and n == 1 else None)
+    tasks = make_tasks(3)
+    out = run(tmp_path, fake, tasks)
+    assert out.status == "complete"
+    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
+    try:
+        rows = conn.execute("SELECT task_uuid, kind, outcome, started_at <= ended_at "
+                            "FROM attempts").fetchall()
+    finally:
+        conn.close()
+    assert all(r[3] for r in rows)
+    for t in tasks:
+        mine = [(k, o) for u, k, o, _ in rows if u == t.task_uuid]
+        sent = [k for k, u in fake.log if u == t.task_uuid]
+        assert [k for k, _ in mine].count("send") == sent.count("imageInference") == 1
+        assert [k for k, _ in mine].count("poll") == sent.count("getResponse") >= 1
+        downloads = [o for k, o in mine if k == "download"]
+        assert downloads[-1] == "ok" and len(downloads) >= 1
+    # the one truncated download per task was recorded as a failed attempt, then the retry
+    assert sorted(o for _, k, o, _ in rows if k == "download") == ["fault"] * 3 + ["ok"] * 3
