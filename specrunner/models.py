@@ -17,7 +17,11 @@ from typing import Any, Iterator
 
 import jsonschema
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+_CHECKOUT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+# A source checkout (or editable install) reads the top-level schemas/; a wheel carries the same
+# files as specrunner/_schemas (see pyproject.toml).
+SCHEMA_DIR = (_CHECKOUT_SCHEMAS if (_CHECKOUT_SCHEMAS / "spec.schema.json").is_file()
+              else Path(__file__).resolve().parent / "_schemas")
 
 
 @dataclass(frozen=True)
