@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import struct
 import subprocess
@@ -31,7 +32,7 @@ import anyio
 
 from specrunner.errors import RecordError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tasks.axes_json, input_name, prompt_name (v1 records are migrated)
 APP_ID = 0x53505243  # "SPRC": marks a specrunner record in PRAGMA application_id
 RECORD_DIR = ".specrunner"
 DB_NAME = "run.db"
@@ -45,37 +46,45 @@ STATES = frozenset({"planned"}) | FINAL_STATES | IN_DOUBT_STATES
 Op = tuple[str, Sequence[Any]]
 
 _SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs (
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
   run_id INTEGER PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT,
   exit_code INTEGER, spec_path TEXT, spec_text TEXT, spec_sha256 TEXT, git_commit TEXT,
   git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT);
-CREATE TABLE tasks (
+CREATE TABLE IF NOT EXISTS tasks (
   task_key TEXT PRIMARY KEY, idx INTEGER NOT NULL, variant_id TEXT NOT NULL,
   state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0, task_uuid TEXT NOT NULL,
   est_cost TEXT NOT NULL, cost TEXT, attempts INTEGER NOT NULL DEFAULT 0,
   error_code TEXT, error_message TEXT, request_json TEXT NOT NULL, outputs_json TEXT NOT NULL,
-  run_id INTEGER, updated_at REAL NOT NULL);
-CREATE TABLE task_uuids (
+  run_id INTEGER, updated_at REAL NOT NULL, axes_json TEXT, input_name TEXT, prompt_name TEXT);
+CREATE TABLE IF NOT EXISTS task_uuids (
   task_uuid TEXT PRIMARY KEY, task_key TEXT NOT NULL, generation INTEGER NOT NULL,
   run_id INTEGER, recorded_at REAL NOT NULL);
-CREATE TABLE transitions (
+CREATE TABLE IF NOT EXISTS transitions (
   id INTEGER PRIMARY KEY, task_key TEXT NOT NULL, run_id INTEGER, from_state TEXT,
   to_state TEXT NOT NULL, at REAL NOT NULL, detail TEXT);
-CREATE TABLE attempts (
+CREATE TABLE IF NOT EXISTS attempts (
   id INTEGER PRIMARY KEY, task_key TEXT NOT NULL, run_id INTEGER, task_uuid TEXT NOT NULL,
   kind TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL NOT NULL, http_status INTEGER,
   outcome TEXT NOT NULL, error_code TEXT, error_message TEXT);
-CREATE TABLE results (
+CREATE TABLE IF NOT EXISTS results (
   task_key TEXT NOT NULL, idx INTEGER NOT NULL, task_uuid TEXT NOT NULL, image_uuid TEXT,
   seed TEXT, cost TEXT, url TEXT, nsfw INTEGER, output_path TEXT, sha256 TEXT, bytes INTEGER,
   received_at REAL NOT NULL, PRIMARY KEY (task_key, idx));
-CREATE TABLE uploads (
+CREATE TABLE IF NOT EXISTS uploads (
   sha256 TEXT NOT NULL, inverted INTEGER NOT NULL, image_uuid TEXT NOT NULL,
   uploaded_at REAL NOT NULL, PRIMARY KEY (sha256, inverted));
-CREATE INDEX transitions_task ON transitions(task_key);
-CREATE INDEX attempts_task ON attempts(task_key);
+CREATE INDEX IF NOT EXISTS transitions_task ON transitions(task_key);
+CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_key);
 """
+_SCHEMA_STATEMENTS = [x.strip() for x in _SCHEMA.split(";") if x.strip()]
+_SCHEMA_NAMES = frozenset(re.findall(r"IF NOT EXISTS (\w+)", _SCHEMA))
+# Schema version N-1 -> N, each run in one transaction with the new user_version.
+_MIGRATIONS = {
+    1: ["ALTER TABLE tasks ADD COLUMN axes_json TEXT",
+        "ALTER TABLE tasks ADD COLUMN input_name TEXT",
+        "ALTER TABLE tasks ADD COLUMN prompt_name TEXT"],
+}
 
 
 @dataclass(frozen=True)
@@ -165,18 +174,22 @@ class Store:
         now = time.time()
         ops: list[Op] = []
         for t in tasks:
+            outputs = json.dumps(t.output_paths())
+            axes = json.dumps(dict(t.axes))  # the combination, in the plan's axis order
             ops.append((
                 "INSERT OR IGNORE INTO tasks (task_key, idx, variant_id, state, generation, "
-                "task_uuid, est_cost, request_json, outputs_json, run_id, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "task_uuid, est_cost, request_json, outputs_json, run_id, updated_at, "
+                "axes_json, input_name, prompt_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (t.task_key, t.index, t.variant_id, "planned", 0, t.task_uuid, str(t.est_cost),
-                 json.dumps(dict(t.request), sort_keys=True), json.dumps(t.output_paths()),
-                 run_id, now)))
-            ops.append(("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
-                        (t.task_uuid, t.task_key, 0, run_id, now)))
-            # Placement may change between runs (output name template): follow the plan.
-            ops.append(("UPDATE tasks SET idx=?, variant_id=?, outputs_json=? WHERE task_key=?",
-                        (t.index, t.variant_id, json.dumps(t.output_paths()), t.task_key)))
+                 json.dumps(dict(t.request), sort_keys=True), outputs, run_id, now, axes,
+                 t.input_name, t.prompt_name)))
+            ops.append((_NEW_UUID_SQL, (t.task_uuid, t.task_key, 0, run_id, now)))
+            # Placement and naming may change between runs (output name template, axes of a
+            # record made before schema 2): follow the plan.
+            ops.append(("UPDATE tasks SET idx=?, variant_id=?, outputs_json=?, axes_json=?, "
+                        "input_name=?, prompt_name=? WHERE task_key=?",
+                        (t.index, t.variant_id, outputs, axes, t.input_name, t.prompt_name,
+                         t.task_key)))
         self.apply(ops)
 
     # -- reading ----------------------------------------------------------------------------
@@ -303,22 +316,61 @@ def open_store(out_dir: Path) -> Store:
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"the run record {db} is damaged ({exc}); it was left untouched: "
                               "move it away or use another --out") from None
-        if tables == 0 and app == 0:
+        half = [] if tables == 0 and app == 0 else _half_created(conn, app, ver)
+        if half is not None:
+            # One transaction: a kill at any moment leaves either no record or a whole one.
+            # (A half-made record of an older version holds nothing: start it over.)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA application_id={APP_ID}")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("PRAGMA synchronous=FULL")
+            _transaction(conn, [f'DROP TABLE "{t}"' for t in half] + _SCHEMA_STATEMENTS
+                         + [f"PRAGMA application_id={APP_ID}",
+                            f"PRAGMA user_version={SCHEMA_VERSION}"])
+        elif app == APP_ID and 1 <= ver < SCHEMA_VERSION:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            for v in range(ver, SCHEMA_VERSION):
+                _transaction(conn, _MIGRATIONS[v] + [f"PRAGMA user_version={v + 1}"])
         elif app != APP_ID or ver != SCHEMA_VERSION:
             conn.close()
+            newer = " (made by a newer specrunner?)" if app == APP_ID and ver > SCHEMA_VERSION \
+                else ""
             raise RecordError(f"the run record {db} is not a specrunner record of schema version "
-                              f"{SCHEMA_VERSION} (found application_id={app}, version={ver}); "
-                              "it was left untouched: move it away or use another --out")
+                              f"{SCHEMA_VERSION} (found application_id={app}, version={ver})"
+                              f"{newer}; it was left untouched: move it away or use another "
+                              "--out")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     except BaseException:
         os.close(fd)
         raise
     return Store(conn, db, fd)
+
+
+def _transaction(conn: sqlite3.Connection, statements: Sequence[str]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql in statements:
+            conn.execute(sql)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _half_created(conn: sqlite3.Connection, app: int, ver: int) -> list[str] | None:
+    """The tables of a record whose creation an older specrunner (one statement at a time)
+    did not finish: version 0, no id or ours, only tables and indexes of our schema, all of
+    them empty. None if it is anything else."""
+    if ver != 0 or app not in (0, APP_ID):
+        return None
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")
+             if not r[0].startswith("sqlite_")]  # SQLite's own indexes of primary keys
+    if not names or not set(names) <= _SCHEMA_NAMES:
+        return None
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    if any(conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() for t in tables):
+        return None
+    return tables
 
 
 OutputFile = tuple[Path, str, bytes]  # (output folder, path relative to it, bytes)

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from specrunner.errors import RecordError
-from specrunner.store import (FileSink, Writer, op_attempt, op_result, op_state, open_store,
+from specrunner.store import (SCHEMA_VERSION, FileSink, Writer, op_attempt, op_result, op_state, open_store,
                               write_atomic)
 from test_run_support import make_tasks
 
@@ -21,7 +21,7 @@ def test_new_record_is_wal_full_sync_and_versioned(tmp_path: Path) -> None:
     try:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         store.close()
     reopened = open_store(tmp_path)  # reopening our own record is fine
@@ -154,3 +154,100 @@ def test_file_sink_survives_its_helper_dying(tmp_path: Path) -> None:
     err, again = anyio.run(main)
     assert isinstance(err, OSError) and again == b"3"
     assert (tmp_path / "first.png").read_bytes() == b"1"
+
+
+V1_TASKS = """CREATE TABLE tasks (
+  task_key TEXT PRIMARY KEY, idx INTEGER NOT NULL, variant_id TEXT NOT NULL,
+  state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0, task_uuid TEXT NOT NULL,
+  est_cost TEXT NOT NULL, cost TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+  error_code TEXT, error_message TEXT, request_json TEXT NOT NULL, outputs_json TEXT NOT NULL,
+  run_id INTEGER, updated_at REAL NOT NULL)"""
+
+
+def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated(tmp_path: Path) -> None:
+    import json
+
+    store = open_store(tmp_path)
+    store.close()
+    db = tmp_path / ".specrunner" / "run.db"
+    conn = sqlite3.connect(db)  # make it a schema-1 record holding one task
+    conn.executescript("DROP TABLE tasks;" + V1_TASKS + ";PRAGMA user_version=1;")
+    tasks = make_tasks(3)
+    conn.execute("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 (tasks[0].task_key, 0, tasks[0].variant_id, "done", 0, tasks[0].task_uuid,
+                  "0.08", "0.08", 1, None, None, "{}", "[]", 1, 0.0))
+    conn.commit()
+    conn.close()
+    store = open_store(tmp_path)
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        old = store.conn.execute("SELECT state, axes_json FROM tasks").fetchall()
+        assert old == [("done", None)]  # kept; its axes are unknown until it is planned again
+        store.plan_tasks(2, tasks)
+        rows = {r[0]: r[1:] for r in store.conn.execute(
+            "SELECT task_key, state, axes_json, input_name, prompt_name FROM tasks")}
+    finally:
+        store.close()
+    for t in tasks:
+        state, axes, inp, prompt = rows[t.task_key]
+        assert json.loads(axes) == dict(t.axes) and inp == t.input_name
+        assert prompt == t.prompt_name
+    assert rows[tasks[0].task_key][0] == "done"
+
+
+def test_a_record_half_created_by_an_older_version_is_completed(tmp_path: Path) -> None:
+    rec = tmp_path / ".specrunner"
+    rec.mkdir()
+    conn = sqlite3.connect(rec / "run.db")  # killed after two CREATE TABLEs, before the ids
+    conn.executescript("PRAGMA journal_mode=WAL; CREATE TABLE meta (key TEXT PRIMARY KEY, "
+                       "value TEXT NOT NULL);" + V1_TASKS + ";")
+    conn.close()
+    store = open_store(tmp_path)
+    try:
+        store.plan_tasks(1, make_tasks(2))
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert len(store.task_rows()) == 2
+    finally:
+        store.close()
+
+
+def test_a_foreign_database_with_rows_is_still_refused_untouched(tmp_path: Path) -> None:
+    rec = tmp_path / ".specrunner"
+    rec.mkdir()
+    conn = sqlite3.connect(rec / "run.db")
+    conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                       "INSERT INTO meta VALUES ('a', 'b');")
+    conn.close()
+    before = (rec / "run.db").read_bytes()
+    with pytest.raises(RecordError, match="schema version"):
+        open_store(tmp_path)
+    assert (rec / "run.db").read_bytes() == before
+
+
+def test_a_kill_at_any_moment_of_record_creation_leaves_a_usable_folder(tmp_path: Path) -> None:
+    """SIGKILL a process creating a record after random delays; the next open must work."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = ("import sys; from pathlib import Path; from specrunner.store import open_store\n"
+             "sys.stdin.readline()\n"
+             "for i in range(1000):\n"
+             "    open_store(Path(sys.argv[1]) / str(i)).close()\n")
+    rng = random.Random(5)
+    root = Path(__file__).resolve().parent.parent
+    for n in range(12):
+        out = tmp_path / f"k{n}"
+        proc = subprocess.Popen([sys.executable, "-c", child, str(out)], stdin=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        time.sleep(rng.uniform(0.05, 0.4))  # lands somewhere in a stream of creations
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        made = sorted(out.iterdir()) if out.exists() else []
+        for folder in made:  # the one being created when the kill landed is among them
+            open_store(folder).close()
