@@ -27,9 +27,12 @@ def main() -> None:
     os.environ.setdefault("RUNWARE_API_KEY", "bench-kill-local-key")
     fig = kill_and_resume(Path(tempfile.mkdtemp(prefix="bench-kill-")), args.kills, args.repeat,
                           args.seed)
+    if fig["exit"] != 0:
+        print(f"final run failed (exit {fig['exit']}): {fig['stderr']}")
+        raise SystemExit(1)
     a = fig["audit"]
     print(f"tasks={fig['tasks']} killed={fig['killed']} (mid-run {fig['killed_mid_run']}) "
-          f"final exit={fig['exit']} done={a.done} lost={a.lost} billed_twice={a.billed_twice} "
+          f"final exit={fig['exit']} after {fig['resumes']} resume(s) done={a.done} lost={a.lost} billed_twice={a.billed_twice} "
           f"unknown_charges={a.unknown_charges} duplicate UUIDs refused="
           f"{fig['duplicates_refused']}")
 
