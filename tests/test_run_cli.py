@@ -89,6 +89,7 @@ def test_local_run_then_resume_makes_zero_calls(tmp_path, server) -> None:
     outdir = tmp_path / "o"
     code, out, _ = call(str(spec), "--local", "--out", str(outdir))
     assert code == 0, out
+    assert out.splitlines()[-1] == f"report: specrunner report {outdir.resolve()}"
     files = sorted(p.name for p in outdir.iterdir() if p.is_file())
     assert files == ["DESIGN-r2.png", "DESIGN-r3.png", "DESIGN.png", "REALISTIC-r2.png",
                      "REALISTIC-r3.png", "REALISTIC.png"]

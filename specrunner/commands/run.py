@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -174,6 +175,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if outcome.message:
         print(outcome.message, file=err)
     print(f"record: {out_dir / '.specrunner' / 'run.db'}", file=out)
+    print(f"report: specrunner report {shlex.quote(str(out_dir))}", file=out)
     return code
 
 
