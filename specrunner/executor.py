@@ -219,6 +219,7 @@ class _Job:
     blocked_code: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     token: object | None = None  # its slot of the concurrency limit, while it holds one
+    precommitted: bool = False  # "sending" recorded by the dispatcher: fresh, not in doubt
 
 
 class Executor:
@@ -290,9 +291,7 @@ class Executor:
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:
-                        for job in todo:
-                            if not await self._dispatch(job, work):
-                                break
+                        await self._dispatch_all(todo, work)
             finally:
                 await self.files.close()
                 await self.writer.close()
@@ -310,9 +309,39 @@ class Executor:
             return RunOutcome("failed", c)
         return RunOutcome("complete", c)
 
-    async def _dispatch(self, job: _Job, work: anyio.abc.TaskGroup) -> bool:
-        token = object()
-        await self.limit.limiter.acquire_on_behalf_of(token)
+    async def _dispatch_all(self, todo: list[_Job], work: anyio.abc.TaskGroup) -> None:
+        """Admit tasks as slots free up, in batches: every task a free slot and the budget
+        admit at once joins the batch; the batch's fresh tasks are moved to "sending" in ONE
+        durable commit (each UUID durable before its send), then all of them start."""
+        i, n = 0, len(todo)
+        while i < n:
+            token = object()
+            await self.limit.limiter.acquire_on_behalf_of(token)
+            if not self._admit(todo[i], token):
+                return
+            batch = [todo[i]]
+            i += 1
+            stop = False
+            while i < n and len(batch) < 256:
+                token = object()
+                try:
+                    self.limit.limiter.acquire_on_behalf_of_nowait(token)
+                except anyio.WouldBlock:
+                    break
+                if not self._admit(todo[i], token):
+                    stop = True
+                    break
+                batch.append(todo[i])
+                i += 1
+            await self._precommit(batch)
+            for job in batch:
+                work.start_soon(self._worker, job)
+            if stop:
+                return
+
+    def _admit(self, job: _Job, token: object) -> bool:
+        """Reserve the task's estimated cost on its slot `token`; False (slot given back)
+        when draining or when the budget cannot take it."""
         if self._draining:
             self.limit.limiter.release_on_behalf_of(token)
             return False
@@ -324,8 +353,24 @@ class Executor:
         self.c.reserved += est
         self.c.in_flight += 1
         job.token = token
-        work.start_soon(self._worker, job)
         return True
+
+    async def _precommit(self, batch: list[_Job]) -> None:
+        """Record "sending" for the batch's fresh tasks (planned, the plan's own UUID, no
+        recorded results, no local inputs to resolve first) in one group commit."""
+        fresh = [j for j in batch if j.state == "planned" and j.generation == 0
+                 and j.uuid == j.task.task_uuid and not j.task.local_inputs
+                 and j.task.task_key not in self._recorded]
+        if not fresh:
+            return
+        now = self.wall()
+        ops: list[st.Op] = []
+        for j in fresh:
+            ops += op_state(j.task.task_key, self.run_id, j.state, "sending", now=now,
+                            attempts=1, task_uuid=j.uuid, generation=0)
+        await self.writer.write(ops)
+        for j in fresh:
+            j.state, j.precommitted = "sending", True
 
     def _release_slot(self, job: _Job) -> None:
         """Give back the task's concurrency slot (once): its requests are over."""
@@ -408,7 +453,7 @@ class Executor:
                 return await self._finish(job, recorded)
             except _GiveUp:
                 pass  # the URLs expired or fail: ask the server again below
-        if job.state in st.IN_DOUBT_STATES:
+        if job.state in st.IN_DOUBT_STATES and not job.precommitted:
             items = await self._reconcile(job)
             if items is not None:
                 return await self._finish(job, items)

@@ -279,3 +279,32 @@ def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
         assert downloads[-1] == "ok" and len(downloads) >= 1
     # the one truncated download per task was recorded as a failed attempt, then the retry
     assert sorted(o for _, k, o, _ in rows if k == "download") == ["fault"] * 3 + ["ok"] * 3
+
+
+def test_every_send_finds_its_uuid_and_sending_state_already_durable(tmp_path: Path) -> None:
+    """Read by another connection at the moment each imageInference request arrives (the
+    dispatcher records a whole batch of fresh tasks in one commit before starting them)."""
+    db = tmp_path / ".specrunner" / "run.db"
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def check(kind: str, uuid: str, n: int) -> str | None:
+        if kind == "imageInference":
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                owner = conn.execute("SELECT task_key FROM task_uuids WHERE task_uuid=?",
+                                     (uuid,)).fetchone()
+                state = conn.execute("SELECT state FROM tasks WHERE task_uuid=?",
+                                     (uuid,)).fetchone()
+            finally:
+                conn.close()
+            seen.append((uuid, owner and owner[0], state and state[0]))
+            if n == 1 and len(seen) % 7 == 0:
+                return "provider"  # some fresh generations too, recorded by the send loop
+        return None
+
+    tasks = make_tasks(40)
+    out = run(tmp_path, Fake(script=check), tasks, concurrency=8)
+    assert out.status == "complete"
+    keys = {t.task_key for t in tasks}
+    assert len(seen) >= 40 and all(owner in keys and state == "sending"
+                                   for _, owner, state in seen), seen
