@@ -13,6 +13,8 @@ httpx.ASGITransport.
    plain httpx + anyio loop sending exactly the same requests with nothing else, interleaved
    for `--rounds` rounds in one process; the median of each and of the ratio. The server
    alone (the same ASGI calls without httpx or any client) is measured too: it bounds both.
+   The record alone (the same statements and waits per task, no HTTP, no files) is
+   measured too: it bounds what the durable record costs the runner.
 2. fixed latency L on every POST /v1, unlimited capacity: makespan vs the ideal
    ceil(N / concurrency) x L. Default L = 0.5 s: real ideogram:3@3 edits take seconds, so
    half a second is already a pessimistic (fast) server for the runner's overhead.
@@ -152,6 +154,63 @@ def run_server_only(tasks, concurrency: int) -> float:
     return anyio.run(main)
 
 
+def run_record_only(tasks, concurrency: int) -> tuple[float, float]:
+    """The record alone: per task the statements and waits a sync run makes ("sending" in a
+    batch commit, attempt + results + received queued, download attempt queued, output +
+    done waited), `concurrency` tasks at once, no HTTP, no files. (seconds, loop CPU s)."""
+    from specrunner import store as st
+
+    out = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    store = open_store(out)
+    store.plan_tasks(1, tasks)
+
+    async def main() -> tuple[float, float]:
+        w = st.Writer(store)
+        lim = anyio.CapacityLimiter(concurrency)
+
+        async def rest(t, token) -> None:
+            w.queue([st.op_attempt(t.task_key, 1, t.task_uuid, "send", 1.0, 2.0, 200, "results")])
+            w.queue([st.op_result(t.task_key, 0, {"taskUUID": t.task_uuid, "imageUUID": "x",
+                                                  "seed": 1, "cost": 0.08}, 2.0)]
+                    + st.op_state(t.task_key, 1, "sending", "received", now=2.0))
+            w.queue([st.op_attempt(t.task_key, 1, t.task_uuid, "download", 2.0, 2.5, 200, "ok")])
+            lim.release_on_behalf_of(token)
+            await w.write([st.op_output(t.task_key, 0, "a.png", "0" * 64, 10)]
+                          + st.op_state(t.task_key, 1, "received", "done", now=3.0, cost="0.08"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            c0, t0 = time.thread_time(), time.perf_counter()
+            async with anyio.create_task_group() as g:
+                i = 0
+                while i < len(tasks):
+                    token = object()
+                    await lim.acquire_on_behalf_of(token)
+                    batch = [(tasks[i], token)]
+                    i += 1
+                    while i < len(tasks):
+                        token = object()
+                        try:
+                            lim.acquire_on_behalf_of_nowait(token)
+                        except anyio.WouldBlock:
+                            break
+                        batch.append((tasks[i], token))
+                        i += 1
+                    await w.write([op for t, _ in batch for op in st.op_state(
+                        t.task_key, 1, "planned", "sending", now=1.0, attempts=1,
+                        task_uuid=t.task_uuid, generation=0)])
+                    for t, token in batch:
+                        g.start_soon(rest, t, token)
+            took, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            await w.close()
+        return took, cpu
+
+    try:
+        return anyio.run(main)
+    finally:
+        store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=5000)
@@ -178,6 +237,11 @@ def main() -> None:
     print(f"  specrunner executor:       {med(ours):8.0f} tasks/s")
     print(f"  ratio specrunner/plain:    {med(ratios):.2f} (rounds: "
           f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    rec = [run_record_only(make_tasks(n, delivery="sync", prompt=f"rec{r}"), c)
+           for r in range(args.rounds)]
+    took, cpu = med(x[0] for x in rec), med(x[1] for x in rec)
+    print(f"  the record alone (same statements and waits, no HTTP, no files): "
+          f"{n / took:.0f} tasks/s, {1e6 * cpu / n:.0f} us of loop CPU per task")
 
     n, lat = args.tasks, args.latency
     ideal = math.ceil(n / c) * lat
