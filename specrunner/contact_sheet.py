@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import html
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +28,6 @@ from specrunner.errors import UsageError
 from specrunner.report import InputRef, Summary, TaskInfo, usd
 
 THUMB_DIR = "thumbs"
-THUMB_WORKERS = min(4, (os.cpu_count() or 1) + 1)  # decoding and file I/O release the GIL
 OVERLAY_RGB = (255, 40, 90)
 OVERLAY_ALPHA = 0.55
 
@@ -67,66 +64,29 @@ def grid_axes(summary: Summary, rows: str | None, cols: str | None
 
 
 class Thumbs:
-    """Makes thumbnails under `folder`, once per (content key, size).
-
-    `prepare` makes every missing one of a batch on a small thread pool (Pillow's decoders,
-    resizers and encoders, and file I/O, run outside the GIL); `get` then names them.
-    """
+    """Makes thumbnails under `folder`, once per (content key, size)."""
 
     def __init__(self, folder: Path, size: int) -> None:
         self.folder, self.size = folder, size
         self.made = self.cached = 0
-        self._ready: dict[str, str | None] = {}
-        self._fresh: set[str] = set()  # made by this report and not used yet
         folder.mkdir(parents=True, exist_ok=True)
 
-    def _name(self, key: str) -> str:
-        return hashlib.sha256(f"{key}\0{self.size}".encode()).hexdigest()[:32] + ".png"
-
-    def _make(self, key: str, draw: Callable[[], Image.Image]) -> str | None:
-        name = self._name(key)
+    def get(self, key: str, draw: Callable[[], Image.Image]) -> str | None:
+        """The file name of the thumbnail for `key` (drawn by `draw` if not cached)."""
+        name = hashlib.sha256(f"{key}\0{self.size}".encode()).hexdigest()[:32] + ".png"
         target = self.folder / name
+        if target.exists():
+            self.cached += 1
+            return name
         try:
             im = draw()
         except (OSError, ValueError, Image.DecompressionBombError):
             return None
         im.thumbnail((self.size, self.size))
-        tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        im.save(tmp, "PNG", compress_level=1)
+        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+        im.save(tmp, "PNG")
         os.replace(tmp, target)
-        return name
-
-    def prepare(self, jobs: dict[str, Callable[[], Image.Image]]) -> None:
-        """Make the thumbnails of `jobs` (key -> draw) that are not cached yet."""
-        present = set(os.listdir(self.folder))
-        missing = []
-        for key, draw in jobs.items():
-            if key in self._ready:
-                continue
-            name = self._name(key)
-            if name in present:
-                self._ready[key] = name
-            else:
-                missing.append((key, draw))
-        if not missing:
-            return
-        with ThreadPoolExecutor(max_workers=THUMB_WORKERS) as pool:
-            names = pool.map(lambda job: self._make(*job), missing)
-            for (key, _draw), name in zip(missing, names):
-                self._ready[key] = name
-                if name is not None:
-                    self.made += 1
-                    self._fresh.add(key)
-
-    def get(self, key: str, draw: Callable[[], Image.Image]) -> str | None:
-        """The file name of the thumbnail for `key` (drawn by `draw` if not made yet)."""
-        if key not in self._ready:
-            self.prepare({key: draw})
-        name = self._ready[key]
-        if key in self._fresh:
-            self._fresh.discard(key)  # its first use is the one it was made for
-        elif name is not None:
-            self.cached += 1
+        self.made += 1
         return name
 
 
@@ -167,43 +127,33 @@ def _figure(label: str, thumb: str | None, href: str | None, text: str | None = 
     return f'<figure class="{kind}">{body}<figcaption>{_e(label)}</figcaption></figure>'
 
 
-def _sources(t: TaskInfo, run_dir: Path
-             ) -> list[tuple[str, str, str | None, str | None, Callable[[], Image.Image] | None,
-                             Path | None]]:
-    """The figures of a card: (kind, label, thumbnail key, text, draw, link target)."""
+def _card(t: TaskInfo, run_dir: Path, dest: Path, thumbs: Thumbs) -> str:
     seed = next((i for i in t.inputs if i.field == "seedImage"), None)
     mask = next((i for i in t.inputs if i.field == "maskImage"), None)
-    out: list = []
+    figs = []
     if seed is not None:
         if seed.kind == "file":
-            out.append(("input", "seed", f"seed:{seed.sha256 or seed.value}", None,
-                        lambda: _open_rgb(Path(seed.value)), Path(seed.value)))
+            figs.append(_figure("seed", thumbs.get(f"seed:{seed.sha256 or seed.value}",
+                                                   lambda: _open_rgb(Path(seed.value))),
+                                _href(Path(seed.value), dest)))
         else:
-            out.append(("input", "seed", None, seed.value, None, None))
+            figs.append(_figure("seed", None, None, seed.value))
     if seed is not None and mask is not None:
         if seed.kind == "file" and mask.kind == "file":
-            out.append(("input", "mask", f"overlay:{seed.sha256}:{mask.sha256}:{mask.polarity}",
-                        None, lambda: _overlay(seed, mask), Path(mask.value)))
+            key = f"overlay:{seed.sha256}:{mask.sha256}:{mask.polarity}"
+            figs.append(_figure("mask", thumbs.get(key, lambda: _overlay(seed, mask)),
+                                _href(Path(mask.value), dest)))
         else:
-            out.append(("input", "mask", None, mask.value, None, None))
+            figs.append(_figure("mask", None, None, mask.value))
     for img in t.images:
-        label = f"result {img.index + 1}" if t.number_results > 1 else "result"
         if img.path is None:
-            out.append(("input", f"result {img.index + 1}", None, "not downloaded yet", None,
-                        None))
+            figs.append(_figure(f"result {img.index + 1}", None, None, "not downloaded yet"))
             continue
         full = run_dir / img.path
-        out.append(("result", label, f"result:{img.sha256 or full}", None,
-                    lambda full=full: _open_rgb(full), full))
-    return out
-
-
-def _card(t: TaskInfo, run_dir: Path, dest: Path, thumbs: Thumbs) -> str:
-    figs = []
-    for kind, label, key, text, draw, target in _sources(t, run_dir):
-        thumb = thumbs.get(key, draw) if key is not None and draw is not None else None
-        href = _href(target, dest) if target is not None else None
-        figs.append(_figure(label, thumb, href, text, kind=kind))
+        key = f"result:{img.sha256 or full}"
+        figs.append(_figure(f"result {img.index + 1}" if t.number_results > 1 else "result",
+                            thumbs.get(key, lambda full=full: _open_rgb(full)),
+                            _href(full, dest), kind="result"))
     cost = usd(t.cost) if t.cost is not None else None
     price = f"${cost}" if cost else f"est. ${usd(t.est_cost)}"
     error = ""
@@ -267,8 +217,6 @@ def build(summary: Summary, run_dir: Path, dest: Path, *, rows: str | None = Non
     tasks = summary.data.tasks
     row_vals = list(dict.fromkeys(t.axis(rows) if rows else "" for t in tasks))
     col_vals = list(dict.fromkeys(t.axis(cols) if cols else "" for t in tasks))
-    thumbs.prepare({key: draw for t in tasks for _k, _l, key, _t, draw, _p in _sources(t, run_dir)
-                    if key is not None and draw is not None})
     slots: dict[tuple[str, str], list[str]] = {}
     for t in tasks:
         key = (t.axis(rows) if rows else "", t.axis(cols) if cols else "")
