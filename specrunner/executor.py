@@ -617,7 +617,6 @@ class Executor:
 
     async def _poll(self, job: _Job) -> list[dict[str, Any]] | None:
         """Poll getResponse until every result is in; None if the provider failed the UUID."""
-        t = job.task
         interval = self.execution.poll_interval_s
         faults = 0
         empty = 0
@@ -627,18 +626,11 @@ class Executor:
                 return found
             await self.sleep(interval)
             interval = min(interval * 1.5, self.execution.poll_max_interval_s)
-            self.c.polls += 1
-            started = self.wall()
-            try:
-                reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
-                                               self.execution.request_timeout_s)
-            except Fault as f:
+            answer = await self._get_response(job)
+            if answer is None:
                 faults += 1
-                self._queue_fault(job, "poll", started, f)
                 continue
-            kind, code, msg = self._classify(job, reply)
-            self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "poll", started,
-                                          self.wall(), reply.status, kind, code, msg)])
+            reply, kind, code, msg = answer
             if kind == "results":
                 found = self._take_items(job, reply)
                 if found is not None:
@@ -691,12 +683,8 @@ class Executor:
             job.results.setdefault(item["imageUUID"], item)
         return self._complete(job)
 
-    async def _reconcile(self, job: _Job) -> list[dict[str, Any]] | None:
-        """A task left in doubt by an earlier run: fetch what the server has before re-sending.
-
-        Returns the results if the server has them; otherwise None (the caller re-sends the
-        same UUID, which the server answers with conflictTaskUUID if it already has it).
-        """
+    async def _get_response(self, job: _Job) -> tuple[Reply, str, str | None, str | None] | None:
+        """One getResponse for `job`, recorded as a poll attempt; None after a transient fault."""
         self.c.polls += 1
         started = self.wall()
         try:
@@ -704,11 +692,21 @@ class Executor:
                                            self.execution.request_timeout_s)
         except Fault as f:
             self._queue_fault(job, "poll", started, f)
-            reply = None
-        if reply is not None:
-            kind, code, msg = self._classify(job, reply)
-            self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "poll",
-                                          started, self.wall(), reply.status, kind, code, msg)])
+            return None
+        kind, code, msg = self._classify(job, reply)
+        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "poll", started,
+                                      self.wall(), reply.status, kind, code, msg)])
+        return reply, kind, code, msg
+
+    async def _reconcile(self, job: _Job) -> list[dict[str, Any]] | None:
+        """A task left in doubt by an earlier run: fetch what the server has before re-sending.
+
+        Returns the results if the server has them; otherwise None (the caller re-sends the
+        same UUID, which the server answers with conflictTaskUUID if it already has it).
+        """
+        answer = await self._get_response(job)
+        if answer is not None:
+            reply, kind, code, msg = answer
             if kind == "results":
                 found = self._take_items(job, reply)
                 if found is not None:
