@@ -100,20 +100,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return spec, build_plan(spec)
 
 
-def _recorded_states(out_dir: Path) -> dict[str, str]:
-    db = out_dir / ".specrunner" / "run.db"
-    if not db.exists():
-        return {}
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return dict(conn.execute("SELECT task_key, state FROM tasks"))
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return {}
-
-
 def _local_app(faults: Any) -> Any:
     from specrunner import local
 
@@ -141,12 +127,16 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out_dir = Path(args.out).resolve() if args.out else spec.output.dir
     tasks = list(plan.tasks)
     if args.dry_run:
-        states = _recorded_states(out_dir)
-        todo = [t for t in tasks if states.get(t.task_key) != "done"]
-        cost = sum((t.est_cost for t in todo), Decimal(0))
-        print(f"dry run: {len(tasks)} tasks planned, {len(tasks) - len(todo)} already done, "
-              f"{len(todo)} would run, estimated ${cost:.2f} of ${spec.budget.max_usd:.2f}; "
-              "nothing sent", file=out)
+        from specrunner import plan_status
+        from specrunner.explain import money
+        from specrunner.report import record_path
+
+        if record_path(out_dir).exists():  # why each task would run: the one definition
+            what = plan_status.compare(plan, out_dir).summary()
+        else:
+            what = f"{len(tasks):,} would run (est. {money(plan.total_cost)})"
+        print(f"dry run: {len(tasks):,} tasks planned; {what}; budget "
+              f"{money(spec.budget.max_usd)}; nothing sent", file=out)
         return EXIT_OK
     from specrunner.store import open_store
 
