@@ -382,7 +382,52 @@ class _Entry:
     done: anyio.Event | None  # None: queued, nobody waits
 
 
-class Writer:
+class _BatchLoop:
+    """A queue drained in batches by one background loop (`run()`), flushed by `close()`.
+
+    Subclasses turn one batch into work in `_handle` and release what they hold in `_stop`.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[Any] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self._stopped = anyio.Event()
+
+    def _submit(self, entry: Any) -> None:
+        self._entries.append(entry)
+        self._wake.set()
+
+    async def _handle(self, entries: list[Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Release what the loop holds (called once, when it ends)."""
+
+    async def run(self) -> None:
+        """The loop; returns after `close()` once everything queued has been handled."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                entries, self._entries = self._entries, []
+                if entries:
+                    await self._handle(entries)
+                if self._closed and not self._entries:
+                    return
+        finally:
+            self._stop()
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Handle what is pending and stop the loop."""
+        self._closed = True
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+
+class Writer(_BatchLoop):
     """Group commit of record changes: many tasks' ops in one transaction (one fsync).
 
     `write()` returns once the ops are durable; `queue()` adds ops without waiting: they are
@@ -395,12 +440,9 @@ class Writer:
     """
 
     def __init__(self, store: Store) -> None:
+        super().__init__()
         self.store = store
-        self._entries: list[_Entry] = []
-        self._wake = anyio.Event()
-        self._closed = False
         self._error: BaseException | None = None
-        self._stopped = anyio.Event()
         self.commits = 0
 
     def _check(self) -> None:
@@ -410,16 +452,14 @@ class Writer:
     def queue(self, ops: Sequence[Op]) -> None:
         """Add `ops` to the next commit without waiting for it."""
         self._check()
-        self._entries.append(_Entry(ops, None))
-        self._wake.set()
+        self._submit(_Entry(ops, None))
 
     async def write(self, ops: Sequence[Op]) -> None:
         """Commit `ops` (and everything queued before them); return once durable.
         RecordError if the record could not be written."""
         self._check()
         entry = _Entry(ops, anyio.Event())
-        self._entries.append(entry)
-        self._wake.set()
+        self._submit(entry)
         assert entry.done is not None
         try:
             await entry.done.wait()
@@ -458,35 +498,19 @@ class Writer:
                 self.store.conn.execute("ROLLBACK")
             raise
 
-    async def run(self) -> None:
-        """The commit loop; returns after `close()` once everything queued is committed."""
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                entries, self._entries = self._entries, []
-                if entries and self._error is None:
-                    try:
-                        with anyio.CancelScope(shield=True):
-                            if self._fill(entries):
-                                await anyio.to_thread.run_sync(self._commit)
-                                self.commits += 1
-                    except Exception as exc:  # keep the loop alive; writers see the error
-                        self._error = exc
-                for e in entries:
-                    if e.done is not None:
-                        e.done.set()
-                if self._closed and not self._entries:
-                    return
-        finally:
-            self._stopped.set()
-
-    async def close(self) -> None:
-        """Flush queued ops and stop the loop."""
-        self._closed = True
-        self._wake.set()
-        with anyio.CancelScope(shield=True):
-            await self._stopped.wait()
+    async def _handle(self, entries: list[_Entry]) -> None:
+        """Commit one batch; waiters are released even when the commit failed."""
+        if self._error is None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    if self._fill(entries):
+                        await anyio.to_thread.run_sync(self._commit)
+                        self.commits += 1
+            except Exception as exc:  # keep the loop alive; writers see the error
+                self._error = exc
+        for e in entries:
+            if e.done is not None:
+                e.done.set()
 
 
 @dataclass
@@ -641,7 +665,7 @@ class _Helper:
             self.proc.stdout.close()
 
 
-class FileSink:
+class FileSink(_BatchLoop):
     """Output files made durable in batches: write() returns once its files are in place.
 
     Every file is written under a temporary name beside its target, fsynced, closed and
@@ -653,11 +677,8 @@ class FileSink:
     """
 
     def __init__(self, writer: Writer | None = None, *, use_helper: bool = True) -> None:
+        super().__init__()
         self.writer = writer
-        self._entries: list[_FileEntry] = []
-        self._wake = anyio.Event()
-        self._closed = False
-        self._stopped = anyio.Event()
         self._use_helper = use_helper
         self._helper: _Helper | None = None
         self.files = 0
@@ -671,8 +692,7 @@ class FileSink:
         assert not after or self.writer is not None
         entry = _FileEntry([(os.fsencode(os.path.join(out_dir, rel)), bytes(data))
                             for out_dir, rel, data in files], anyio.Event(), after)
-        self._entries.append(entry)
-        self._wake.set()
+        self._submit(entry)
         try:
             await entry.done.wait()
         except BaseException:  # cancelled: the files and ops still land; wait for them
@@ -708,41 +728,26 @@ class FileSink:
                 i += 1
         self.files += sum(len(e.files) for e in entries if e.error is None)
 
-    async def run(self) -> None:
-        """The batching loop; returns after `close()` once everything pending is placed."""
+    async def _handle(self, entries: list[_FileEntry]) -> None:
+        """Place one batch's files, then commit their `after` ops in one group commit."""
         try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                entries, self._entries = self._entries, []
-                if entries:
-                    try:
-                        with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(self._place, entries)
-                            self.batches += 1
-                            ops = [op for e in entries if e.error is None for op in e.after]
-                            if ops:
-                                assert self.writer is not None
-                                await self.writer.write(ops)
-                    except Exception as exc:  # the commit failed (_place catches OSError)
-                        for e in entries:
-                            e.error = e.error or exc
-                    for e in entries:
-                        e.done.set()
-                if self._closed and not self._entries:
-                    return
-        finally:
-            if self._helper is not None:
-                self._helper.stop()
-                self._helper = None
-            self._stopped.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._place, entries)
+                self.batches += 1
+                ops = [op for e in entries if e.error is None for op in e.after]
+                if ops:
+                    assert self.writer is not None
+                    await self.writer.write(ops)
+        except Exception as exc:  # the commit failed (_place catches OSError)
+            for e in entries:
+                e.error = e.error or exc
+        for e in entries:
+            e.done.set()
 
-    async def close(self) -> None:
-        """Place what is pending and stop the loop."""
-        self._closed = True
-        self._wake.set()
-        with anyio.CancelScope(shield=True):
-            await self._stopped.wait()
+    def _stop(self) -> None:
+        if self._helper is not None:
+            self._helper.stop()
+            self._helper = None
 
 
 def _place_here(files: list[tuple[bytes, bytes]]) -> list[OSError | None]:
