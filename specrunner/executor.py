@@ -9,6 +9,7 @@ before re-sending the same UUID. Expected per-task failures are records, not exc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps
 
 from specrunner import runware, store as st
 from specrunner.campaign import Execution, LocalImage, Task
+from specrunner.errors import RecordError
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, Reply,
                                RetryBudget, RunwareClient, Sleep, category, check_image, data_uri,
                                default_sleep, errors_for, inline_output, items_for)
@@ -219,7 +221,85 @@ class _Job:
     blocked_code: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     token: object | None = None  # its slot of the concurrency limit, while it holds one
-    precommitted: bool = False  # "sending" recorded by the dispatcher: fresh, not in doubt
+    precommitted: bool = False  # "sending" recorded ahead by the send window: not in doubt
+    window: int = -1  # which chunk of the send window records its "sending" (-1: none)
+    started: bool = False  # its worker was started in this run
+
+
+class _SendWindow:
+    """ "sending" recorded ahead of dispatch, a chunk of fresh tasks at a time.
+
+    A fresh task (planned, the plan's own UUID, no recorded results, no local inputs) needs
+    its "sending" durable before its request leaves. Instead of one commit per dispatch batch
+    on the dispatcher's path (every freed slot then idles for a commit), chunks of `size`
+    fresh tasks, in dispatch order, are committed in the background: chunk k+1 while chunk k
+    is being dispatched. The dispatcher waits only when it overtakes the record. A task
+    recorded but never started (a crash) is in doubt on resume and reconciled like any
+    other; after a clean stop (Ctrl-C, budget, a stopping error) `release()` moves those
+    back to planned.
+    """
+
+    def __init__(self, ex: "Executor", todo: list["_Job"], size: int,
+                 tg: anyio.abc.TaskGroup) -> None:
+        self.ex, self.tg = ex, tg
+        fresh = [j for j in todo if j.state == "planned" and j.generation == 0
+                 and j.uuid == j.task.task_uuid and not j.task.local_inputs
+                 and j.task.task_key not in ex._recorded]
+        self.chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
+        for k, chunk in enumerate(self.chunks):
+            for j in chunk:
+                j.window = k
+        self.done = [anyio.Event() for _ in self.chunks]
+        self.errors: list[BaseException | None] = [None] * len(self.chunks)
+        self.started = 0  # chunks whose commit was started
+
+    async def ready(self, job: "_Job") -> None:
+        """Return once `job`'s "sending" is durable (at once if it is not in the window);
+        start recording the next chunk ahead. RecordError if its chunk could not be written."""
+        k = job.window
+        if k < 0:
+            return
+        while self.started <= min(k + 1, len(self.chunks) - 1):
+            self.tg.start_soon(self._commit, self.started)
+            self.started += 1
+        if not self.done[k].is_set():
+            await self.done[k].wait()
+        if self.errors[k] is not None:
+            raise self.errors[k]  # type: ignore[misc]
+
+    async def _commit(self, k: int) -> None:
+        ex = self.ex
+        now = ex.wall()
+        ops: list[st.Op] = []
+        for j in self.chunks[k]:
+            ops += op_state(j.task.task_key, ex.run_id, "planned", "sending", now=now,
+                            attempts=1, task_uuid=j.uuid, generation=0)
+        try:
+            await ex.writer.write(ops)
+        except RecordError as exc:
+            self.errors[k] = exc
+        else:
+            for j in self.chunks[k]:
+                j.state, j.precommitted = "sending", True
+        finally:
+            self.done[k].set()
+
+    async def release(self) -> None:
+        """Back to planned: every task recorded "sending" ahead whose worker never started."""
+        for k in range(self.started):
+            await self.done[k].wait()
+        back = [j for chunk in self.chunks[:self.started] for j in chunk
+                if j.precommitted and not j.started]
+        if not back:
+            return
+        now = self.ex.wall()
+        ops: list[st.Op] = []
+        for j in back:
+            ops += op_state(j.task.task_key, self.ex.run_id, "sending", "planned", now=now,
+                            detail="not sent", attempts=0)
+        await self.ex.writer.write(ops)
+        for j in back:
+            j.state, j.precommitted = "planned", False
 
 
 class Executor:
@@ -288,11 +368,14 @@ class Executor:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.writer.run)
             outer.start_soon(self.files.run)
+            window = _SendWindow(self, todo, max(32, 2 * self.execution.concurrency), outer)
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:
-                        await self._dispatch_all(todo, work)
+                        await self._dispatch_all(todo, work, window)
             finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(RecordError):
+                    await window.release()  # unsent tasks are not in doubt: planned again
                 await self.files.close()
                 await self.writer.close()
         return self._outcome()
@@ -309,35 +392,22 @@ class Executor:
             return RunOutcome("failed", c)
         return RunOutcome("complete", c)
 
-    async def _dispatch_all(self, todo: list[_Job], work: anyio.abc.TaskGroup) -> None:
-        """Admit tasks as slots free up, in batches: every task a free slot and the budget
-        admit at once joins the batch; the batch's fresh tasks are moved to "sending" in ONE
-        durable commit (each UUID durable before its send), then all of them start."""
-        i, n = 0, len(todo)
-        while i < n:
+    async def _dispatch_all(self, todo: list[_Job], work: anyio.abc.TaskGroup,
+                            window: _SendWindow) -> None:
+        """Start each task once a slot is free, the budget takes it and the send window has
+        its "sending" durable; stop at the first task refused (draining or budget)."""
+        limiter = self.limit.limiter
+        for job in todo:
             token = object()
-            await self.limit.limiter.acquire_on_behalf_of(token)
-            if not self._admit(todo[i], token):
+            try:  # no checkpoint while slots are free: a checkpoint is a loop pass
+                limiter.acquire_on_behalf_of_nowait(token)
+            except anyio.WouldBlock:
+                await limiter.acquire_on_behalf_of(token)
+            if not self._admit(job, token):
                 return
-            batch = [todo[i]]
-            i += 1
-            stop = False
-            while i < n and len(batch) < 256:
-                token = object()
-                try:
-                    self.limit.limiter.acquire_on_behalf_of_nowait(token)
-                except anyio.WouldBlock:
-                    break
-                if not self._admit(todo[i], token):
-                    stop = True
-                    break
-                batch.append(todo[i])
-                i += 1
-            await self._precommit(batch)
-            for job in batch:
-                work.start_soon(self._worker, job)
-            if stop:
-                return
+            await window.ready(job)
+            job.started = True
+            work.start_soon(self._worker, job)
 
     def _admit(self, job: _Job, token: object) -> bool:
         """Reserve the task's estimated cost on its slot `token`; False (slot given back)
@@ -355,23 +425,6 @@ class Executor:
         job.token = token
         return True
 
-    async def _precommit(self, batch: list[_Job]) -> None:
-        """Record "sending" for the batch's fresh tasks (planned, the plan's own UUID, no
-        recorded results, no local inputs to resolve first) in one group commit."""
-        fresh = [j for j in batch if j.state == "planned" and j.generation == 0
-                 and j.uuid == j.task.task_uuid and not j.task.local_inputs
-                 and j.task.task_key not in self._recorded]
-        if not fresh:
-            return
-        now = self.wall()
-        ops: list[st.Op] = []
-        for j in fresh:
-            ops += op_state(j.task.task_key, self.run_id, j.state, "sending", now=now,
-                            attempts=1, task_uuid=j.uuid, generation=0)
-        await self.writer.write(ops)
-        for j in fresh:
-            j.state, j.precommitted = "sending", True
-
     def _release_slot(self, job: _Job) -> None:
         """Give back the task's concurrency slot (once): its requests are over."""
         if job.token is not None:
@@ -383,7 +436,8 @@ class Executor:
         t = job.task
         charged: Decimal | None = None
         try:
-            with anyio.move_on_after(self.execution.task_deadline_s) as deadline:
+            with anyio.CancelScope(deadline=anyio.current_time()
+                                   + self.execution.task_deadline_s) as deadline:
                 try:
                     charged = await self._run_job(job)
                 except _GiveUp as g:

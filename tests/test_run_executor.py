@@ -145,6 +145,38 @@ def test_budget_is_never_overshot_and_stops_dispatch(tmp_path: Path) -> None:
     assert out.counters.spent == Decimal("0.48")
 
 
+def _unsent_back_to_planned(tmp: Path, sent: set[str]) -> dict[str, str]:
+    """Every task whose UUID never reached the server is "planned" again after a clean stop
+    (the send window records "sending" ahead of dispatch), and says why in its history."""
+    conn = sqlite3.connect(tmp / ".specrunner" / "run.db")
+    try:
+        rows = conn.execute("SELECT task_key, task_uuid, state FROM tasks").fetchall()
+        back = {k for (k,) in conn.execute(
+            "SELECT task_key FROM transitions WHERE from_state='sending' AND to_state='planned' "
+            "AND detail='not sent'")}
+    finally:
+        conn.close()
+    unsent = {k for k, u, _ in rows if u not in sent}
+    assert unsent and {k for k, _, state in rows if state == "planned"} == unsent
+    assert back <= unsent and back  # the window had run ahead of the stop
+    return {k: state for k, _, state in rows}
+
+
+def test_budget_stop_leaves_unsent_tasks_planned_not_in_doubt(tmp_path: Path) -> None:
+    fake = Fake()
+    out = run(tmp_path, fake, make_tasks(200), max_usd="0.50", concurrency=8)
+    assert out.status == "budget" and len(fake.charges) == 6
+    found = _unsent_back_to_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
+    assert sorted(set(found.values())) == ["done", "planned"]
+
+
+def test_stopping_error_leaves_unsent_tasks_planned(tmp_path: Path) -> None:
+    fake = Fake(script=lambda kind, uuid, n: "auth" if len(fake.log) > 5 else None)
+    out = run(tmp_path, fake, make_tasks(200), concurrency=4)
+    assert out.status == "stopped"
+    _unsent_back_to_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
+
+
 def test_unknown_cost_counts_as_the_estimate(tmp_path: Path) -> None:
     fake = Fake(cost=None)
     out = run(tmp_path, fake, make_tasks(3), max_usd="0.20")
@@ -283,7 +315,7 @@ def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
 
 def test_every_send_finds_its_uuid_and_sending_state_already_durable(tmp_path: Path) -> None:
     """Read by another connection at the moment each imageInference request arrives (the
-    dispatcher records a whole batch of fresh tasks in one commit before starting them)."""
+    send window records chunks of fresh tasks ahead of dispatch, one commit per chunk)."""
     db = tmp_path / ".specrunner" / "run.db"
     seen: list[tuple[str, str | None, str | None]] = []
 
