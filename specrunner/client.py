@@ -23,7 +23,7 @@ import anyio
 import httpx
 from PIL import Image
 
-from specrunner import runware
+from specrunner import __version__, runware
 from specrunner.runware import Category, Envelope
 
 _TESTING = False
@@ -163,12 +163,26 @@ class RunwareClient:
         self.http = http
         self.base_url = base_url
         self._url = httpx.URL(base_url)  # parsed once, not per request
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        common = {"User-Agent": f"specrunner/{__version__}", "Accept-Encoding": "gzip, deflate"}
+        headers = {**common, "Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        # Requests are built here, once-parsed headers and all, and handed to http.send():
+        # httpx's build_request would merge client defaults and cookies into every request
+        # (a tenth of the runner's client-side CPU per task, measured in bench/bench_run.py).
+        # No cookies and no client default headers: image downloads carry only `common`.
         self._headers = httpx.Headers(headers)
+        self._download_headers = httpx.Headers(common)
+        self._timeouts: dict[float, dict[str, Any]] = {}
         self.clock = clock
         self.requests = 0
+
+    def _timeout(self, seconds: float) -> dict[str, Any]:
+        """The httpx timeout extension for `seconds` (connect, read, write and pool)."""
+        ext = self._timeouts.get(seconds)
+        if ext is None:
+            ext = self._timeouts[seconds] = {"timeout": httpx.Timeout(seconds).as_dict()}
+        return ext
 
     def __repr__(self) -> str:  # never show the headers
         return f"RunwareClient({self.base_url!r})"
@@ -182,11 +196,15 @@ class RunwareClient:
         body = json.dumps(tasks, separators=(",", ":")).encode()
         t0 = self.clock()
         self.requests += 1
+        request = httpx.Request("POST", self._url, headers=self._headers, content=body,
+                                extensions=self._timeout(timeout))
         try:
-            # fail_after also bounds transports that ignore httpx timeouts (ASGITransport).
-            with anyio.fail_after(timeout):
-                resp = await self.http.post(self._url, content=body, headers=self._headers,
-                                            timeout=timeout)
+            # The scope also bounds the whole exchange where httpx's per-operation timeouts
+            # do not (a trickling server; ASGITransport ignores them altogether).
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                resp = await self.http.send(request)  # read in full, connection handed back
+            if scope.cancelled_caught:
+                raise TimeoutError
         except TimeoutError:
             raise Fault("timeout", "request timed out", ambiguous=True) from None
         except httpx.ConnectError:
@@ -223,15 +241,18 @@ class RunwareClient:
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        try:
-            with anyio.fail_after(timeout):
-                return await self._download(url, max_bytes, timeout)
-        except TimeoutError:
-            raise DownloadError("timeout", "download timed out", transient=True) from None
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            data = await self._download(url, max_bytes, timeout)
+        if scope.cancelled_caught:
+            raise DownloadError("timeout", "download timed out", transient=True)
+        return data
 
     async def _download(self, url: str, max_bytes: int, timeout: float) -> bytes:
+        request = httpx.Request("GET", url, headers=self._download_headers,
+                                extensions=self._timeout(timeout))
         try:
-            async with self.http.stream("GET", url, timeout=timeout) as resp:
+            resp = await self.http.send(request, stream=True)
+            try:
                 if resp.status_code != 200:
                     raise DownloadError(f"http{resp.status_code}",
                                         f"download failed: HTTP {resp.status_code}",
@@ -248,6 +269,8 @@ class RunwareClient:
                         raise DownloadError("tooLarge", f"download larger than {max_bytes} "
                                             "bytes", transient=False)
                     chunks.append(chunk)
+            finally:
+                await resp.aclose()
         except httpx.HTTPError as exc:
             raise DownloadError("transportError", f"download failed ({type(exc).__name__})",
                                 transient=True) from None
