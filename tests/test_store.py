@@ -104,6 +104,7 @@ def test_write_atomic_replaces_without_leaving_temp_files(tmp_path: Path) -> Non
 def test_file_sink_places_batches_and_reports_a_bad_target_alone(tmp_path: Path,
                                                                  use_helper: bool) -> None:
     (tmp_path / "blocker").write_bytes(b"a file, not a folder")
+    (tmp_path / "new" / "deep" / "taken.png").mkdir(parents=True)  # the rename fails
 
     async def main() -> dict[str, BaseException | None]:
         sink = FileSink(use_helper=use_helper)
@@ -122,14 +123,18 @@ def test_file_sink_places_batches_and_reports_a_bad_target_alone(tmp_path: Path,
                 for i in range(20):
                     inner.start_soon(one, f"new/deep/{i}.png", b"x" * i)
                 inner.start_soon(one, "blocker/under-a-file.png", b"y")
+                inner.start_soon(one, "new/deep/taken.png", b"z")
             await sink.close()
         return outcome
 
     outcome = anyio.run(main)
     assert isinstance(outcome.pop("blocker/under-a-file.png"), OSError)
+    assert isinstance(outcome.pop("new/deep/taken.png"), OSError)
     assert outcome == {f"new/deep/{i}.png": None for i in range(20)}
     names = sorted(p.name for p in (tmp_path / "new" / "deep").iterdir())
-    assert names == sorted(f"{i}.png" for i in range(20))  # no temporary file left behind
+    # no temporary file left behind, even by the file whose rename failed
+    assert names == sorted([f"{i}.png" for i in range(20)] + ["taken.png"])
+    assert (tmp_path / "new" / "deep" / "taken.png").is_dir()
     assert (tmp_path / "new" / "deep" / "7.png").read_bytes() == b"x" * 7
 
 
