@@ -177,6 +177,18 @@ def test_stopping_error_leaves_unsent_tasks_planned(tmp_path: Path) -> None:
     _unsent_back_to_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
 
 
+def test_a_run_gives_back_the_garbage_collector_settings_it_changed(tmp_path: Path) -> None:
+    import gc
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    seen: list[tuple[int, ...]] = []
+    fake = Fake(script=lambda kind, uuid, n: seen.append(gc.get_threshold()))
+    out = run(tmp_path, fake, make_tasks(3))
+    assert out.status == "complete"
+    assert seen and all(t[0] >= 20_000 for t in seen)  # fewer young collections while running
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
 def test_unknown_cost_counts_as_the_estimate(tmp_path: Path) -> None:
     fake = Fake(cost=None)
     out = run(tmp_path, fake, make_tasks(3), max_usd="0.20")
