@@ -21,7 +21,7 @@ def test_new_record_is_wal_full_sync_and_versioned(tmp_path: Path) -> None:
     try:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         store.close()
     reopened = open_store(tmp_path)  # reopening our own record is fine
@@ -169,14 +169,16 @@ V1_TASKS = """CREATE TABLE tasks (
   run_id INTEGER, updated_at REAL NOT NULL)"""
 
 
-def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated(tmp_path: Path) -> None:
+def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated_to_v3(tmp_path: Path) -> None:
     import json
 
     store = open_store(tmp_path)
     store.close()
     db = tmp_path / ".specrunner" / "run.db"
     conn = sqlite3.connect(db)  # make it a schema-1 record holding one task
-    conn.executescript("DROP TABLE tasks;" + V1_TASKS + ";PRAGMA user_version=1;")
+    conn.executescript("DROP TABLE tasks;" + V1_TASKS + ";PRAGMA user_version=1;"
+                       "CREATE INDEX transitions_task ON transitions(task_key);"
+                       "CREATE INDEX attempts_task ON attempts(task_key);")
     tasks = make_tasks(3)
     conn.execute("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                  (tasks[0].task_key, 0, tasks[0].variant_id, "done", 0, tasks[0].task_uuid,
@@ -185,7 +187,9 @@ def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated(tmp_path
     conn.close()
     store = open_store(tmp_path)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND "
+                                  "name NOT LIKE 'sqlite_%'").fetchall() == []  # v3
         old = store.conn.execute("SELECT state, axes_json FROM tasks").fetchall()
         assert old == [("done", None)]  # kept; its axes are unknown until it is planned again
         store.plan_tasks(2, tasks)
