@@ -1,7 +1,8 @@
 """Runner throughput and makespan against the in-process local server (prints figures).
 
-    python bench/bench_run.py                       # default sizes (about 1.5 minutes)
-    python bench/bench_run.py --tasks 5000 --latency 0.5 --concurrency 64 --rounds 3
+    python bench/bench_run.py                       # default sizes (about 2 minutes)
+    python bench/bench_run.py --fresh               # each measurement in a fresh interpreter
+    python bench/bench_run.py --tasks 5000 --latency 0.5 --concurrency 64 --rounds 5
 
 Every figure uses the same server configuration (the local server's no-render fast path,
 `render=False`: a fixed 8x8 PNG per result, no fault), the same delivery (`deliveryMethod:
@@ -11,7 +12,11 @@ httpx.ASGITransport.
 
 1. zero latency: specrunner's executor (durable record, retries, budget, atomic files) vs a
    plain httpx + anyio loop sending exactly the same requests with nothing else, interleaved
-   for `--rounds` rounds in one process; the median of each and of the ratio. The server
+   for `--rounds` rounds in one process (a full collection before each measurement, so none
+   pays for the garbage of the one before) or with `--fresh` each in a new interpreter; the
+   median of each and of the ratio. The runner raises CPython's young-generation GC
+   threshold while it runs (specrunner.executor); the plain loop is also measured under the
+   same settings, so the ratio can be read with and without that advantage. The server
    alone (the same ASGI calls without httpx or any client) is measured too: it bounds both.
    The record alone (the same statements and waits per task, no HTTP, no files) is
    measured too: it bounds what the durable record costs the runner.
@@ -23,10 +28,12 @@ httpx.ASGITransport.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
-import statistics
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -212,32 +219,71 @@ def run_record_only(tasks, concurrency: int) -> tuple[float, float]:
         store.close()
 
 
+def plain_with_runner_gc(tasks, concurrency: int, latency: float) -> float:
+    """The plain loop under the garbage-collector settings the runner gives itself."""
+    from specrunner.executor import _young_garbage_collected_less
+
+    with _young_garbage_collected_less():
+        return run_plain(tasks, concurrency, latency)
+
+
+MEASURES = {"plain": run_plain, "specrunner": run_specrunner, "plain+gc": plain_with_runner_gc}
+
+
+def measure(name: str, n: int, c: int, tag: str, fresh: bool) -> float:
+    """Tasks per second of one measurement: in this process after a full collection (so no
+    measurement pays for the garbage of the one before), or in a fresh interpreter."""
+    if fresh:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--throughput-tasks",
+                              str(n), "--concurrency", str(c), "--tag", tag],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[-1])
+    gc.collect()
+    if name == "server":
+        return n / run_server_only(make_tasks(n, delivery="sync", prompt=tag), c)
+    return n / MEASURES[name](make_tasks(n, delivery="sync", prompt=tag), c, 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.5)
     ap.add_argument("--throughput-tasks", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--fresh", action="store_true",
+                    help="each zero-latency measurement in a fresh interpreter")
+    ap.add_argument("--one", choices=[*MEASURES, "server"], help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     set_testing(True)
-
     n, c = args.throughput_tasks, args.concurrency
-    plain, ours, alone, ratios = [], [], [], []
+    if args.one:
+        print(measure(args.one, n, c, args.tag, False))
+        return
+
+    names = ["plain", "specrunner", "plain+gc", "server"]
+    rates: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.rounds):
-        p = n / run_plain(make_tasks(n, delivery="sync", prompt=f"plain{r}"), c, 0.0)
-        o = n / run_specrunner(make_tasks(n, delivery="sync", prompt=f"ours{r}"), c, 0.0)
-        a = n / run_server_only(make_tasks(n, delivery="sync", prompt=f"alone{r}"), c)
-        plain.append(p), ours.append(o), alone.append(a), ratios.append(o / p)
-        print(f"  round {r + 1}: plain {p:.0f}/s, specrunner {o:.0f}/s, ratio {o / p:.2f}, "
-              f"server alone {a:.0f}/s", flush=True)
+        for k in names:
+            rates[k].append(measure(k, n, c, f"{k}{r}", args.fresh))
+        p, o, g = rates["plain"][-1], rates["specrunner"][-1], rates["plain+gc"][-1]
+        print(f"  round {r + 1}: plain {p:.0f}/s, specrunner {o:.0f}/s, ratio {o / p:.2f}; "
+              f"plain under the runner's GC settings {g:.0f}/s (ratio {o / g:.2f}); "
+              f"server alone {rates['server'][-1]:.0f}/s", flush=True)
     med = statistics.median
-    print(f"zero latency, {n} tasks, concurrency {c}, median of {args.rounds} interleaved rounds:")
-    print(f"  server alone (no client):  {med(alone):8.0f} tasks/s")
-    print(f"  plain httpx+anyio loop:    {med(plain):8.0f} tasks/s")
-    print(f"  specrunner executor:       {med(ours):8.0f} tasks/s")
+    ratios = [o / p for o, p in zip(rates["specrunner"], rates["plain"])]
+    ratios_gc = [o / g for o, g in zip(rates["specrunner"], rates["plain+gc"])]
+    where = "a fresh interpreter each" if args.fresh else "one process, gc.collect() before each"
+    print(f"zero latency, {n} tasks, concurrency {c}, median of {args.rounds} interleaved "
+          f"rounds ({where}):")
+    print(f"  server alone (no client):  {med(rates['server']):8.0f} tasks/s")
+    print(f"  plain httpx+anyio loop:    {med(rates['plain']):8.0f} tasks/s")
+    print(f"  specrunner executor:       {med(rates['specrunner']):8.0f} tasks/s")
     print(f"  ratio specrunner/plain:    {med(ratios):.2f} (rounds: "
           f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    print(f"  plain loop under the runner's GC settings: {med(rates['plain+gc']):.0f} tasks/s, "
+          f"ratio specrunner/that {med(ratios_gc):.2f}")
     rec = [run_record_only(make_tasks(n, delivery="sync", prompt=f"rec{r}"), c)
            for r in range(args.rounds)]
     took, cpu = med(x[0] for x in rec), med(x[1] for x in rec)
