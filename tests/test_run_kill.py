@@ -95,9 +95,10 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
     import sqlite3
 
     conn = sqlite3.connect(f"file:{out / '.specrunner' / 'run.db'}?mode=ro", uri=True)
-    mid_run = conn.execute(  # killed runs that had sent something: kills landed mid-work
-        "SELECT count(DISTINCT r.run_id) FROM runs r JOIN transitions t ON t.run_id = r.run_id "
-        "WHERE r.ended_at IS NULL AND t.to_state = 'sending'").fetchone()[0]
+    mid_run = conn.execute(  # killed runs that had an answer to a send: kills landed mid-work
+        # ("sending" alone no longer proves a send: the send window records it ahead)
+        "SELECT count(DISTINCT r.run_id) FROM runs r JOIN attempts a ON a.run_id = r.run_id "
+        "WHERE r.ended_at IS NULL AND a.kind = 'send'").fetchone()[0]
     conn.close()
     return {**fig, "killed_mid_run": mid_run, "audit": audit(images, out)}
 
