@@ -16,7 +16,7 @@ import io
 import random
 import time
 import uuid as uuidlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,29 +30,14 @@ from specrunner.errors import RecordError
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, Reply,
                                RetryBudget, RunwareClient, Sleep, category, check_image, data_uri,
                                default_sleep, errors_for, inline_output, items_for)
+from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.runware import Category
 from specrunner.store import Store, Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
 
+# The public entry (Counters is defined in run_types, shared with the per-task modules).
+__all__ = ["Counters", "Executor", "RunOutcome"]
+
 FINAL_FAIL = frozenset({Category.VALIDATION, Category.SAFETY, Category.NOT_FOUND})
-
-
-@dataclass
-class Counters:
-    """Live figures of a run (read by the progress display)."""
-
-    total: int = 0
-    skipped: int = 0  # already done before this run
-    done: int = 0
-    failed: int = 0
-    in_doubt: int = 0
-    in_flight: int = 0
-    retrying: int = 0
-    sends: int = 0
-    retries: int = 0
-    polls: int = 0
-    spent: Decimal = Decimal(0)
-    reserved: Decimal = Decimal(0)
-    limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,18 +47,6 @@ class RunOutcome:
     status: str
     counters: Counters
     message: str = ""
-
-
-class _StopRun(Exception):
-    """Auth or quota failure: the whole run stops."""
-
-
-class _GiveUp(Exception):
-    """A task cannot progress in this run; `state` is failed or in_doubt."""
-
-    def __init__(self, state: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.state, self.code = state, code
 
 
 class AdaptiveLimit:
@@ -151,7 +124,7 @@ class Inputs:
     def _bytes(self, img: LocalImage) -> tuple[bytes, str]:
         data = img.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != img.sha256:
-            raise _GiveUp("failed", "inputChanged", f"{img.path.name} changed since planning")
+            raise GiveUp("failed", "inputChanged", f"{img.path.name} changed since planning")
         if not img.invert:
             return data, check_image(data)
         with Image.open(io.BytesIO(data)) as im:
@@ -201,30 +174,11 @@ class Inputs:
             if errs:
                 cat = category(errs[0], reply.status)
                 if cat in runware.STOP_RUN:
-                    raise _StopRun(f"upload refused: {errs[0].get('code')}")
+                    raise StopRun(f"upload refused: {errs[0].get('code')}")
                 if cat not in runware.RETRY_SAME_UUID and cat not in runware.RETRY_NEW_UUID:
-                    raise _GiveUp("failed", str(errs[0].get("code")), "input upload refused: "
-                                  f"{str(errs[0].get('message', ''))[:200]}")
-        raise _GiveUp("failed", "uploadFailed", "input upload failed after retries")
-
-
-@dataclass
-class _Job:
-    """Mutable progress of one task inside this run."""
-
-    task: Task
-    state: str
-    generation: int
-    uuid: str
-    sends: int = 0
-    ambiguous: bool = False
-    blocked: int = 0  # results refused by the content policy (not charged)
-    blocked_code: str | None = None
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    token: object | None = None  # its slot of the concurrency limit, while it holds one
-    precommitted: bool = False  # "sending" recorded ahead by the send window: not in doubt
-    window: int = -1  # which chunk of the send window records its "sending" (-1: none)
-    started: bool = False  # its worker was started in this run
+                    raise GiveUp("failed", str(errs[0].get("code")), "input upload refused: "
+                                 f"{str(errs[0].get('message', ''))[:200]}")
+        raise GiveUp("failed", "uploadFailed", "input upload failed after retries")
 
 
 class _SendWindow:
@@ -244,7 +198,7 @@ class _SendWindow:
 
     LEAD = 2  # chunks recorded ahead of the one being dispatched
 
-    def __init__(self, ex: "Executor", todo: list["_Job"], size: int,
+    def __init__(self, ex: "Executor", todo: list["Job"], size: int,
                  tg: anyio.abc.TaskGroup) -> None:
         self.ex, self.tg = ex, tg
         fresh = [j for j in todo if j.state == "planned" and j.generation == 0
@@ -258,7 +212,7 @@ class _SendWindow:
         self.errors: list[BaseException | None] = [None] * len(self.chunks)
         self.started = 0  # chunks whose commit was started
 
-    async def ready(self, job: "_Job") -> None:
+    async def ready(self, job: "Job") -> None:
         """Return once `job`'s "sending" is durable (at once if it is not in the window);
         start recording the next chunk ahead. RecordError if its chunk could not be written."""
         k = job.window
@@ -390,14 +344,14 @@ class Executor:
                     {"taskUUID": r.task_uuid, "imageUUID": r.image_uuid, "imageURL": r.url,
                      "seed": r.seed, "cost": None if r.cost is None else str(r.cost),
                      "NSFWContent": r.nsfw})
-        todo: list[_Job] = []
+        todo: list[Job] = []
         for t in self.tasks:
             row = rows[t.task_key]
             if row.state == "done":
                 self.c.skipped += 1
                 self.c.spent += row.cost if row.cost is not None else t.est_cost
                 continue
-            job = _Job(t, row.state, row.generation, row.task_uuid)
+            job = Job(t, row.state, row.generation, row.task_uuid)
             if row.state == "failed" and t.task_key not in has_results:
                 job.state = "planned"  # a finished failure: try again under a fresh UUID
                 job.generation += 1
@@ -406,7 +360,7 @@ class Executor:
         with _young_garbage_collected_less():
             return await self._run(todo)
 
-    async def _run(self, todo: list[_Job]) -> RunOutcome:
+    async def _run(self, todo: list[Job]) -> RunOutcome:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.writer.run)
             outer.start_soon(self.files.run)
@@ -434,7 +388,7 @@ class Executor:
             return RunOutcome("failed", c)
         return RunOutcome("complete", c)
 
-    async def _dispatch_all(self, todo: list[_Job], work: anyio.abc.TaskGroup,
+    async def _dispatch_all(self, todo: list[Job], work: anyio.abc.TaskGroup,
                             window: _SendWindow) -> None:
         """Start each task once a slot is free, the budget takes it and the send window has
         its "sending" durable; stop at the first task refused (draining or budget)."""
@@ -451,7 +405,7 @@ class Executor:
             job.started = True
             work.start_soon(self._worker, job)
 
-    def _admit(self, job: _Job, token: object) -> bool:
+    def _admit(self, job: Job, token: object) -> bool:
         """Reserve the task's estimated cost on its slot `token`; False (slot given back)
         when draining or when the budget cannot take it."""
         if self._draining:
@@ -467,14 +421,14 @@ class Executor:
         job.token = token
         return True
 
-    def _release_slot(self, job: _Job) -> None:
+    def _release_slot(self, job: Job) -> None:
         """Give back the task's concurrency slot (once): its requests are over."""
         if job.token is not None:
             self.limit.limiter.release_on_behalf_of(job.token)
             job.token = None
 
     # -- one task --------------------------------------------------------------------------
-    async def _worker(self, job: _Job) -> None:
+    async def _worker(self, job: Job) -> None:
         t = job.task
         charged: Decimal | None = None
         try:
@@ -482,10 +436,10 @@ class Executor:
                                    + self.execution.task_deadline_s) as deadline:
                 try:
                     charged = await self._run_job(job)
-                except _GiveUp as g:
+                except GiveUp as g:
                     await self._set_state(job, g.state, detail=g.code, error_code=g.code,
                                           error_message=str(g)[:500])
-                except _StopRun as s:
+                except StopRun as s:
                     self._stop_message = str(s)
                     self._draining = True
                     if self._work is not None:
@@ -510,7 +464,7 @@ class Executor:
                 self.c.spent += t.est_cost
             self._release_slot(job)
 
-    async def _set_state(self, job: _Job, new: str, *, detail: str | None = None,
+    async def _set_state(self, job: Job, new: str, *, detail: str | None = None,
                          extra: list[st.Op] | None = None, **cols: Any) -> None:
         """Move `job` to `new` once the change is durable."""
         ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
@@ -518,7 +472,7 @@ class Executor:
         await self.writer.write((extra or []) + ops)
         job.state = new
 
-    def _queue_state(self, job: _Job, new: str, *, detail: str | None = None,
+    def _queue_state(self, job: Job, new: str, *, detail: str | None = None,
                      extra: list[st.Op] | None = None, **cols: Any) -> None:
         """Move `job` to `new` without waiting: durable with (or before) its next write.
 
@@ -530,24 +484,24 @@ class Executor:
         self.writer.queue((extra or []) + ops)
         job.state = new
 
-    def _queue_fault(self, job: _Job, kind: str, started: float, f: Fault) -> None:
+    def _queue_fault(self, job: Job, kind: str, started: float, f: Fault) -> None:
         self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, kind, started,
                                       self.wall(), f.status, "fault", f.code, str(f))])
 
-    def _request(self, job: _Job, resolved: dict[str, str]) -> dict[str, Any]:
+    def _request(self, job: Job, resolved: dict[str, str]) -> dict[str, Any]:
         req = dict(job.task.request)
         if resolved:
             req["inputs"] = {**req.get("inputs", {}), **resolved}
         req["taskUUID"] = job.uuid
         return req
 
-    async def _run_job(self, job: _Job) -> Decimal | None:
+    async def _run_job(self, job: Job) -> Decimal | None:
         t = job.task
         recorded = self._recorded.get(t.task_key)
         if recorded and all(isinstance(i.get("imageURL"), str) for i in recorded):
             try:
                 return await self._finish(job, recorded)
-            except _GiveUp:
+            except GiveUp:
                 pass  # the URLs expired or fail: ask the server again below
         if job.state in st.IN_DOUBT_STATES and not job.precommitted:
             items = await self._reconcile(job)
@@ -563,9 +517,9 @@ class Executor:
             # The provider failed this generation: a fresh UUID, recorded before it is sent.
             await self._new_generation(job)
 
-    async def _new_generation(self, job: _Job) -> None:
+    async def _new_generation(self, job: Job) -> None:
         if job.sends >= self.execution.max_attempts:
-            raise _GiveUp("failed", "attemptsExhausted", "provider kept failing the task")
+            raise GiveUp("failed", "attemptsExhausted", "provider kept failing the task")
         job.generation += 1
         job.uuid = runware.task_uuid(job.task.task_key, job.generation)
         job.ambiguous = False
@@ -576,10 +530,10 @@ class Executor:
                                                  job.generation, self.wall())],
                               generation=job.generation, task_uuid=job.uuid)
 
-    async def _retry_wait(self, job: _Job, retry: int, retry_after: float | None = None) -> None:
+    async def _retry_wait(self, job: Job, retry: int, retry_after: float | None = None) -> None:
         if not self.retry_budget.try_spend():
-            raise _GiveUp("in_doubt" if job.ambiguous else "failed", "retryBudgetExhausted",
-                          "the run-wide retry budget is exhausted")
+            raise GiveUp("in_doubt" if job.ambiguous else "failed", "retryBudgetExhausted",
+                         "the run-wide retry budget is exhausted")
         self.c.retries += 1
         self.c.retrying += 1
         try:
@@ -587,7 +541,7 @@ class Executor:
         finally:
             self.c.retrying -= 1
 
-    async def _send_until_accepted(self, job: _Job, resolved: dict[str, str]
+    async def _send_until_accepted(self, job: Job, resolved: dict[str, str]
                                    ) -> list[dict[str, Any]] | None:
         """Send (same UUID on every retry) until results, an acknowledgement or a final error.
 
@@ -601,8 +555,8 @@ class Executor:
         while True:
             if tries:
                 if job.sends >= self.execution.max_attempts:
-                    raise _GiveUp("in_doubt" if job.ambiguous else "failed", "attemptsExhausted",
-                                  f"no answer after {job.sends} sends")
+                    raise GiveUp("in_doubt" if job.ambiguous else "failed", "attemptsExhausted",
+                                 f"no answer after {job.sends} sends")
                 await self._retry_wait(job, tries - 1, retry_after)
             tries += 1
             if job.state != "sending":
@@ -648,7 +602,7 @@ class Executor:
                 tries = 0
                 continue
             if kind == "stop":
-                raise _StopRun(f"the API refused the run: {outcome[1]} ({outcome[2]})")
+                raise StopRun(f"the API refused the run: {outcome[1]} ({outcome[2]})")
             stale = self.inputs.forget_reused(t, resolved)
             if stale and (outcome[1] or "").startswith(("invalidSeed", "invalidMask", "invalidImage")):
                 # An upload recorded by an earlier run is gone on the server: upload it again.
@@ -657,9 +611,9 @@ class Executor:
                 await self._new_generation(job)
                 tries = 0
                 continue
-            raise _GiveUp("failed", outcome[1] or "error", outcome[2] or "")
+            raise GiveUp("failed", outcome[1] or "error", outcome[2] or "")
 
-    def _classify(self, job: _Job, reply: Reply) -> tuple[str, str | None, str | None]:
+    def _classify(self, job: Job, reply: Reply) -> tuple[str, str | None, str | None]:
         """(kind, error code, message) of a reply to imageInference or getResponse."""
         env = reply.envelope
         errs = errors_for(env, job.uuid)
@@ -698,20 +652,20 @@ class Executor:
     def _is_result(item: dict[str, Any]) -> bool:
         return isinstance(item.get("imageUUID"), str) and item.get("status") != "processing"
 
-    def _take_items(self, job: _Job, reply: Reply) -> list[dict[str, Any]] | None:
+    def _take_items(self, job: Job, reply: Reply) -> list[dict[str, Any]] | None:
         for item in items_for(reply.envelope, job.uuid):
             if self._is_result(item):
                 job.results.setdefault(item["imageUUID"], item)
         return self._complete(job)
 
     @staticmethod
-    def _complete(job: _Job) -> list[dict[str, Any]] | None:
+    def _complete(job: Job) -> list[dict[str, Any]] | None:
         want = job.task.number_results - job.blocked
         if job.results and len(job.results) >= want:
             return list(job.results.values())[:want]
         return None
 
-    async def _poll(self, job: _Job) -> list[dict[str, Any]] | None:
+    async def _poll(self, job: Job) -> list[dict[str, Any]] | None:
         """Poll getResponse until every result is in; None if the provider failed the UUID."""
         interval = self.execution.poll_interval_s
         faults = 0
@@ -734,13 +688,13 @@ class Executor:
             elif kind == "new_uuid":
                 return None
             elif kind == "stop":
-                raise _StopRun(f"the API refused the run: {code} ({msg})")
+                raise StopRun(f"the API refused the run: {code} ({msg})")
             elif kind == "final":
                 if code in ("taskNotFound", "taskFailedOrNotFound", "taskExpired"):
                     details = await self._details(job)
                     if details is not None:
                         return details
-                raise _GiveUp("failed", code or "error", msg or "")
+                raise GiveUp("failed", code or "error", msg or "")
             elif kind == "accepted":
                 empty += 1
                 # getResponse cannot tell "unknown" from "running": ask getTaskDetails sometimes.
@@ -749,7 +703,7 @@ class Executor:
                     if details is not None:
                         return details
 
-    async def _details(self, job: _Job) -> list[dict[str, Any]] | None:
+    async def _details(self, job: Job) -> list[dict[str, Any]] | None:
         """Ask getTaskDetails for results the client may have lost; None if it has none."""
         started = self.wall()
         try:
@@ -779,7 +733,7 @@ class Executor:
             job.results.setdefault(item["imageUUID"], item)
         return self._complete(job)
 
-    async def _get_response(self, job: _Job) -> tuple[Reply, str, str | None, str | None] | None:
+    async def _get_response(self, job: Job) -> tuple[Reply, str, str | None, str | None] | None:
         """One getResponse for `job`, recorded as a poll attempt; None after a transient fault."""
         self.c.polls += 1
         started = self.wall()
@@ -794,7 +748,7 @@ class Executor:
                                       self.wall(), reply.status, kind, code, msg)])
         return reply, kind, code, msg
 
-    async def _reconcile(self, job: _Job) -> list[dict[str, Any]] | None:
+    async def _reconcile(self, job: Job) -> list[dict[str, Any]] | None:
         """A task left in doubt by an earlier run: fetch what the server has before re-sending.
 
         Returns the results if the server has them; otherwise None (the caller re-sends the
@@ -814,10 +768,10 @@ class Executor:
                 await self._new_generation(job)
                 return None
             if kind == "stop":
-                raise _StopRun(f"the API refused the run: {code} ({msg})")
+                raise StopRun(f"the API refused the run: {code} ({msg})")
         return await self._details(job)
 
-    async def _finish(self, job: _Job, items: list[dict[str, Any]]) -> Decimal | None:
+    async def _finish(self, job: Job, items: list[dict[str, Any]]) -> Decimal | None:
         """Record the results, fetch every output, then write the files and mark it done.
 
         The result rows are queued at once (committed while the downloads run, and always in
@@ -852,13 +806,13 @@ class Executor:
             # temp + fsync + rename + fsync(dir), then "done" in the batch's group commit
             await self.files.write(files, after=ops)
         except OSError as exc:
-            raise _GiveUp("received", "outputWriteFailed", "could not write an output file "
-                          f"({exc.strerror or type(exc).__name__}); results recorded, resume "
-                          "writes it") from None
+            raise GiveUp("received", "outputWriteFailed", "could not write an output file "
+                         f"({exc.strerror or type(exc).__name__}); results recorded, resume "
+                         "writes it") from None
         job.state = "done"
         return cost
 
-    async def _output_bytes(self, job: _Job, item: dict[str, Any]) -> bytes:
+    async def _output_bytes(self, job: Job, item: dict[str, Any]) -> bytes:
         cap = self.execution.max_download_bytes
         url: str | None = None
         started = 0.0
@@ -871,7 +825,7 @@ class Executor:
                     return inline
                 url = item.get("imageURL")
                 if not isinstance(url, str):
-                    raise _GiveUp("received", "noOutput", "result item carries no image")
+                    raise GiveUp("received", "noOutput", "result item carries no image")
                 started = self.wall()
                 data = await self.client.download(url, cap, self.execution.request_timeout_s)
                 self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid,
@@ -883,4 +837,4 @@ class Executor:
                     self.writer.queue([op_attempt(
                         job.task.task_key, self.run_id, job.uuid, "download", started,
                         self.wall(), exc.status, "fault", exc.code, str(exc))])
-        raise _GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")
+        raise GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")

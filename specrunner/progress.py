@@ -1,6 +1,6 @@
 """Progress of a run: a live line on a terminal, periodic plain lines otherwise, a summary.
 
-Pure formatting over `executor.Counters`; the caller decides when to tick and where to write.
+Pure formatting over `run_types.Counters`; the caller decides when to tick and where to write.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable, TextIO
 
 from tabulate import tabulate
 
-from specrunner.executor import Counters
+from specrunner.run_types import Counters
 
 
 def _eta(seconds: float | None) -> str:
