@@ -12,7 +12,8 @@ import pytest
 
 from specrunner.campaign import Execution
 from specrunner.client import RunwareClient, set_testing
-from specrunner.executor import AdaptiveLimit, Executor
+from specrunner.adaptive import AdaptiveLimit
+from specrunner.executor import Executor
 from specrunner.store import open_store
 from test_run_support import Fake, make_tasks
 
