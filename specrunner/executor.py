@@ -12,25 +12,23 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import io
 import random
 import time
-import uuid as uuidlib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import anyio
-from PIL import Image, ImageOps
 
 from specrunner import runware, store as st
 from specrunner.adaptive import AdaptiveLimit
-from specrunner.campaign import Execution, LocalImage, Task
+from specrunner.campaign import Execution, Task
 from specrunner.errors import RecordError
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, Reply,
-                               RetryBudget, RunwareClient, Sleep, category, check_image, data_uri,
-                               default_sleep, errors_for, inline_output, items_for)
+                               RetryBudget, RunwareClient, Sleep, category, default_sleep,
+                               errors_for, inline_output, items_for)
+from specrunner.inputs import Inputs
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.runware import Category
 from specrunner.store import Store, Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
@@ -48,93 +46,6 @@ class RunOutcome:
     status: str
     counters: Counters
     message: str = ""
-
-
-class Inputs:
-    """Local seed/mask files, read once and sent once per content (upload or inline)."""
-
-    def __init__(self, ex: "Executor", uploads: dict[tuple[str, bool], tuple[str, float]]) -> None:
-        self.ex = ex
-        self._known = uploads
-        self._cache: dict[tuple[str, bool], str] = {}
-        self._locks: dict[tuple[str, bool], anyio.Lock] = {}
-        self._reused: set[tuple[str, bool]] = set()  # taken from the record, not uploaded now
-
-    def forget_reused(self, task: Task, sent: dict[str, str]) -> bool:
-        """Drop recorded uploads this task sent (the server lost them); True if any were stale.
-
-        Also True when a sibling already replaced what this task sent.
-        """
-        stale = False
-        for name, img in task.local_inputs.items():
-            key = (img.sha256, img.invert)
-            if key in self._reused:
-                self._reused.discard(key)
-                self._known.pop(key, None)
-                self._cache.pop(key, None)
-                stale = True
-            elif key not in self._cache or self._cache[key] != sent.get(name):
-                stale = True
-        return stale
-
-    def _bytes(self, img: LocalImage) -> tuple[bytes, str]:
-        data = img.path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != img.sha256:
-            raise GiveUp("failed", "inputChanged", f"{img.path.name} changed since planning")
-        if not img.invert:
-            return data, check_image(data)
-        with Image.open(io.BytesIO(data)) as im:
-            buf = io.BytesIO()
-            ImageOps.invert(im.convert("L")).save(buf, "PNG")
-        return buf.getvalue(), "PNG"
-
-    async def resolve(self, img: LocalImage) -> str:
-        """The imageUUID or data URI standing for `img` (uploading it at most once)."""
-        key = (img.sha256, img.invert)
-        if key in self._cache:
-            return self._cache[key]
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:
-            if key in self._cache:
-                return self._cache[key]
-            ex = self.ex
-            known = self._known.get(key)
-            if ex.execution.upload == "upload" and known and ex.wall() - known[1] < st.UPLOAD_TTL_S:
-                self._cache[key] = known[0]
-                self._reused.add(key)
-                return known[0]
-            data, fmt = await anyio.to_thread.run_sync(self._bytes, img)
-            uri = data_uri(data, fmt)
-            if ex.execution.upload == "inline":
-                self._cache[key] = uri
-                return uri
-            image_uuid = await self._upload(uri)
-            await ex.writer.write([st.op_upload(img.sha256, img.invert, image_uuid, ex.wall())])
-            self._cache[key] = image_uuid
-            return image_uuid
-
-    async def _upload(self, uri: str) -> str:
-        ex = self.ex
-        for attempt in range(ex.execution.max_attempts):
-            if attempt:
-                await ex.sleep(ex.backoff.delay(attempt - 1, ex.rng))
-            tid = str(uuidlib.UUID(int=ex.rng.getrandbits(128), version=4))
-            try:
-                reply = await ex.client.upload(uri, tid, ex.execution.request_timeout_s)
-            except Fault:
-                continue
-            for item in reply.envelope.data:
-                if isinstance(item.get("imageUUID"), str):
-                    return str(item["imageUUID"])
-            errs = reply.envelope.errors
-            if errs:
-                cat = category(errs[0], reply.status)
-                if cat in runware.STOP_RUN:
-                    raise StopRun(f"upload refused: {errs[0].get('code')}")
-                if cat not in runware.RETRY_SAME_UUID and cat not in runware.RETRY_NEW_UUID:
-                    raise GiveUp("failed", str(errs[0].get("code")), "input upload refused: "
-                                 f"{str(errs[0].get('message', ''))[:200]}")
-        raise GiveUp("failed", "uploadFailed", "input upload failed after retries")
 
 
 class _SendWindow:
@@ -291,7 +202,9 @@ class Executor:
         rows = self.store.task_rows()
         uploads = {(r[0], bool(r[1])): (r[2], r[3]) for r in self.store.conn.execute(
             "SELECT sha256, inverted, image_uuid, uploaded_at FROM uploads")}
-        self.inputs = Inputs(self, uploads)
+        self.inputs = Inputs(uploads, client=self.client, writer=self.writer,
+                             execution=self.execution, wall=self.wall, sleep=self.sleep,
+                             backoff=self.backoff, rng=self.rng)
         has_results = {r[0] for r in self.store.conn.execute("SELECT DISTINCT task_key FROM results")}
         self._recorded: dict[str, list[dict[str, Any]]] = {}
         for r in self.store.results():
