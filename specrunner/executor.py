@@ -30,6 +30,7 @@ from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, R
                                errors_for, inline_output, items_for)
 from specrunner.inputs import Inputs
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
+from specrunner.send_window import SendWindow
 from specrunner.runware import Category
 from specrunner.store import Store, Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
 
@@ -46,86 +47,6 @@ class RunOutcome:
     status: str
     counters: Counters
     message: str = ""
-
-
-class _SendWindow:
-    """ "sending" recorded ahead of dispatch, a chunk of fresh tasks at a time.
-
-    A fresh task (planned, the plan's own UUID, no recorded results, no local inputs) needs
-    its "sending" durable before its request leaves. Instead of one commit per dispatch batch
-    on the dispatcher's path (every freed slot then idles for a commit), chunks of `size`
-    fresh tasks, in dispatch order, are committed in the background: chunks k+1 and k+2
-    while chunk k is being dispatched (one chunk ahead still let the dispatcher overtake
-    the record 12 times in a 3,000-task run, while file fsyncs slowed the commits). The
-    dispatcher waits only when it overtakes the record. A task recorded but never started
-    (a crash: at most three chunks) is in doubt on resume and reconciled like any other,
-    with no charge; after a clean stop (Ctrl-C, budget, a stopping error) `release()`
-    moves those back to planned.
-    """
-
-    LEAD = 2  # chunks recorded ahead of the one being dispatched
-
-    def __init__(self, ex: "Executor", todo: list["Job"], size: int,
-                 tg: anyio.abc.TaskGroup) -> None:
-        self.ex, self.tg = ex, tg
-        fresh = [j for j in todo if j.state == "planned" and j.generation == 0
-                 and j.uuid == j.task.task_uuid and not j.task.local_inputs
-                 and j.task.task_key not in ex._recorded]
-        self.chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
-        for k, chunk in enumerate(self.chunks):
-            for j in chunk:
-                j.window = k
-        self.done = [anyio.Event() for _ in self.chunks]
-        self.errors: list[BaseException | None] = [None] * len(self.chunks)
-        self.started = 0  # chunks whose commit was started
-
-    async def ready(self, job: "Job") -> None:
-        """Return once `job`'s "sending" is durable (at once if it is not in the window);
-        start recording the next chunk ahead. RecordError if its chunk could not be written."""
-        k = job.window
-        if k < 0:
-            return
-        while self.started <= min(k + self.LEAD, len(self.chunks) - 1):
-            self.tg.start_soon(self._commit, self.started)
-            self.started += 1
-        if not self.done[k].is_set():
-            await self.done[k].wait()
-        if self.errors[k] is not None:
-            raise self.errors[k]  # type: ignore[misc]
-
-    async def _commit(self, k: int) -> None:
-        ex = self.ex
-        now = ex.wall()
-        ops: list[st.Op] = []
-        for j in self.chunks[k]:
-            ops += op_state(j.task.task_key, ex.run_id, "planned", "sending", now=now,
-                            attempts=1, task_uuid=j.uuid, generation=0)
-        try:
-            await ex.writer.write(ops)
-        except RecordError as exc:
-            self.errors[k] = exc
-        else:
-            for j in self.chunks[k]:
-                j.state, j.precommitted = "sending", True
-        finally:
-            self.done[k].set()
-
-    async def release(self) -> None:
-        """Back to planned: every task recorded "sending" ahead whose worker never started."""
-        for k in range(self.started):
-            await self.done[k].wait()
-        back = [j for chunk in self.chunks[:self.started] for j in chunk
-                if j.precommitted and not j.started]
-        if not back:
-            return
-        now = self.ex.wall()
-        ops: list[st.Op] = []
-        for j in back:
-            ops += op_state(j.task.task_key, self.ex.run_id, "sending", "planned", now=now,
-                            detail="not sent", attempts=0)
-        await self.ex.writer.write(ops)
-        for j in back:
-            j.state, j.precommitted = "planned", False
 
 
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700 allocations
@@ -233,7 +154,9 @@ class Executor:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.writer.run)
             outer.start_soon(self.files.run)
-            window = _SendWindow(self, todo, max(32, 2 * self.execution.concurrency), outer)
+            window = SendWindow(todo, max(32, 2 * self.execution.concurrency), outer,
+                                writer=self.writer, run_id=self.run_id, wall=self.wall,
+                                recorded=self._recorded)
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:
@@ -258,7 +181,7 @@ class Executor:
         return RunOutcome("complete", c)
 
     async def _dispatch_all(self, todo: list[Job], work: anyio.abc.TaskGroup,
-                            window: _SendWindow) -> None:
+                            window: SendWindow) -> None:
         """Start each task once a slot is free, the budget takes it and the send window has
         its "sending" durable; stop at the first task refused (draining or budget)."""
         limiter = self.limit.limiter
