@@ -25,19 +25,16 @@ from specrunner import runware, store as st
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.campaign import Execution, Task
 from specrunner.errors import RecordError
-from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, Reply,
-                               RetryBudget, RunwareClient, Sleep, category, default_sleep,
-                               errors_for, inline_output, items_for)
+from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, RetryBudget,
+                               RunwareClient, Sleep, default_sleep, inline_output, items_for)
 from specrunner.inputs import Inputs
+from specrunner.replies import Replies
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.send_window import SendWindow
-from specrunner.runware import Category
 from specrunner.store import Store, Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
 
 # The public entry (Counters is defined in run_types, shared with the per-task modules).
 __all__ = ["Counters", "Executor", "RunOutcome"]
-
-FINAL_FAIL = frozenset({Category.VALIDATION, Category.SAFETY, Category.NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -101,6 +98,9 @@ class Executor:
         self.limit = AdaptiveLimit(execution.concurrency, clock)
         self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)
+        self.replies = Replies(client=client, writer=self.writer, execution=execution,
+                               limit=self.limit, counters=self.c, sleep=self.sleep, wall=wall,
+                               run_id=run_id)
         self._draining = False
         self._budget_hit = False
         self._stop_message: str | None = None
@@ -276,10 +276,6 @@ class Executor:
         self.writer.queue((extra or []) + ops)
         job.state = new
 
-    def _queue_fault(self, job: Job, kind: str, started: float, f: Fault) -> None:
-        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, kind, started,
-                                      self.wall(), f.status, "fault", f.code, str(f))])
-
     def _request(self, job: Job, resolved: dict[str, str]) -> dict[str, Any]:
         req = dict(job.task.request)
         if resolved:
@@ -303,7 +299,7 @@ class Executor:
         while True:
             items = await self._send_until_accepted(job, resolved)
             if items is None:
-                items = await self._poll(job)
+                items = await self.replies.poll(job)
             if items is not None:
                 return await self._finish(job, items)
             # The provider failed this generation: a fresh UUID, recorded before it is sent.
@@ -377,13 +373,13 @@ class Executor:
                                               started, self.wall(), f.status, "fault", f.code,
                                               str(f))])
                 continue
-            outcome = self._classify(job, reply)
+            outcome = self.replies.classify(job, reply)
             self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "send", started,
                                           self.wall(), reply.status, outcome[0], outcome[1],
                                           outcome[2])])
             kind = outcome[0]
             if kind == "results":
-                return self._take_items(job, reply)
+                return self.replies.take_items(job, reply)
             if kind in ("accepted", "conflict"):
                 self._queue_state(job, "accepted", detail=kind)  # polling needs no record
                 return None
@@ -405,163 +401,28 @@ class Executor:
                 continue
             raise GiveUp("failed", outcome[1] or "error", outcome[2] or "")
 
-    def _classify(self, job: Job, reply: Reply) -> tuple[str, str | None, str | None]:
-        """(kind, error code, message) of a reply to imageInference or getResponse."""
-        env = reply.envelope
-        errs = errors_for(env, job.uuid)
-        blocked = [e for e in errs if category(e, reply.status) == Category.SAFETY]
-        if blocked and len(blocked) == len(errs) and len(blocked) < job.task.number_results:
-            # Some results were refused by the content policy; the others are paid for: keep them.
-            job.blocked = len(blocked)
-            job.blocked_code = str(blocked[0].get("code") or "contentPolicyViolation")
-            items = items_for(env, job.uuid)
-            return ("results" if any(self._is_result(i) for i in items) else "accepted"), \
-                None, None
-        if errs:
-            err = errs[0]
-            code, msg = err.get("code"), str(err.get("message", ""))[:300]
-            cat = category(err, reply.status)
-            code = str(code) if code else cat.value
-            if cat == Category.CONFLICT:
-                return "conflict", code, msg
-            if cat in runware.STOP_RUN:
-                return "stop", code, msg
-            if cat in runware.RETRY_NEW_UUID:
-                return "new_uuid", code, msg
-            if cat in runware.RETRY_SAME_UUID:
-                job.ambiguous = job.ambiguous or cat != Category.RATE_LIMIT
-                if reply.status in OVERLOAD_STATUS or cat == Category.RATE_LIMIT:
-                    self.limit.on_overload()
-                return "retry", code, msg
-            return "final", code, msg
-        self.limit.on_success(reply.latency)
-        items = items_for(env, job.uuid)
-        if any(self._is_result(i) for i in items):
-            return "results", None, None
-        return "accepted", None, None
-
-    @staticmethod
-    def _is_result(item: dict[str, Any]) -> bool:
-        return isinstance(item.get("imageUUID"), str) and item.get("status") != "processing"
-
-    def _take_items(self, job: Job, reply: Reply) -> list[dict[str, Any]] | None:
-        for item in items_for(reply.envelope, job.uuid):
-            if self._is_result(item):
-                job.results.setdefault(item["imageUUID"], item)
-        return self._complete(job)
-
-    @staticmethod
-    def _complete(job: Job) -> list[dict[str, Any]] | None:
-        want = job.task.number_results - job.blocked
-        if job.results and len(job.results) >= want:
-            return list(job.results.values())[:want]
-        return None
-
-    async def _poll(self, job: Job) -> list[dict[str, Any]] | None:
-        """Poll getResponse until every result is in; None if the provider failed the UUID."""
-        interval = self.execution.poll_interval_s
-        faults = 0
-        empty = 0
-        while True:
-            found = self._complete(job)
-            if found is not None:
-                return found
-            await self.sleep(interval)
-            interval = min(interval * 1.5, self.execution.poll_max_interval_s)
-            answer = await self._get_response(job)
-            if answer is None:
-                faults += 1
-                continue
-            reply, kind, code, msg = answer
-            if kind == "results":
-                found = self._take_items(job, reply)
-                if found is not None:
-                    return found
-            elif kind == "new_uuid":
-                return None
-            elif kind == "stop":
-                raise StopRun(f"the API refused the run: {code} ({msg})")
-            elif kind == "final":
-                if code in ("taskNotFound", "taskFailedOrNotFound", "taskExpired"):
-                    details = await self._details(job)
-                    if details is not None:
-                        return details
-                raise GiveUp("failed", code or "error", msg or "")
-            elif kind == "accepted":
-                empty += 1
-                # getResponse cannot tell "unknown" from "running": ask getTaskDetails sometimes.
-                if empty % 8 == 0:
-                    details = await self._details(job)
-                    if details is not None:
-                        return details
-
-    async def _details(self, job: Job) -> list[dict[str, Any]] | None:
-        """Ask getTaskDetails for results the client may have lost; None if it has none."""
-        started = self.wall()
-        try:
-            reply = await self.client.send([{"taskType": "getTaskDetails",
-                                             "taskUUID": job.uuid}],
-                                           self.execution.request_timeout_s)
-        except Fault as f:
-            self._queue_fault(job, "details", started, f)
-            return None
-        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "details",
-                                      started, self.wall(), reply.status, "ok")])
-        found: list[dict[str, Any]] = []
-
-        def walk(node: Any) -> None:
-            if isinstance(node, dict):
-                if self._is_result(node) and node.get("taskUUID") in (job.uuid, None):
-                    found.append({**node, "taskUUID": job.uuid})
-                    return
-                for v in node.values():
-                    walk(v)
-            elif isinstance(node, list):
-                for v in node:
-                    walk(v)
-
-        walk(reply.envelope.data)
-        for item in found:
-            job.results.setdefault(item["imageUUID"], item)
-        return self._complete(job)
-
-    async def _get_response(self, job: Job) -> tuple[Reply, str, str | None, str | None] | None:
-        """One getResponse for `job`, recorded as a poll attempt; None after a transient fault."""
-        self.c.polls += 1
-        started = self.wall()
-        try:
-            reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
-                                           self.execution.request_timeout_s)
-        except Fault as f:
-            self._queue_fault(job, "poll", started, f)
-            return None
-        kind, code, msg = self._classify(job, reply)
-        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "poll", started,
-                                      self.wall(), reply.status, kind, code, msg)])
-        return reply, kind, code, msg
-
     async def _reconcile(self, job: Job) -> list[dict[str, Any]] | None:
         """A task left in doubt by an earlier run: fetch what the server has before re-sending.
 
         Returns the results if the server has them; otherwise None (the caller re-sends the
         same UUID, which the server answers with conflictTaskUUID if it already has it).
         """
-        answer = await self._get_response(job)
+        answer = await self.replies.get_response(job)
         if answer is not None:
             reply, kind, code, msg = answer
             if kind == "results":
-                found = self._take_items(job, reply)
+                found = self.replies.take_items(job, reply)
                 if found is not None:
                     return found
-                return await self._poll(job)
+                return await self.replies.poll(job)
             if any(i.get("status") == "processing" for i in items_for(reply.envelope, job.uuid)):
-                return await self._poll(job)
+                return await self.replies.poll(job)
             if kind == "new_uuid":
                 await self._new_generation(job)
                 return None
             if kind == "stop":
                 raise StopRun(f"the API refused the run: {code} ({msg})")
-        return await self._details(job)
+        return await self.replies.details(job)
 
     async def _finish(self, job: Job, items: list[dict[str, Any]]) -> Decimal | None:
         """Record the results, fetch every output, then write the files and mark it done.
