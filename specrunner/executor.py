@@ -30,6 +30,7 @@ from specrunner.campaign import Execution, Task
 from specrunner.errors import RecordError
 from specrunner.client import Backoff, RetryBudget, RunwareClient, Sleep, default_sleep
 from specrunner.inputs import Inputs
+from specrunner.outputs import FileSink
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.send_window import SendWindow
 from specrunner.store import Store, Writer
@@ -96,7 +97,7 @@ class Executor:
         self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
         self.notify, self.backoff = notify, backoff
         self.writer = Writer(store)
-        self.files = st.FileSink(self.writer)
+        self.files = FileSink(self.writer)
         self.limit = AdaptiveLimit(execution.concurrency, clock)
         self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)

@@ -17,6 +17,7 @@ from specrunner.campaign import Execution
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, RetryBudget,
                                RunwareClient, Sleep, inline_output, items_for)
 from specrunner.inputs import Inputs
+from specrunner.outputs import FileSink, OutputFile
 from specrunner.replies import Replies
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.store import Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
@@ -30,7 +31,7 @@ class TaskFlow:
     slot back as soon as its requests are over.
     """
 
-    def __init__(self, *, client: RunwareClient, writer: Writer, files: st.FileSink,
+    def __init__(self, *, client: RunwareClient, writer: Writer, files: FileSink,
                  limit: AdaptiveLimit, retry_budget: RetryBudget, counters: Counters,
                  execution: Execution, run_id: int, out_dir: Path, inputs: Inputs,
                  recorded: dict[str, list[dict[str, Any]]],
@@ -227,7 +228,7 @@ class TaskFlow:
                                                       for i, it in enumerate(items)])
         paths = t.output_paths()
         ops: list[st.Op] = []
-        files: list[st.OutputFile] = []
+        files: list[OutputFile] = []
         for i, item in enumerate(items):
             data = await self._output_bytes(job, item)
             files.append((self.out_dir, paths[i], data))

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from specrunner.errors import RecordError
-from specrunner.store import (SCHEMA_VERSION, FileSink, Writer, op_attempt, op_result, op_state, open_store,
-                              write_atomic)
+from specrunner.outputs import FileSink, write_atomic
+from specrunner.store import SCHEMA_VERSION, Writer, op_attempt, op_result, op_state, open_store
 from test_run_support import make_tasks
 
 
