@@ -167,13 +167,14 @@ def run_record_only(tasks, concurrency: int) -> tuple[float, float]:
     batch commit, attempt + results + received queued, download attempt queued, output +
     done waited), `concurrency` tasks at once, no HTTP, no files. (seconds, loop CPU s)."""
     from specrunner import store as st
+    from specrunner.batching import Writer
 
     out = Path(tempfile.mkdtemp(prefix="bench-record-"))
     store = open_store(out)
     store.plan_tasks(1, tasks)
 
     async def main() -> tuple[float, float]:
-        w = st.Writer(store)
+        w = Writer(store)
         lim = anyio.CapacityLimiter(concurrency)
 
         async def rest(t, token) -> None:

@@ -26,6 +26,7 @@ import anyio
 
 from specrunner import runware, store as st
 from specrunner.adaptive import AdaptiveLimit
+from specrunner.batching import Writer
 from specrunner.campaign import Execution, Task
 from specrunner.errors import RecordError
 from specrunner.client import Backoff, RetryBudget, RunwareClient, Sleep, default_sleep
@@ -33,7 +34,7 @@ from specrunner.inputs import Inputs
 from specrunner.outputs import FileSink
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.send_window import SendWindow
-from specrunner.store import Store, Writer
+from specrunner.store import Store
 from specrunner.task_flow import TaskFlow
 
 # The public entry (Counters is defined in run_types, shared with the per-task modules).

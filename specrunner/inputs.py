@@ -14,11 +14,11 @@ import anyio
 from PIL import Image, ImageOps
 
 from specrunner import runware, store as st
+from specrunner.batching import Writer
 from specrunner.campaign import Execution, LocalImage, Task
 from specrunner.client import (Backoff, Fault, RunwareClient, Sleep, category, check_image,
                                data_uri)
 from specrunner.run_types import GiveUp, StopRun
-from specrunner.store import Writer
 
 
 class Inputs:

@@ -1,7 +1,7 @@
 """Durable output files, placed by temp file + fsync + rename + fsync(dir).
 
 `FileSink` does it in batches in a helper process, then commits each batch's record changes
-through a `Writer`; `write_atomic` does it for one file in the calling thread.
+through a `batching.Writer`; `write_atomic` does it for one file in the calling thread.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Sequence
 
 import anyio
 
-from specrunner.store import BatchLoop, Op, Writer
+from specrunner.batching import BatchLoop, Writer
+from specrunner.store import Op
 
 OutputFile = tuple[Path, str, bytes]  # (output folder, path relative to it, bytes)
 

@@ -6,12 +6,13 @@ from typing import Any, Callable
 
 from specrunner import runware
 from specrunner.adaptive import AdaptiveLimit
+from specrunner.batching import Writer
 from specrunner.campaign import Execution
 from specrunner.client import (OVERLOAD_STATUS, Fault, Reply, RunwareClient, Sleep, category,
                                errors_for, items_for)
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.runware import Category
-from specrunner.store import Writer, op_attempt
+from specrunner.store import op_attempt
 
 FINAL_FAIL = frozenset({Category.VALIDATION, Category.SAFETY, Category.NOT_FOUND})
 

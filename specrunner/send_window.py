@@ -7,9 +7,10 @@ from typing import Callable, Container
 import anyio
 
 from specrunner import store as st
+from specrunner.batching import Writer
 from specrunner.errors import RecordError
 from specrunner.run_types import Job
-from specrunner.store import Writer, op_state
+from specrunner.store import op_state
 
 
 class SendWindow:

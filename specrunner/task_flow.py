@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from specrunner import runware, store as st
 from specrunner.adaptive import AdaptiveLimit
+from specrunner.batching import Writer
 from specrunner.campaign import Execution
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, RetryBudget,
                                RunwareClient, Sleep, inline_output, items_for)
@@ -20,7 +21,7 @@ from specrunner.inputs import Inputs
 from specrunner.outputs import FileSink, OutputFile
 from specrunner.replies import Replies
 from specrunner.run_types import Counters, GiveUp, Job, StopRun
-from specrunner.store import Writer, op_attempt, op_new_uuid, op_output, op_result, op_state
+from specrunner.store import op_attempt, op_new_uuid, op_output, op_result, op_state
 
 
 class TaskFlow:

@@ -10,9 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from specrunner.batching import Writer
 from specrunner.errors import RecordError
 from specrunner.outputs import FileSink, write_atomic
-from specrunner.store import SCHEMA_VERSION, Writer, op_attempt, op_result, op_state, open_store
+from specrunner.store import SCHEMA_VERSION, op_attempt, op_result, op_state, open_store
 from test_run_support import make_tasks
 
 
