@@ -91,12 +91,11 @@ class Executor:
                  sleep: Sleep = default_sleep, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 notify: Callable[[str], None] = lambda msg: None,
                  backoff: Backoff = Backoff()) -> None:
         self.tasks, self.store, self.client = tasks, store, client
         self.execution, self.max_usd, self.out_dir, self.run_id = execution, max_usd, out_dir, run_id
         self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
-        self.notify, self.backoff = notify, backoff
+        self.backoff = backoff
         self.writer = Writer(store)
         self.files = FileSink(self.writer)
         self.limit = AdaptiveLimit(execution.concurrency, clock)

@@ -309,11 +309,8 @@ class _Staged:
         self.target, self.tmp, self.fd = target, tmp, fd
 
     @classmethod
-    def write(cls, target: Path, data: bytes, known_dirs: set[Path] | None = None) -> _Staged:
-        if known_dirs is None or target.parent not in known_dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if known_dirs is not None:
-                known_dirs.add(target.parent)
+    def write(cls, target: Path, data: bytes) -> _Staged:
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         staged = cls(target, tmp, fd)

@@ -14,8 +14,6 @@ from specrunner.run_types import Counters, GiveUp, Job, StopRun
 from specrunner.runware import Category
 from specrunner.store import op_attempt
 
-FINAL_FAIL = frozenset({Category.VALIDATION, Category.SAFETY, Category.NOT_FOUND})
-
 
 class Replies:
     """Reads a job's replies (kind, result items) and asks again (getResponse, getTaskDetails).
@@ -86,7 +84,6 @@ class Replies:
     async def poll(self, job: Job) -> list[dict[str, Any]] | None:
         """Poll getResponse until every result is in; None if the provider failed the UUID."""
         interval = self.execution.poll_interval_s
-        faults = 0
         empty = 0
         while True:
             found = self._complete(job)
@@ -96,7 +93,6 @@ class Replies:
             interval = min(interval * 1.5, self.execution.poll_max_interval_s)
             answer = await self.get_response(job)
             if answer is None:
-                faults += 1
                 continue
             reply, kind, code, msg = answer
             if kind == "results":

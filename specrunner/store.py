@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from specrunner.errors import RecordError
 
@@ -372,5 +372,3 @@ def _half_created(conn: sqlite3.Connection, app: int, ver: int) -> list[str] | N
         return None
     return tables
 
-
-Clock = Callable[[], float]

@@ -19,7 +19,7 @@ from PIL import Image
 from specrunner import cli
 from specrunner.client import set_testing
 from specrunner.commands import run as run_cmd
-from specrunner.local import FaultConfig, LocalConfig, create_app
+from specrunner.local import LocalConfig, create_app
 from specrunner.store import open_store
 
 SPEC = """\

@@ -196,7 +196,7 @@ def _run(args: argparse.Namespace, spec: Any, tasks: list, store: Any, run_id: i
             client = RunwareClient(http, url, key)
             rng = random.Random(args.jitter_seed) if args.jitter_seed is not None else None
             ex = Executor(tasks, store, client, spec.execution, spec.budget.max_usd, out_dir,
-                          run_id, rng=rng, notify=progress.message)
+                          run_id, rng=rng)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, ex, progress)
                 if mode != "none":
