@@ -132,7 +132,7 @@ def main() -> int:
         for label in ("html (cold thumbnails)", "html (warm, cached)"):
             s, size = timed(["report", str(spec), "--format", "html"], 1)
             rows.append((label, "1 run", s, size))
-        print(f"\n| format | runs | seconds | output chars |\n| --- | --- | ---: | ---: |")
+        print("\n| format | runs | seconds | output chars |\n| --- | --- | ---: | ---: |")
         for fmt, runs, s, size in rows:
             print(f"| {fmt} | {runs} | {s:.3f} | {size:,} |")
         worst = max(s for fmt, _, s, _ in rows if not fmt.startswith("html (cold"))
