@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -65,20 +66,23 @@ def _young_garbage_collected_less() -> Iterator[None]:
     in fewer, larger young collections. Nested or concurrent runs: the outermost restores.
     """
     global _gc_depth, _gc_saved
-    if _gc_depth == 0:
-        _gc_saved = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(max(_gc_saved[0], GC_YOUNG_THRESHOLD), *_gc_saved[1:])
-    _gc_depth += 1
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(_gc_saved[0], GC_YOUNG_THRESHOLD), *_gc_saved[1:])
+        _gc_depth += 1
     try:
         yield
     finally:
-        _gc_depth -= 1
-        if _gc_depth == 0:
-            gc.set_threshold(*_gc_saved)
-            gc.unfreeze()
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0:
+                gc.set_threshold(*_gc_saved)
+                gc.unfreeze()
 
 
+_gc_lock = threading.Lock()  # runs in several threads of one process share the settings
 _gc_depth = 0
 _gc_saved: tuple[int, ...] = gc.get_threshold()
 

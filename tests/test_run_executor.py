@@ -189,6 +189,34 @@ def test_a_run_gives_back_the_garbage_collector_settings_it_changed(tmp_path: Pa
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
+def test_runs_in_two_threads_restore_the_gc_settings_once_both_end(tmp_path: Path) -> None:
+    import gc
+    import threading
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    first_in = threading.Event()
+    second_done = threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def slow(kind: str, uuid: str, n: int) -> None:
+        first_in.set()
+        second_done.wait(10)  # the first run is still going when the second one ends
+
+    def one(name: str, fake: Fake) -> None:
+        outcomes[name] = run(tmp_path / name, fake, make_tasks(2, prompt=name)).status
+
+    t = threading.Thread(target=one, args=("a", Fake(script=slow)))
+    t.start()
+    assert first_in.wait(10)
+    one("b", Fake())
+    during = gc.get_threshold()
+    second_done.set()
+    t.join(10)
+    assert outcomes == {"a": "complete", "b": "complete"}
+    assert during[0] >= 20_000  # b ended, a still running: a's setting stays
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
 def test_unknown_cost_counts_as_the_estimate(tmp_path: Path) -> None:
     fake = Fake(cost=None)
     out = run(tmp_path, fake, make_tasks(3), max_usd="0.20")
