@@ -248,8 +248,10 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
             "SELECT task_key, count(*) FROM attempts WHERE kind='send' GROUP BY task_key"))
         latencies = tuple(e - s for (s, e) in conn.execute(
             "SELECT started_at, ended_at FROM attempts ORDER BY started_at, id"))
-        first = dict(conn.execute("SELECT task_key, min(at) FROM transitions "
-                                  "WHERE to_state='sending' GROUP BY task_key"))
+        # The first request that left (the "sending" transition is recorded ahead of
+        # dispatch, a window of tasks at a time, so it would count time spent queued).
+        first = dict(conn.execute("SELECT task_key, min(started_at) FROM attempts "
+                                  "WHERE kind='send' GROUP BY task_key"))
         done_at = dict(conn.execute("SELECT task_key, max(at) FROM transitions "
                                     "WHERE to_state='done' GROUP BY task_key"))
         new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation>0"

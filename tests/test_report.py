@@ -56,7 +56,7 @@ retries                          4
 fresh UUIDs (provider failures)  4
 wall time                        31.250 s
 request latency                  p50 0.500 s, p95 0.500 s (n=12)
-task latency (send->done)        p50 10.750 s, p95 10.750 s (n=3)
+task latency (send->done)        p50 10.500 s, p95 10.500 s (n=3)
 budget                           $1.00
 
 by input
@@ -115,7 +115,7 @@ MARKDOWN = """\
 | fresh UUIDs (provider failures) | 4                                |
 | wall time                       | 31.250 s                         |
 | request latency                 | p50 0.500 s, p95 0.500 s (n=12)  |
-| task latency (send->done)       | p50 10.750 s, p95 10.750 s (n=3) |
+| task latency (send->done)       | p50 10.500 s, p95 10.500 s (n=3) |
 | budget                          | $1.00                            |
 
 ### by input
