@@ -65,11 +65,15 @@ def _young_garbage_collected_less() -> Iterator[None]:
     acyclic: `gc.freeze()` moves them out of every collection. Garbage is still collected,
     in fewer, larger young collections. Nested or concurrent runs: the outermost restores.
     """
-    global _gc_depth, _gc_saved
+    global _gc_depth, _gc_saved, _gc_froze
     with _gc_lock:
         if _gc_depth == 0:
             _gc_saved = gc.get_threshold()
-            gc.freeze()
+            # A program that froze objects itself (a pre-fork server) keeps its own freeze:
+            # unfreezing afterwards would undo it, so then only the threshold changes.
+            _gc_froze = gc.get_freeze_count() == 0
+            if _gc_froze:
+                gc.freeze()
             gc.set_threshold(max(_gc_saved[0], GC_YOUNG_THRESHOLD), *_gc_saved[1:])
         _gc_depth += 1
     try:
@@ -79,11 +83,13 @@ def _young_garbage_collected_less() -> Iterator[None]:
             _gc_depth -= 1
             if _gc_depth == 0:
                 gc.set_threshold(*_gc_saved)
-                gc.unfreeze()
+                if _gc_froze:
+                    gc.unfreeze()
 
 
 _gc_lock = threading.Lock()  # runs in several threads of one process share the settings
 _gc_depth = 0
+_gc_froze = False
 _gc_saved: tuple[int, ...] = gc.get_threshold()
 
 

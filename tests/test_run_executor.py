@@ -189,6 +189,20 @@ def test_a_run_gives_back_the_garbage_collector_settings_it_changed(tmp_path: Pa
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
+def test_a_freeze_made_by_the_program_itself_survives_a_run(tmp_path: Path) -> None:
+    import gc
+
+    kept = [object() for _ in range(3)]  # noqa: F841 (alive while frozen)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert run(tmp_path, Fake(), make_tasks(2)).status == "complete"
+        # gc.unfreeze() would have emptied it (a few frozen objects may die meanwhile)
+        assert gc.get_freeze_count() > frozen // 2 > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_runs_in_two_threads_restore_the_gc_settings_once_both_end(tmp_path: Path) -> None:
     import gc
     import threading
