@@ -16,6 +16,14 @@ os.environ.pop("RUNWARE_BASE_URL", None)
 import pytest
 
 
+@pytest.fixture()
+def no_waiting():
+    """Backoff and polling waits switched off for one test (reset after it, below)."""
+    from specrunner import client
+
+    client.set_testing(True)
+
+
 @pytest.fixture(autouse=True)
 def _reset_retry_waits():
     """Whatever a test switched in the client's testing mode, the next test starts clean."""

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import random
-from decimal import Decimal
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
 
 from specrunner.campaign import Execution
-from specrunner.client import RunwareClient, set_testing
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.executor import Executor
-from specrunner.store import open_store
-from test_run_support import Fake, make_tasks
+from test_run_support import Fake, make_tasks, run_executor
+
+pytestmark = pytest.mark.usefixtures("no_waiting")
 
 
 class Clock:
@@ -127,33 +123,12 @@ def test_small_absolute_latency_jitter_is_not_overload() -> None:
 
 
 # -- wired into the executor ---------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def no_waiting():
-    set_testing(True)
-    yield
-    set_testing(False)
-
-
 def run_with(tmp: Path, fake: Fake, n: int, concurrency: int) -> Executor:
-    tasks = make_tasks(n)
-    store = open_store(tmp)
-    clock = Clock()
-    try:
-        run_id = store.begin_run({})
-        store.plan_tasks(run_id, tasks)
-
-        async def main() -> Executor:
-            async with httpx.AsyncClient(transport=fake.transport()) as http:
-                ex = Executor(tasks, store, RunwareClient(http, "http://fake.test/v1", "k"),
-                              Execution(concurrency=concurrency, max_attempts=4),
-                              Decimal(1000), tmp, run_id, rng=random.Random(0), clock=clock)
-                out = await ex.run()
-                assert out.status == "complete"
-                return ex
-
-        return anyio.run(main)
-    finally:
-        store.close()
+    outcome, ex = run_executor(tmp, fake.transport(), make_tasks(n),
+                               Execution(concurrency=concurrency, max_attempts=4),
+                               seed=0, clock=Clock())
+    assert outcome.status == "complete"
+    return ex
 
 
 @pytest.mark.parametrize("fault", ["http503", "http429", "ratecode"])

@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
 
 from specrunner import runware
 from specrunner.campaign import Execution
-from specrunner.client import RunwareClient, set_testing
-from specrunner.executor import Executor, RunOutcome
+from specrunner.executor import RunOutcome
 from specrunner.store import open_store
-from test_run_support import IMAGE, Fake, local_image, make_tasks
+from test_run_support import IMAGE, Fake, local_image, make_tasks, run_executor
 
 KEY = "test-key-not-secret"
 
 
-@pytest.fixture(autouse=True)
-def no_waiting():
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = pytest.mark.usefixtures("no_waiting")
 
 
 def run(tmp: Path, fake: Fake, tasks, *, max_usd: str = "1000", **ex) -> RunOutcome:
     execution = Execution(**{"max_attempts": 4, **ex})
-    store = open_store(tmp)
-    try:
-        run_id = store.begin_run({"status": "running"})
-        store.plan_tasks(run_id, tasks)
-
-        async def main() -> RunOutcome:
-            async with httpx.AsyncClient(transport=fake.transport()) as http:
-                client = RunwareClient(http, "http://fake.test/v1", KEY)
-                return await Executor(tasks, store, client, execution, Decimal(max_usd), tmp,
-                                      run_id, rng=random.Random(1)).run()
-
-        return anyio.run(main)
-    finally:
-        store.close()
+    return run_executor(tmp, fake.transport(), tasks, execution, max_usd=max_usd, key=KEY)[0]
 
 
 def states(tmp: Path) -> dict[str, str]:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
 from specrunner.campaign import Execution
-from specrunner.client import RunwareClient, set_testing
-from specrunner.executor import Executor, RunOutcome
+from specrunner.executor import RunOutcome
 from specrunner.local import FaultConfig, LocalConfig, create_app
-from specrunner.store import open_store
-from test_run_support import audit, local_image, make_tasks
+from test_run_support import audit, local_image, make_tasks, run_executor
 
 EVERY_FAULT = {  # 20% of requests, plus task and download faults
     "http_429": 0.025, "http_500": 0.025, "http_502": 0.02, "http_503": 0.025,
@@ -25,30 +21,13 @@ EVERY_FAULT = {  # 20% of requests, plus task and download faults
 }
 
 
-@pytest.fixture(autouse=True)
-def no_waiting():
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = pytest.mark.usefixtures("no_waiting")
 
 
 def run_local(server, out: Path, tasks, *, max_usd: str = "10000", **ex) -> RunOutcome:
     execution = Execution(**{"request_timeout_s": 5.0, **ex})
-    store = open_store(out)
-    try:
-        run_id = store.begin_run({"status": "running"})
-        store.plan_tasks(run_id, tasks)
-
-        async def main() -> RunOutcome:
-            transport = httpx.ASGITransport(app=server)
-            async with httpx.AsyncClient(transport=transport) as http:
-                client = RunwareClient(http, "http://local.test/v1", "k")
-                return await Executor(tasks, store, client, execution, Decimal(max_usd), out,
-                                      run_id, rng=random.Random(7)).run()
-
-        return anyio.run(main)
-    finally:
-        store.close()
+    return run_executor(out, httpx.ASGITransport(app=server), tasks, execution,
+                        max_usd=max_usd, url="http://local.test/v1", seed=7)[0]
 
 
 @pytest.mark.parametrize("delivery", ["async", "sync"])

@@ -12,16 +12,18 @@ import base64
 import hashlib
 import io
 import json
+import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
+import anyio
 import httpx
 from PIL import Image
 
 from specrunner import runware
-from specrunner.campaign import LocalImage, Task
+from specrunner.campaign import Execution, LocalImage, Task
 
 
 def png_bytes(color: int = 128, size: tuple[int, int] = (8, 8)) -> bytes:
@@ -214,3 +216,29 @@ def audit(images_billed: dict[str, int], out_dir: Path) -> Audit:
         lost += not ok
     return Audit(len(images_billed), sum(1 for n in per_key.values() if n > 1), unknown, lost,
                  done)
+
+
+def run_executor(out: Path, transport: httpx.AsyncBaseTransport, tasks: list[Task],
+                 execution: Execution, *, max_usd: str | int = "1000",
+                 url: str = "http://fake.test/v1", key: str = "k", seed: int = 1,
+                 **kwargs: Any) -> tuple[Any, Any]:
+    """Record `tasks` as planned in `out` and run them through an Executor over `transport`:
+    (how the run ended, the Executor)."""
+    from specrunner.client import RunwareClient
+    from specrunner.executor import Executor
+    from specrunner.store import open_store
+
+    store = open_store(out)
+    try:
+        run_id = store.begin_run({"status": "running"})
+        store.plan_tasks(run_id, tasks)
+
+        async def main() -> tuple[Any, Any]:
+            async with httpx.AsyncClient(transport=transport) as http:
+                ex = Executor(tasks, store, RunwareClient(http, url, key), execution,
+                              Decimal(max_usd), out, run_id, rng=random.Random(seed), **kwargs)
+                return await ex.run(), ex
+
+        return anyio.run(main)
+    finally:
+        store.close()
