@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import anyio
 
-from specrunner import runware, store as st
+from specrunner import store as st
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
 from specrunner.campaign import Execution, Task
@@ -131,12 +131,9 @@ class Executor:
     async def run(self) -> RunOutcome:
         """Dispatch every task not done yet; return how the run ended."""
         rows = self.store.task_rows()
-        uploads = {(r[0], bool(r[1])): (r[2], r[3]) for r in self.store.conn.execute(
-            "SELECT sha256, inverted, image_uuid, uploaded_at FROM uploads")}
-        self.inputs = Inputs(uploads, client=self.client, writer=self.writer,
+        self.inputs = Inputs(self.store.uploads(), client=self.client, writer=self.writer,
                              execution=self.execution, wall=self.wall, sleep=self.sleep,
                              backoff=self.backoff, rng=self.rng)
-        has_results = {r[0] for r in self.store.conn.execute("SELECT DISTINCT task_key FROM results")}
         self._recorded: dict[str, list[dict[str, Any]]] = {}
         for r in self.store.results():
             if rows[r.task_key].state in ("received", "failed"):
@@ -158,10 +155,9 @@ class Executor:
                 self.c.spent += row.cost if row.cost is not None else t.est_cost
                 continue
             job = Job(t, row.state, row.generation, row.task_uuid)
-            if row.state == "failed" and t.task_key not in has_results:
+            if row.state == "failed" and t.task_key not in self._recorded:
                 job.state = "planned"  # a finished failure: try again under a fresh UUID
-                job.generation += 1
-                job.uuid = runware.task_uuid(t.task_key, job.generation)
+                job.next_generation()
             todo.append(job)
         with _young_garbage_collected_less():
             return await self._run(todo)
@@ -171,8 +167,7 @@ class Executor:
             outer.start_soon(self.writer.run)
             outer.start_soon(self.files.run)
             window = SendWindow(todo, max(32, 2 * self.execution.concurrency), outer,
-                                writer=self.writer, run_id=self.run_id, wall=self.wall,
-                                recorded=self._recorded)
+                                writer=self.writer, run_id=self.run_id, wall=self.wall)
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:

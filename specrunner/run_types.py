@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from specrunner import runware
 from specrunner.campaign import Task
 
 
@@ -59,3 +60,8 @@ class Job:
     precommitted: bool = False  # "sending" recorded ahead by the send window: not in doubt
     window: int = -1  # which chunk of the send window records its "sending" (-1: none)
     started: bool = False  # its worker was started in this run
+
+    def next_generation(self) -> None:
+        """Move to the task's next UUID (the provider failed this one; never for retries)."""
+        self.generation += 1
+        self.uuid = runware.task_uuid(self.task.task_key, self.generation)

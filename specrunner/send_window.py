@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Container
+from typing import Callable
 
 import anyio
 
@@ -31,14 +31,12 @@ class SendWindow:
     LEAD = 2  # chunks recorded ahead of the one being dispatched
 
     def __init__(self, todo: list[Job], size: int, tg: anyio.abc.TaskGroup, *,
-                 writer: Writer, run_id: int, wall: Callable[[], float],
-                 recorded: Container[str]) -> None:
-        """`recorded`: keys of the tasks whose results the record already holds."""
+                 writer: Writer, run_id: int, wall: Callable[[], float]) -> None:
         self.tg = tg
         self.writer, self.run_id, self.wall = writer, run_id, wall
+        # (a planned job never has recorded results: those are received or failed tasks)
         fresh = [j for j in todo if j.state == "planned" and j.generation == 0
-                 and j.uuid == j.task.task_uuid and not j.task.local_inputs
-                 and j.task.task_key not in recorded]
+                 and j.uuid == j.task.task_uuid and not j.task.local_inputs]
         self.chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
         for k, chunk in enumerate(self.chunks):
             for j in chunk:

@@ -214,14 +214,11 @@ class Store:
                                  r[6], None if r[7] is None else bool(r[7]), r[8], r[9]))
         return out
 
-    def upload(self, sha256: str, inverted: bool, now: float) -> str | None:
-        """The imageUUID of an upload of this content still inside Runware's retention."""
-        row = self.conn.execute(
-            "SELECT image_uuid, uploaded_at FROM uploads WHERE sha256=? AND inverted=?",
-            (sha256, int(inverted))).fetchone()
-        if row and now - row[1] < UPLOAD_TTL_S:
-            return str(row[0])
-        return None
+    def uploads(self) -> dict[tuple[str, bool], tuple[str, float]]:
+        """Recorded uploads: (content sha256, inverted) -> (imageUUID, uploaded at). Whether
+        one is still inside Runware's retention is for the caller to tell, when it uses it."""
+        return {(r[0], bool(r[1])): (r[2], r[3]) for r in self.conn.execute(
+            "SELECT sha256, inverted, image_uuid, uploaded_at FROM uploads")}
 
     def close(self) -> None:
         """Close the database and release the folder lock."""

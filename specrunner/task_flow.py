@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from specrunner import runware, store as st
+from specrunner import store as st
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
 from specrunner.campaign import Execution
@@ -99,8 +99,7 @@ class TaskFlow:
     async def _new_generation(self, job: Job) -> None:
         if job.sends >= self.execution.max_attempts:
             raise GiveUp("failed", "attemptsExhausted", "provider kept failing the task")
-        job.generation += 1
-        job.uuid = runware.task_uuid(job.task.task_key, job.generation)
+        job.next_generation()
         job.ambiguous = False
         job.blocked, job.blocked_code = 0, None
         job.results.clear()

@@ -164,7 +164,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(summary_table(outcome.counters, spec.budget.max_usd, outcome.status), file=out)
     if outcome.message:
         print(outcome.message, file=err)
-    print(f"record: {out_dir / '.specrunner' / 'run.db'}", file=out)
+    print(f"record: {store.path}", file=out)
     print(f"report: specrunner report {shlex.quote(str(out_dir))}", file=out)
     return code
 
