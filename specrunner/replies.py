@@ -8,9 +8,9 @@ from specrunner import runware
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
 from specrunner.campaign import Execution
-from specrunner.client import (OVERLOAD_STATUS, Fault, Reply, RunwareClient, Sleep, category,
-                               errors_for, items_for)
-from specrunner.run_types import Counters, GiveUp, Job, StopRun
+from specrunner.client import (OVERLOAD_STATUS, DownloadError, Fault, Reply, RunwareClient, Sleep,
+                               category, errors_for, items_for)
+from specrunner.run_types import Counters, GiveUp, Job, refused
 from specrunner.runware import Category
 from specrunner.store import op_attempt
 
@@ -102,7 +102,7 @@ class Replies:
             elif kind == "new_uuid":
                 return None
             elif kind == "stop":
-                raise StopRun(f"the API refused the run: {code} ({msg})")
+                raise refused(code, msg)
             elif kind == "final":
                 if code in ("taskNotFound", "taskFailedOrNotFound", "taskExpired"):
                     details = await self.details(job)
@@ -125,10 +125,9 @@ class Replies:
                                              "taskUUID": job.uuid}],
                                            self.execution.request_timeout_s)
         except Fault as f:
-            self._queue_fault(job, "details", started, f)
+            self.fault(job, "details", started, f)
             return None
-        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "details",
-                                      started, self.wall(), reply.status, "ok")])
+        self.attempt(job, "details", started, reply.status, "ok")
         found: list[dict[str, Any]] = []
 
         def walk(node: Any) -> None:
@@ -155,13 +154,18 @@ class Replies:
             reply = await self.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
                                            self.execution.request_timeout_s)
         except Fault as f:
-            self._queue_fault(job, "poll", started, f)
+            self.fault(job, "poll", started, f)
             return None
         kind, code, msg = self.classify(job, reply)
-        self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, "poll", started,
-                                      self.wall(), reply.status, kind, code, msg)])
+        self.attempt(job, "poll", started, reply.status, kind, code, msg)
         return reply, kind, code, msg
 
-    def _queue_fault(self, job: Job, kind: str, started: float, f: Fault) -> None:
+    def attempt(self, job: Job, kind: str, started: float, status: int | None, outcome: str,
+                code: str | None = None, message: str | None = None) -> None:
+        """Log one request made for `job` (send, poll, details, download), ended now."""
         self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid, kind, started,
-                                      self.wall(), f.status, "fault", f.code, str(f))])
+                                      self.wall(), status, outcome, code, message)])
+
+    def fault(self, job: Job, kind: str, started: float, f: Fault | DownloadError) -> None:
+        """Log one request of `job` that ended in a transient fault."""
+        self.attempt(job, kind, started, f.status, "fault", f.code, str(f))

@@ -35,6 +35,11 @@ class StopRun(Exception):
     """Auth or quota failure: the whole run stops."""
 
 
+def refused(code: str | None, message: str | None) -> StopRun:
+    """The StopRun for an API that refused the run (auth, quota)."""
+    return StopRun(f"the API refused the run: {code} ({message})")
+
+
 class GiveUp(Exception):
     """A task cannot progress in this run; `state` is failed or in_doubt."""
 

@@ -20,8 +20,8 @@ from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, R
 from specrunner.inputs import Inputs
 from specrunner.outputs import FileSink, OutputFile
 from specrunner.replies import Replies
-from specrunner.run_types import Counters, GiveUp, Job, StopRun
-from specrunner.store import op_attempt, op_new_uuid, op_output, op_result, op_state
+from specrunner.run_types import Counters, GiveUp, Job, refused
+from specrunner.store import op_new_uuid, op_output, op_result, op_state
 
 
 class TaskFlow:
@@ -46,12 +46,15 @@ class TaskFlow:
         self.replies = Replies(client=client, writer=writer, execution=execution, limit=limit,
                                counters=counters, sleep=sleep, wall=wall, run_id=run_id)
 
+    def _state_ops(self, job: Job, new: str, detail: str | None, extra: list[st.Op] | None,
+                   cols: dict[str, Any]) -> list[st.Op]:
+        return (extra or []) + op_state(job.task.task_key, self.run_id, job.state, new,
+                                        detail=detail, now=self.wall(), **cols)
+
     async def set_state(self, job: Job, new: str, *, detail: str | None = None,
                         extra: list[st.Op] | None = None, **cols: Any) -> None:
         """Move `job` to `new` once the change is durable."""
-        ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
-                       now=self.wall(), **cols)
-        await self.writer.write((extra or []) + ops)
+        await self.writer.write(self._state_ops(job, new, detail, extra, cols))
         job.state = new
 
     def _queue_state(self, job: Job, new: str, *, detail: str | None = None,
@@ -61,9 +64,7 @@ class TaskFlow:
         Only for changes nothing depends on until that next write: the record may briefly
         lag (a crash leaves the task in its previous in-doubt state, which resume reconciles).
         """
-        ops = op_state(job.task.task_key, self.run_id, job.state, new, detail=detail,
-                       now=self.wall(), **cols)
-        self.writer.queue((extra or []) + ops)
+        self.writer.queue(self._state_ops(job, new, detail, extra, cols))
         job.state = new
 
     def _request(self, job: Job, resolved: dict[str, str]) -> dict[str, Any]:
@@ -159,14 +160,10 @@ class TaskFlow:
                 retry_after = f.retry_after
                 if f.status in OVERLOAD_STATUS or f.code == "timeout":
                     self.limit.on_overload()
-                self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "send",
-                                              started, self.wall(), f.status, "fault", f.code,
-                                              str(f))])
+                self.replies.fault(job, "send", started, f)
                 continue
             outcome = self.replies.classify(job, reply)
-            self.writer.queue([op_attempt(t.task_key, self.run_id, job.uuid, "send", started,
-                                          self.wall(), reply.status, outcome[0], outcome[1],
-                                          outcome[2])])
+            self.replies.attempt(job, "send", started, reply.status, *outcome)
             kind = outcome[0]
             if kind == "results":
                 return self.replies.take_items(job, reply)
@@ -180,7 +177,7 @@ class TaskFlow:
                 tries = 0
                 continue
             if kind == "stop":
-                raise StopRun(f"the API refused the run: {outcome[1]} ({outcome[2]})")
+                raise refused(outcome[1], outcome[2])
             stale = self.inputs.forget_reused(t, resolved)
             if stale and (outcome[1] or "").startswith(("invalidSeed", "invalidMask", "invalidImage")):
                 # An upload recorded by an earlier run is gone on the server: upload it again.
@@ -211,7 +208,7 @@ class TaskFlow:
                 await self._new_generation(job)
                 return None
             if kind == "stop":
-                raise StopRun(f"the API refused the run: {code} ({msg})")
+                raise refused(code, msg)
         return await self.replies.details(job)
 
     async def _finish(self, job: Job, items: list[dict[str, Any]]) -> Decimal | None:
@@ -271,13 +268,10 @@ class TaskFlow:
                     raise GiveUp("received", "noOutput", "result item carries no image")
                 started = self.wall()
                 data = await self.client.download(url, cap, self.execution.request_timeout_s)
-                self.writer.queue([op_attempt(job.task.task_key, self.run_id, job.uuid,
-                                              "download", started, self.wall(), 200, "ok")])
+                self.replies.attempt(job, "download", started, 200, "ok")
                 return data
             except DownloadError as exc:
                 last = exc  # even "too large": the result is paid for, keep it re-fetchable
                 if url is not None:
-                    self.writer.queue([op_attempt(
-                        job.task.task_key, self.run_id, job.uuid, "download", started,
-                        self.wall(), exc.status, "fault", exc.code, str(exc))])
+                    self.replies.fault(job, "download", started, exc)
         raise GiveUp("received", last.code, f"{last} (results recorded; resume re-fetches)")
