@@ -40,11 +40,6 @@ def set_testing(on: bool) -> None:
     _TESTING = on
 
 
-def is_testing() -> bool:
-    """True when waits are switched off."""
-    return _TESTING
-
-
 async def default_sleep(seconds: float) -> None:
     """anyio.sleep, skipped entirely in testing mode."""
     await anyio.sleep(0 if _TESTING else seconds)
@@ -175,7 +170,6 @@ class RunwareClient:
         self._download_headers = httpx.Headers(common)
         self._timeouts: dict[float, dict[str, Any]] = {}
         self.clock = clock
-        self.requests = 0
 
     def _timeout(self, seconds: float) -> dict[str, Any]:
         """The httpx timeout extension for `seconds` (connect, read, write and pool)."""
@@ -195,7 +189,6 @@ class RunwareClient:
         """
         body = json.dumps(tasks, separators=(",", ":")).encode()
         t0 = self.clock()
-        self.requests += 1
         request = httpx.Request("POST", self._url, headers=self._headers, content=body,
                                 extensions=self._timeout(timeout))
         try:

@@ -104,7 +104,7 @@ class Executor:
                  backoff: Backoff = Backoff()) -> None:
         self.tasks, self.store, self.client = tasks, store, client
         self.execution, self.max_usd, self.out_dir, self.run_id = execution, max_usd, out_dir, run_id
-        self.sleep, self.rng, self.clock, self.wall = sleep, rng or random.Random(), clock, wall
+        self.sleep, self.rng, self.wall = sleep, rng or random.Random(), wall
         self.backoff = backoff
         self.writer = Writer(store)
         self.files = FileSink(self.writer)

@@ -212,8 +212,6 @@ class FileSink(BatchLoop):
         self.writer = writer
         self._use_helper = use_helper
         self._helper: _Helper | None = None
-        self.files = 0
-        self.batches = 0
 
     async def write(self, files: Sequence[OutputFile], after: Sequence[Op] = ()) -> None:
         """Make `files` durable in place, then commit `after` through the writer (one group
@@ -257,14 +255,12 @@ class FileSink(BatchLoop):
                 if statuses[i] is not None and e.error is None:
                     e.error = statuses[i]
                 i += 1
-        self.files += sum(len(e.files) for e in entries if e.error is None)
 
     async def _handle(self, entries: list[_FileEntry]) -> None:
         """Place one batch's files, then commit their `after` ops in one group commit."""
         try:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._place, entries)
-                self.batches += 1
                 ops = [op for e in entries if e.error is None for op in e.after]
                 if ops:
                     assert self.writer is not None

@@ -26,9 +26,8 @@ def _eta(seconds: float | None) -> str:
 def status_line(c: Counters, max_usd: Decimal, elapsed: float) -> str:
     """One line: done/total, failed, retrying, in flight, spend vs budget, ETA."""
     finished = c.done + c.failed + c.in_doubt
-    remaining = c.total - c.skipped - finished
     rate = finished / elapsed if elapsed > 0 and finished else 0.0
-    eta = remaining / rate if rate else None
+    eta = c.remaining / rate if rate else None
     return (f"{c.skipped + c.done}/{c.total} done, {c.failed} failed, {c.in_doubt} in doubt, "
             f"{c.retrying} retrying, {c.in_flight} in flight (limit {c.limit}), "
             f"${c.spent:.2f} of ${max_usd:.2f}, ETA {_eta(eta)}")
@@ -88,7 +87,7 @@ def summary_table(c: Counters, max_usd: Decimal, status: str) -> str:
         ("done in this run", c.done),
         ("failed", c.failed),
         ("in doubt (resume reconciles)", c.in_doubt),
-        ("not started", c.total - c.skipped - c.done - c.failed - c.in_doubt),
+        ("not started", c.remaining),
         ("requests sent (imageInference)", c.sends),
         ("retries", c.retries),
         ("polls", c.polls),

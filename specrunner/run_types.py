@@ -30,6 +30,11 @@ class Counters:
     reserved: Decimal = Decimal(0)
     limit: int = 0
 
+    @property
+    def remaining(self) -> int:
+        """Tasks neither done (before or in this run), failed nor left in doubt."""
+        return self.total - self.skipped - self.done - self.failed - self.in_doubt
+
 
 class StopRun(Exception):
     """Auth or quota failure: the whole run stops."""

@@ -96,8 +96,6 @@ class TaskRow:
     generation: int
     task_uuid: str
     cost: Decimal | None
-    attempts: int
-    error_code: str | None
 
 
 @dataclass(frozen=True)
@@ -196,8 +194,8 @@ class Store:
     def task_rows(self) -> dict[str, TaskRow]:
         """Every task the record knows, by task_key."""
         rows = self.conn.execute(
-            "SELECT task_key, state, generation, task_uuid, cost, attempts, error_code FROM tasks")
-        return {r[0]: TaskRow(r[0], r[1], r[2], r[3], Decimal(r[4]) if r[4] else None, r[5], r[6])
+            "SELECT task_key, state, generation, task_uuid, cost FROM tasks")
+        return {r[0]: TaskRow(r[0], r[1], r[2], r[3], Decimal(r[4]) if r[4] else None)
                 for r in rows}
 
     def results(self, task_key: str | None = None) -> list[ResultRow]:
