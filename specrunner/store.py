@@ -143,15 +143,7 @@ class Store:
     # -- writing ----------------------------------------------------------------------------
     def apply(self, ops: Iterable[Op]) -> None:
         """Apply `ops` in one durable transaction."""
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params in ops:
-                cur.execute(sql, params)
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+        _transaction(self.conn, ops)
 
     def begin_run(self, meta: dict[str, Any]) -> int:
         """Record the start of a run (spec, hashes, git state, plan); return its run_id."""
@@ -312,20 +304,8 @@ def open_store(out_dir: Path) -> Store:
             raise RecordError(f"the run record {db} is damaged ({exc}); it was left untouched: "
                               "move it away or use another --out") from None
         half = [] if tables == 0 and app == 0 else _half_created(conn, app, ver)
-        if half is not None:
-            # One transaction: a kill at any moment leaves either no record or a whole one.
-            # (A half-made record of an older version holds nothing: start it over.)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            _transaction(conn, [f'DROP TABLE "{t}"' for t in half] + _SCHEMA_STATEMENTS
-                         + [f"PRAGMA application_id={APP_ID}",
-                            f"PRAGMA user_version={SCHEMA_VERSION}"])
-        elif app == APP_ID and 1 <= ver < SCHEMA_VERSION:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            for v in range(ver, SCHEMA_VERSION):
-                _transaction(conn, _MIGRATIONS[v] + [f"PRAGMA user_version={v + 1}"])
-        elif app != APP_ID or ver != SCHEMA_VERSION:
+        older = half is None and app == APP_ID and 1 <= ver < SCHEMA_VERSION
+        if half is None and not older and (app != APP_ID or ver != SCHEMA_VERSION):
             conn.close()
             newer = " (made by a newer specrunner?)" if app == APP_ID and ver > SCHEMA_VERSION \
                 else ""
@@ -333,23 +313,38 @@ def open_store(out_dir: Path) -> Store:
                               f"{SCHEMA_VERSION} (found application_id={app}, version={ver})"
                               f"{newer}; it was left untouched: move it away or use another "
                               "--out")
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA journal_mode=WAL")  # only now: a foreign file stays untouched
         conn.execute("PRAGMA synchronous=FULL")
+        if half is not None:
+            # One transaction: a kill at any moment leaves either no record or a whole one.
+            # (A half-made record of an older version holds nothing: start it over.)
+            _transaction(conn, _statements([f'DROP TABLE "{t}"' for t in half]
+                                           + _SCHEMA_STATEMENTS
+                                           + [f"PRAGMA application_id={APP_ID}",
+                                              f"PRAGMA user_version={SCHEMA_VERSION}"]))
+        elif older:
+            for v in range(ver, SCHEMA_VERSION):
+                _transaction(conn, _statements(_MIGRATIONS[v]
+                                               + [f"PRAGMA user_version={v + 1}"]))
     except BaseException:
         os.close(fd)
         raise
     return Store(conn, db, fd)
 
 
-def _transaction(conn: sqlite3.Connection, statements: Sequence[str]) -> None:
+def _transaction(conn: sqlite3.Connection, ops: Iterable[Op]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql in statements:
-            conn.execute(sql)
+        for sql, params in ops:
+            conn.execute(sql, params)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _statements(sqls: Sequence[str]) -> list[Op]:
+    return [(sql, ()) for sql in sqls]
 
 
 def _half_created(conn: sqlite3.Connection, app: int, ver: int) -> list[str] | None:
