@@ -37,8 +37,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from tabulate import tabulate
-
 from specrunner.errors import EXIT_INVALID, EXIT_OK, PlanLimitError, UsageError
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -200,6 +198,8 @@ def _record_line(record: Any) -> str:
 def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The human view: summary, task rows (up to `limit`), per-axis breakdown; with a run
     record, each task's status and a line counting what is done and what would run."""
+    from tabulate import tabulate  # not at the top: `--help` need not import it
+
     print(_summary(plan), file=out)
     if record is not None:
         print(_record_line(record), file=out)
@@ -218,6 +218,8 @@ def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -
 
 def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The table view as GitHub-flavoured Markdown."""
+    from tabulate import tabulate  # not at the top: `--help` need not import it
+
     print(f"## {_summary(plan)}", file=out)
     print(file=out)
     if record is not None:

@@ -9,12 +9,26 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
-from typing import Mapping, TextIO
+from typing import TYPE_CHECKING, Mapping, TextIO
 
 from specrunner.errors import UsageError
-from specrunner.local import LocalConfig, create_app
-from specrunner.local.faults import ALL_FAULTS, FaultConfig, Latency, parse_rate
-from specrunner.local.server import bind, uvicorn_server
+
+if TYPE_CHECKING:
+    from specrunner.local import LocalConfig
+
+# specrunner.local (the ASGI app, httpx, Pillow, jsonschema) and uvicorn are imported in the
+# functions that use them: cli imports every command module, so `--help`, `report` and `diff`
+# would pay for them otherwise.
+
+
+class _FaultNames:
+    """The known fault names, looked up only when `serve --help` is formatted (the
+    `%(fault_names)s` of --fault's help)."""
+
+    def __str__(self) -> str:
+        from specrunner.local.faults import ALL_FAULTS
+
+        return ", ".join(ALL_FAULTS)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "exponential:MEAN[,CAP]")
     parser.add_argument("--processing", help="per imageInference task, same forms as --latency")
     parser.add_argument("--capacity", type=int, help="max concurrent requests (more get 429)")
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
-                        help=f"a fault rate in 0..1; names: {', '.join(ALL_FAULTS)}")
+    fault = parser.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
+                                help="a fault rate in 0..1; names: %(fault_names)s")
+    fault.fault_names = _FaultNames()  # type: ignore[attr-defined]
     parser.add_argument("--hang-s", type=float, help="how long a 'hang' fault holds a response")
     parser.add_argument("--ttl", type=float, default=3600.0,
                         help="default lifetime of output image URLs, seconds")
@@ -43,6 +58,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfig:
     """The LocalConfig the flags describe (file first, flags override); UsageError if bad."""
+    from specrunner.local import LocalConfig
+    from specrunner.local.faults import FaultConfig, Latency, parse_rate
+
     faults = FaultConfig.load(args.faults) if args.faults else FaultConfig()
     changes: dict[str, object] = {}
     if args.seed is not None:
@@ -70,6 +88,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfi
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from specrunner.local import create_app
+    from specrunner.local.server import bind, uvicorn_server
+
     config = build_config(args, os.environ)
     sock = bind(args.host, args.port, allow_remote=args.allow_remote)
     host, port = sock.getsockname()[:2]

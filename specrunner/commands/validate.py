@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from specrunner.campaign import Spec
 from specrunner.errors import EXIT_INVALID, EXIT_OK, Diagnostic, PlanLimitError, SpecError
-from specrunner.plan import build_plan
-from specrunner.spec import load_spec_checked
+
+if TYPE_CHECKING:
+    from specrunner.campaign import Spec
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,11 @@ def limit_path(exc: PlanLimitError, spec: Spec) -> str:
 
 def check(path: str, secrets: tuple[str, ...]) -> dict[str, Any]:
     """Validate and plan one spec; a dict as in the JSON output."""
+    # Imported here, not at the top: they pull in jsonschema, Pillow and PyYAML, which
+    # `--help`, `report` and `diff` (every command module is imported) need not pay for.
+    from specrunner.plan import build_plan
+    from specrunner.spec import load_spec_checked
+
     result: dict[str, Any] = {"file": path, "valid": False, "tasks": None, "planned": False,
                               "diagnostics": []}
     try:
