@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 from specrunner.campaign import Scalar
@@ -37,7 +38,14 @@ def text_of(value: Scalar) -> str:
 
 def slug(value: Scalar) -> str:
     """A value as an id segment: characters other than [A-Za-z0-9._-] become '_'."""
-    return _SLUG.sub("_", text_of(value))
+    return _slug_text(text_of(value))
+
+
+@lru_cache(maxsize=1 << 16)
+def _slug_text(text: str) -> str:
+    # Memoised on the text, which is all a slug depends on: a plan slugs the same few axis
+    # values for every combination.
+    return _SLUG.sub("_", text)
 
 
 def base_id(values: Mapping[str, Scalar], index: int) -> str:

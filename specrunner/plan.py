@@ -30,7 +30,7 @@ from specrunner.campaign import InputPair, LocalImage, Scalar, Spec, Task
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.explain import explain, money  # noqa: F401 (explain: public API)
 from specrunner.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
-    base_id, canonical_json, framed_key, key_of, prompt_frame, slug, task_key, text_of,
+    base_id, canonical_json, framed_key, key_of, prompt_frame, task_key, text_of,
 )
 from specrunner.outpaths import fold, path_problem
 
@@ -253,7 +253,6 @@ def _build_plan(spec: Spec) -> Plan:
     name_path = "$.output.name" if "$.output.name" in spec.locs else None
     outputs: dict[str, int] = {}
     known_keys: set[str] = set()
-    slug_cache: dict[tuple[type, Scalar], str] = {}
     for ci, (values, explicit_id, src) in enumerate(combos):
         for key in values:
             if key in known_keys:
@@ -333,17 +332,7 @@ def _build_plan(spec: Spec) -> Plan:
                           f"`{in_name}`; Runware accepts {min_len}-{max_len}",
                           f"$.prompts.{pr_name}", "prompt-length")
         text, prompt_json = cached_text
-        if explicit_id:
-            vid = explicit_id
-        else:
-            segs = []
-            for v in values.values():
-                sk = (type(v), v)
-                s = slug_cache.get(sk)
-                if s is None:
-                    s = slug_cache[sk] = slug(v)
-                segs.append(s)
-            vid = "-".join(segs) or f"variant{ci + 1}"
+        vid = explicit_id or base_id(values, ci)
         if vid in ids:
             diags.add(f"variant id `{vid}` is used twice (combinations #{ids[vid] + 1} and "
                       f"#{ci + 1})", src, "duplicate-id",
