@@ -26,7 +26,8 @@ from specrunner.campaign import Scalar
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SENTINEL = "\ue000specrunner-prompt\ue000"
-_NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
+# Request fields outside the key: how the answer travels, not what is generated.
+NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 
 
 def text_of(value: Scalar) -> str:
@@ -64,7 +65,7 @@ def task_key(request: Mapping[str, Any], polarity: str, repeat: int) -> str:
     The fields that only say how the answer travels (`deliveryMethod`, `includeCost`) are left
     out: switching delivery between a crash and a resume must not mint new UUIDs and pay again.
     """
-    return key_of({k: v for k, v in request.items() if k not in _NOT_IN_KEY}, polarity, repeat)
+    return key_of({k: v for k, v in request.items() if k not in NOT_IN_KEY}, polarity, repeat)
 
 
 def key_of(body: Mapping[str, Any], polarity: str, repeat: int) -> str:

@@ -33,9 +33,9 @@ from specrunner.identity import (  # noqa: F401 (base_id, canonical_json, task_k
     base_id, canonical_json, framed_key, key_of, prompt_frame, task_key, text_of,
 )
 from specrunner.outpaths import fold, path_problem
+from specrunner.spec_schema import RUNNER_OWNED
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
-RUNNER_OWNED = models.RUNNER_FIELDS | {"includeCost", "deliveryMethod"}
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 

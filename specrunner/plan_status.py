@@ -30,15 +30,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from specrunner.errors import RecordError
 from specrunner.explain import money
-from specrunner.identity import task_key
+from specrunner.identity import NOT_IN_KEY, task_key
 from specrunner.report import connect_ro, record_path
 
 if TYPE_CHECKING:
     from specrunner.plan import Plan
 
 IN_DOUBT = frozenset({"sending", "accepted", "received", "in_doubt"})
-# Request fields that differ between two versions of a task without changing what is made.
-_NOT_COMPARED = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 _POLARITIES = ("white-edits", "black-edits")
 _MISSING = object()
 
@@ -165,7 +163,7 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def _diff(old: Any, new: Any, prefix: str, top: bool = False) -> Iterable[str]:
     keys = list(new) + [k for k in old if k not in new]
     for k in keys:
-        if top and k in _NOT_COMPARED:
+        if top and k in NOT_IN_KEY:
             continue
         a, b = old.get(k, _MISSING), new.get(k, _MISSING)
         if isinstance(a, Mapping) and isinstance(b, Mapping):

@@ -26,6 +26,8 @@ RUNNER_SET = {
     "deliveryMethod": "set `execution.delivery` instead",
     "includeCost": "specrunner always asks for the cost",
 }
+# Every request field a spec may not set: the ones specrunner fills in, and RUNNER_SET.
+RUNNER_OWNED = models.RUNNER_FIELDS | frozenset(RUNNER_SET)
 # Diagnostic groups, in the order they are listed.
 GROUP_SECRET, GROUP_LOADER, GROUP_SCHEMA, GROUP_REFS, GROUP_FILES = range(5)
 
@@ -40,8 +42,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 def defaults_schema(model_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The `defaults` subschema for a model, and the request schema `$defs` it refers to."""
     request = models.load_schema(models.get_model(model_id).request_schema)
-    excluded = models.RUNNER_FIELDS | set(RUNNER_SET)
-    props = {k: v for k, v in request["properties"].items() if k not in excluded}
+    props = {k: v for k, v in request["properties"].items() if k not in RUNNER_OWNED}
     sub: dict[str, Any] = {
         "description": f"Request fields sent with every task of {model_id}, nested as in the "
         "request; a matrix or variant can override each one.",
