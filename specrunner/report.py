@@ -351,7 +351,8 @@ def actual_cost(task: TaskInfo) -> Decimal:
     return sum((i.cost for i in task.images if i.cost is not None), Decimal(0))
 
 
-def _group(value: str, tasks: Sequence[TaskInfo]) -> Group:
+def group(value: str, tasks: Sequence[TaskInfo]) -> Group:
+    """The figures of `tasks`: count, images, tasks per status, estimated and actual cost."""
     counts = tuple(sum(t.status == s for t in tasks) for s in STATUSES)
     return Group(value, len(tasks), sum(len(t.images) for t in tasks),
                  counts,  # type: ignore[arg-type]
@@ -376,7 +377,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
         groups: dict[str, list[TaskInfo]] = {}
         for t in tasks:
             groups.setdefault(t.axis(axis), []).append(t)
-        breakdown.append((axis, tuple(_group(v, ts) for v, ts in groups.items())))
+        breakdown.append((axis, tuple(group(v, ts) for v, ts in groups.items())))
     failed = [t for t in tasks if t.status == "failed"]
     cats: dict[str, int] = {}
     for t in failed:
@@ -385,20 +386,21 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     for t in tasks:
         if t.error_code:
             codes[t.error_code] = codes.get(t.error_code, 0) + 1
-    images = sum(len(t.images) for t in tasks)
-    actual = sum((actual_cost(t) for t in tasks), Decimal(0))
+    whole = group("", tasks)
+    images, actual = whole.images, whole.actual
+    done, n_failed, pending, in_doubt = whole.counts
     task_lat = [t.latency_s for t in tasks if t.latency_s is not None]
     totals = (
-        ("tasks", len(tasks)),
+        ("tasks", whole.tasks),
         ("images", images),
         ("images_refused", sum(max(0, t.number_results - len(t.images)) for t in tasks
                                if t.status == "done")),
-        ("succeeded", sum(t.status == "done" for t in tasks)),
-        ("failed", len(failed)),
-        ("pending", sum(t.status == "pending" for t in tasks)),
-        ("in_doubt", sum(t.status == "in_doubt" for t in tasks)),
+        ("succeeded", done),
+        ("failed", n_failed),
+        ("pending", pending),
+        ("in_doubt", in_doubt),
         ("failed_by_category", dict(sorted(cats.items()))),
-        ("estimated_usd", sum((t.est_cost for t in tasks), Decimal(0))),
+        ("estimated_usd", whole.estimated),
         ("actual_usd", actual),
         ("spend_per_image_usd", (actual / images).quantize(Decimal("0.0001"))
          if images else None),

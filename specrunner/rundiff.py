@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from specrunner.errors import UsageError
-from specrunner.report import Summary, TaskInfo, usd, actual_cost
+from specrunner.report import Summary, TaskInfo, actual_cost, group, usd
 
 FORMATS = ("table", "markdown", "json")
 
@@ -111,12 +111,10 @@ def _by_axis(d: RunDiff, axis: str) -> list[dict[str, Any]]:
             groups.setdefault(t.axis(axis), [[], []])[side].append(t)
     rows = []
     for value, (xs, ys) in groups.items():
-        fa = sum(t.status == "failed" for t in xs)
-        fb = sum(t.status == "failed" for t in ys)
-        ca = sum((actual_cost(t) for t in xs), Decimal(0))
-        cb = sum((actual_cost(t) for t in ys), Decimal(0))
-        rows.append({"value": value, "tasks": [len(xs), len(ys)], "failed": _triple(fa, fb),
-                     "actual_usd": _triple(ca, cb)})
+        ga, gb = group(value, xs), group(value, ys)
+        rows.append({"value": value, "tasks": [ga.tasks, gb.tasks],
+                     "failed": _triple(ga.counts[1], gb.counts[1]),
+                     "actual_usd": _triple(ga.actual, gb.actual)})
     return rows
 
 
