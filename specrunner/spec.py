@@ -46,7 +46,7 @@ def load_spec_checked(path: str | Path, *,
         loaded = yamlload.load(path, display)
     except SpecError as exc:
         raise SpecError(redact(exc.diagnostics, secrets)) from None
-    ctx = Collector(display, loaded, Path(path))
+    ctx = Collector(display, loaded)
     for note in loaded.notes:
         ctx.add(GROUP_LOADER, note.message, note.path, note.code, hint=note.hint,
                 severity=note.severity, loc=note.loc)

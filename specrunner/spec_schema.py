@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
@@ -106,11 +104,10 @@ def integer_fields(model_id: str) -> dict[str, tuple[str, ...]]:
 class Collector:
     """Collects diagnostics with their sort keys while one spec is checked."""
 
-    def __init__(self, file: str, loaded: yamlload.Loaded, source: Path | None = None) -> None:
+    def __init__(self, file: str, loaded: yamlload.Loaded) -> None:
         self.file = file
         self.loaded = loaded
-        self.source = source  # the spec file, read again only to place template errors
-        self._lines: list[str] | None = None
+        self._lines: list[str] | None = None  # loaded.text split into lines, when needed
         self.items: list[tuple[tuple, Diagnostic]] = []
         self.reported: set[str] = set()
 
@@ -135,13 +132,10 @@ class Collector:
         """The position of character `offset` of the string at `path`, when that string is a
         plain scalar on one line (its source text is the value itself); otherwise None."""
         start = self.loaded.locs.get(path)
-        if start is None or self.source is None:
+        if start is None:
             return None
         if self._lines is None:
-            try:
-                self._lines = re.split(r"\r\n|\r|\n", self.source.read_text(encoding="utf-8"))
-            except (OSError, UnicodeError):
-                self._lines = []
+            self._lines = yamlload.LINE_BREAK.split(self.loaded.text)
         if start.line > len(self._lines):
             return None
         rest = self._lines[start.line - 1][start.col - 1:]

@@ -73,6 +73,7 @@ class Loaded:
     notes: tuple[Diagnostic, ...]
     plain: dict[str, str] = field(default_factory=dict)  # path -> source text of plain scalars
     sha256: str = ""
+    text: str = ""  # the decoded file, without a UTF-8 BOM: what `locs` count in
 
 
 def resolve_scalar(text: str) -> Any:
@@ -133,7 +134,8 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-_BREAK = re.compile(r"\r\n|\r|\n")
+# A line break as editors and YAML 1.2 count them (what Loc lines count).
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class _Where:
@@ -143,7 +145,7 @@ class _Where:
 
     def __init__(self, file: str, text: str) -> None:
         self.file = file
-        self.starts = [0] + [m.end() for m in _BREAK.finditer(text)]
+        self.starts = [0] + [m.end() for m in LINE_BREAK.finditer(text)]
 
     def at(self, index: int) -> Loc:
         line = bisect.bisect_right(self.starts, index)
@@ -427,4 +429,5 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
         notes=tuple(notes),
         plain=builder.plain,
         sha256=hashlib.sha256(raw).hexdigest(),
+        text=text,
     )
