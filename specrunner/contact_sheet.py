@@ -24,8 +24,7 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
-from specrunner.errors import UsageError
-from specrunner.report import InputRef, Summary, TaskInfo, usd
+from specrunner.report import InputRef, Summary, TaskInfo, check_axes, usd, varying_axes
 
 THUMB_DIR = "thumbs"
 OVERLAY_RGB = (255, 40, 90)
@@ -49,11 +48,8 @@ def grid_axes(summary: Summary, rows: str | None, cols: str | None
     Raises UsageError for an axis the run does not have.
     """
     data = summary.data
-    for name in (rows, cols):
-        if name is not None and name not in data.axes:
-            raise UsageError(f"unknown axis {name!r}; this run's axes: "
-                             + (", ".join(data.axes) or "none"))
-    varying = [a for a in data.axes if len({t.axis(a) for t in data.tasks}) > 1]
+    check_axes((rows, cols), data.axes)
+    varying = varying_axes(data.axes, data.tasks)
     if rows is None:
         rest = [a for a in varying if a != cols]
         rows = "input" if "input" in rest else (rest[0] if rest else None)

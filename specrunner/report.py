@@ -360,6 +360,19 @@ def group(value: str, tasks: Sequence[TaskInfo]) -> Group:
                  sum((actual_cost(t) for t in tasks), Decimal(0)))
 
 
+def varying_axes(axes: Iterable[str], tasks: Sequence[TaskInfo]) -> list[str]:
+    """The axes of `axes` (in order) on which `tasks` take 2+ values."""
+    return [a for a in axes if len({t.axis(a) for t in tasks}) > 1]
+
+
+def check_axes(names: Iterable[str | None], axes: Sequence[str]) -> None:
+    """UsageError for the first of `names` (None: not asked) that is not one of `axes`."""
+    for name in names:
+        if name is not None and name not in axes:
+            raise UsageError(f"unknown axis {name!r}; this run's axes: "
+                             + (", ".join(axes) or "none"))
+
+
 def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     """Compute totals and per-axis breakdowns; `by` defaults to every axis with 2+ values.
 
@@ -367,11 +380,8 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     """
     tasks = data.tasks
     if by is None:
-        by = [a for a in data.axes if len({t.axis(a) for t in tasks}) > 1]
-    for axis in by:
-        if axis not in data.axes:
-            raise UsageError(f"unknown axis {axis!r}; this run's axes: "
-                             + (", ".join(data.axes) or "none"))
+        by = varying_axes(data.axes, tasks)
+    check_axes(by, data.axes)
     breakdown = []
     for axis in by:
         groups: dict[str, list[TaskInfo]] = {}

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from specrunner.errors import UsageError
-from specrunner.report import Summary, TaskInfo, actual_cost, group, usd
+from specrunner.report import Summary, TaskInfo, actual_cost, group, usd, varying_axes
 
 FORMATS = ("table", "markdown", "json")
 
@@ -79,9 +79,8 @@ def compare(a: Summary, b: Summary, by: Sequence[str] | None = None) -> RunDiff:
         else:
             same += 1
     if by is None:
-        tasks = a.data.tasks + b.data.tasks
-        axes = tuple(ax for ax in b.data.axes if ax in a.data.axes
-                     and len({t.axis(ax) for t in tasks}) > 1)
+        axes = tuple(varying_axes([ax for ax in b.data.axes if ax in a.data.axes],
+                                  a.data.tasks + b.data.tasks))
     else:
         for ax in by:
             if ax not in a.data.axes and ax not in b.data.axes:
