@@ -244,14 +244,17 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
                               "image_uuid FROM results ORDER BY task_key, idx"):
             results.setdefault(r[0], []).append(
                 Image(r[1], r[2], r[3], r[4], Decimal(r[5]) if r[5] else None, r[6], r[7]))
-        sends: dict[str, int] = dict(conn.execute(
-            "SELECT task_key, count(*) FROM attempts WHERE kind='send' GROUP BY task_key"))
+        # Sends per task, and when the first request left (the "sending" transition is
+        # recorded ahead of dispatch, a window of tasks at a time, so it would count time
+        # spent queued).
+        sends: dict[str, int] = {}
+        first: dict[str, float] = {}
+        for key, n, started in conn.execute(
+                "SELECT task_key, count(*), min(started_at) FROM attempts WHERE kind='send' "
+                "GROUP BY task_key"):
+            sends[key], first[key] = n, started
         latencies = tuple(e - s for (s, e) in conn.execute(
             "SELECT started_at, ended_at FROM attempts ORDER BY started_at, id"))
-        # The first request that left (the "sending" transition is recorded ahead of
-        # dispatch, a window of tasks at a time, so it would count time spent queued).
-        first = dict(conn.execute("SELECT task_key, min(started_at) FROM attempts "
-                                  "WHERE kind='send' GROUP BY task_key"))
         done_at = dict(conn.execute("SELECT task_key, max(at) FROM transitions "
                                     "WHERE to_state='done' GROUP BY task_key"))
         new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation>0"
