@@ -48,21 +48,22 @@ def explain(plan: Plan, variant_id: str) -> tuple[str, str]:
     group = plan.tasks[ci * rep:(ci + 1) * rep]
     lines = [f"variant {variant_id}: combination #{ci + 1} of {len(plan.tasks) // rep}, "
              f"{len(group)} task(s) (repeat {rep})"]
+    source = plan.combination_source(ci)
     if exp is None:
-        lines.append(f"  declared by: variant #{ci + 1} ({_where(spec, f'$.variants[{ci}]')})")
+        lines.append(f"  declared by: variant #{ci + 1} ({_where(spec, source)})")
         lines.append(f"  values: {_pairs(hit.axes)}")
     else:
         c = exp.combinations[ci]
         if c.product_index is None:
             lines.append(f"  declared by: include #{c.created_by + 1} "  # type: ignore[operator]
-                         f"({_where(spec, f'$.matrix.include[{c.created_by}]')}), a new "
+                         f"({_where(spec, source)}), a new "
                          "combination: it joins no original combination without overwriting "
                          "an axis value")
             lines.append(f"  values: {_pairs(c.values)}")
         else:
             base = exp.combination_at(c.product_index)
             lines.append(f"  declared by: matrix product, combination #{c.product_index + 1} "
-                         f"of {exp.product_size} ({_where(spec, '$.matrix')})")
+                         f"of {exp.product_size} ({_where(spec, source)})")
             lines.append(f"  axis values: {_pairs(base)}")
             current = dict(base)
             for j in c.touched_by:

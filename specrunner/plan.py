@@ -67,10 +67,16 @@ class Plan:
 
     def combination_source(self, ci: int) -> str:
         """The JSON path that declared combination `ci`."""
-        if self.expansion is None:
-            return f"$.variants[{ci}]"
-        c = self.expansion.combinations[ci]
-        return "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
+        return _source(self.expansion, ci)
+
+
+def _source(expansion: matrix.Expansion | None, ci: int) -> str:
+    """The JSON path that declared combination `ci`: its variant, the matrix (a product
+    combination) or the include entry that created it."""
+    if expansion is None:
+        return f"$.variants[{ci}]"
+    c = expansion.combinations[ci]
+    return "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
 
 
 class _Diags:
@@ -101,7 +107,7 @@ def _combinations(spec: Spec, repeat: int
                   ) -> tuple[list[tuple[Mapping[str, Scalar], str | None, str]], Any]:
     """(values, explicit id, source path) per combination, plus the matrix Expansion."""
     if spec.matrix is None:
-        return [(v.values, v.id, f"$.variants[{i}]")
+        return [(v.values, v.id, _source(None, i))
                 for i, v in enumerate(spec.variants or ())], None
     m = spec.matrix
     cap = max(spec.budget.max_tasks // max(repeat, 1), 0)
@@ -117,11 +123,7 @@ def _combinations(spec: Spec, repeat: int
                              f" x repeat {repeat}); budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
-    out: list[tuple[Mapping[str, Scalar], str | None, str]] = []
-    for c in exp.combinations:
-        src = "$.matrix" if c.created_by is None else f"$.matrix.include[{c.created_by}]"
-        out.append((c.values, None, src))
-    return out, exp
+    return [(c.values, None, _source(exp, ci)) for ci, c in enumerate(exp.combinations)], exp
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
