@@ -55,10 +55,13 @@ class _QuietDrops(logging.Filter):
         return not isinstance(exc, ConnectionDropped)
 
 
+_QUIET_DROPS = _QuietDrops()  # one instance: addFilter skips a filter already attached
+
+
 def uvicorn_server(app: LocalServer, log_level: str = "warning", **options: Any
                    ) -> uvicorn.Server:
     """A uvicorn.Server for `app` (h11, no access log unless log_level is info/debug)."""
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
                             lifespan="on", http="h11", timeout_graceful_shutdown=2, **options)
     return uvicorn.Server(config)
