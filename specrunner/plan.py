@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from specrunner import matrix, models, runware, templates
-from specrunner.campaign import InputPair, LocalImage, Scalar, Spec, Task
+from specrunner.campaign import BUILTIN_KEYS, InputPair, LocalImage, Scalar, Spec, Task
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.explain import explain, money  # noqa: F401 (explain: public API)
 from specrunner.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
@@ -259,7 +259,7 @@ def _build_plan(spec: Spec) -> Plan:
         for key in values:
             if key in known_keys:
                 continue
-            if key in ("input", "prompt") or key in fields or key in used_vars:
+            if key in BUILTIN_KEYS or key in fields or key in used_vars:
                 known_keys.add(key)
                 continue
             close = difflib.get_close_matches(key, [*fields, *used_vars], n=1)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import jsonschema
 
 from specrunner import images, models, templates
-from specrunner.campaign import ImageRef, InputPair
+from specrunner.campaign import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
 from specrunner.spec_schema import (
     GROUP_FILES, GROUP_REFS, GROUP_SECRET, RUNNER_SET, Collector, did_you_mean,
@@ -34,8 +34,7 @@ from specrunner.spec_schema import (
 
 SECRET_KEYS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
                "runwareapikey", "bearer"}
-BUILTINS_PROMPT = ("input", "prompt")
-BUILTINS_OUTPUT = ("input", "prompt", "variant", "repeat")
+BUILTINS_OUTPUT = BUILTIN_KEYS + ("variant", "repeat")
 
 
 def scan_secrets(ctx: Collector, node: Any, path: str, secrets: Sequence[str]) -> None:
@@ -135,7 +134,7 @@ def check_references(ctx: Collector, data: dict, model: str, folder: Path) -> di
             continue  # reported as an unknown input/prompt already
         defined = spec_vars | input_vars.get(inp or "", set()) | keys
         checks = [(f"prompts.{prm}", f"prompt `{prm}`", prompt_fields.get(prm or "", []),
-                   set(BUILTINS_PROMPT))]
+                   set(BUILTIN_KEYS))]
         if output_fields is not None:
             checks.append(("output.name", "the output name", output_fields,
                            set(BUILTINS_OUTPUT)))
@@ -235,7 +234,7 @@ def _check_keys(ctx: Collector, entries: list[Entry], fields: dict, used: set[st
     aliases = [a for a in fields if "." not in a]
     seen_keys: set[str] = set()
     for key, value, vpath, kpath in entries:
-        if key in ("input", "prompt"):
+        if key in BUILTIN_KEYS:
             names = inputs if key == "input" else prompts
             if not isinstance(value, str) or value not in names:
                 ctx.add(GROUP_REFS, f"unknown {key} `{value}`", vpath, f"unknown-{key}",
@@ -251,7 +250,7 @@ def _check_keys(ctx: Collector, entries: list[Entry], fields: dict, used: set[st
                                            if key in models.RUNNER_FIELDS else None)
             ctx.add(GROUP_REFS, f"unknown key `{key}`: not a request field, and no template "
                     f"uses {{{key}}}", kpath, "unknown-key", key=True,
-                    hint=hint or did_you_mean(key, aliases + sorted(used) + ["input", "prompt"]))
+                    hint=hint or did_you_mean(key, aliases + sorted(used) + list(BUILTIN_KEYS)))
 
 
 def _check_implied(ctx: Collector, data: dict, inputs: dict, prompts: dict) -> None:
