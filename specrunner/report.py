@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tabulate import tabulate
 
@@ -178,10 +178,9 @@ def _plan_index(plan: Any) -> tuple[dict[str, Any], dict[str, Any], tuple[str, .
             tuple(k for k, _ in plan.breakdown), plan.spec)
 
 
-def _axes_from_plan(task: Any, keys: Sequence[str], fields: Mapping[str, tuple[str, ...]]
+def _axes_from_plan(task: Any, keys: Sequence[str], fields: Mapping[str, tuple[str, ...]],
+                    axis_value: Callable[[Any, str, Mapping[str, tuple[str, ...]]], Any]
                     ) -> tuple[tuple[str, str], ...]:
-    from specrunner.plan import axis_value
-
     return tuple((key, text_of(axis_value(task, key, fields))) for key in keys)
 
 
@@ -217,10 +216,7 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
                                           for f in flat]
 
 
-def _inputs(task: Any, spec: Any) -> tuple[InputRef, ...]:
-    if task is None or spec is None or task.input_name not in spec.inputs:
-        return ()
-    pair = spec.inputs[task.input_name]
+def _inputs(pair: Any) -> tuple[InputRef, ...]:
     return tuple(InputRef(name, ref.kind, ref.value if ref.kind == "file" else ref.display,
                           ref.sha256, pair.polarity)
                  for name, ref in (("seedImage", pair.seed), ("maskImage", pair.mask)))
@@ -268,10 +264,13 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
         conn.close()
     by_key, by_id, keys, spec = _plan_index(plan)
     fields: Mapping[str, tuple[str, ...]] = {}
+    inputs: dict[str, tuple[InputRef, ...]] = {}
     if spec is not None:
         from specrunner import models
+        from specrunner.plan import axis_value
 
         fields = models.field_paths(spec.model)
+        inputs = {name: _inputs(pair) for name, pair in spec.inputs.items()}
     requests = [json.loads(r[8]) for r in rows]
     matched = [by_key.get(r[0]) or by_id.get(r[2]) for r in rows]
     notes = list(warnings)
@@ -287,8 +286,8 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
         if name not in axes_order:
             axes_order.append(name)
     tasks = []
-    for i, (r, req, m) in enumerate(zip(rows, requests, matched)):
-        axes = (_axes_from_plan(m, keys, fields) if m is not None
+    for i, (r, req, m) in enumerate(zip(rows, requests, matched)):  # m: only with a spec
+        axes = (_axes_from_plan(m, keys, fields, axis_value) if m is not None
                 else tuple((k, fallback[i].get(k, "-")) for k in axis_names))
         lat = done_at[r[0]] - first[r[0]] if r[0] in done_at and r[0] in first else None
         tasks.append(TaskInfo(
@@ -298,7 +297,8 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
             number_results=int(req.get("numberResults", 1)),
             images=tuple(results.get(r[0], ())), error_code=r[6], error_message=r[7],
             sends=sends.get(r[0], 0), latency_s=lat,
-            input_name=m.input_name if m is not None else None, inputs=_inputs(m, spec)))
+            input_name=m.input_name if m is not None else None,
+            inputs=inputs.get(m.input_name, ()) if m is not None else ()))
     wall = 0.0
     for run_id, started, ended, *_ in runs:
         end = ended if ended is not None else last_seen.get(run_id, started)
