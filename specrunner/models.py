@@ -64,6 +64,13 @@ def get_model(model_id: str) -> ModelInfo:
 
 
 @lru_cache(maxsize=None)
+def prompt_length(model_id: str) -> tuple[int, int]:
+    """(min, max) length in characters of `positivePrompt` in `model_id`'s request schema."""
+    prop = load_schema(get_model(model_id).request_schema)["properties"].get("positivePrompt", {})
+    return int(prop.get("minLength", 1)), int(prop.get("maxLength", 2000))
+
+
+@lru_cache(maxsize=None)
 def request_validator(model_id: str) -> jsonschema.protocols.Validator:
     """A Draft 2020-12 validator for one imageInference task of `model_id`."""
     schema = load_schema(get_model(model_id).request_schema)

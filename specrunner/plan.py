@@ -134,12 +134,6 @@ def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None
     target[path[-1]] = value
 
 
-def _schema_limits(model: str) -> tuple[int, int]:
-    prop = models.load_schema(models.get_model(model).request_schema)["properties"]
-    pp = prop.get("positivePrompt", {})
-    return int(pp.get("minLength", 1)), int(pp.get("maxLength", 2000))
-
-
 def _key_path(values: Mapping[str, Scalar], src: str, key: str, spec: Spec,
               exp: Any, ci: int) -> str:
     """The JSON path that gave combination `ci` its `key`."""
@@ -200,7 +194,7 @@ def _build_plan(spec: Spec) -> Plan:
         diags.add(f"no price known for {spec.model}; set prices: {{\"{spec.model}\": ...}}",
                   "$.prices", "unknown-price")
     fields = models.field_paths(spec.model)
-    min_len, max_len = _schema_limits(spec.model)
+    min_len, max_len = models.prompt_length(spec.model)
     validator = models.request_validator(spec.model)
     repeat = spec.repeat
 

@@ -104,8 +104,7 @@ def check_references(ctx: Collector, data: dict, model: str, folder: Path) -> di
     inputs, prompts = _dict(data.get("inputs")), _dict(data.get("prompts"))
     spec_vars = set(_dict(data.get("vars")))
     input_vars = {k: set(_dict(_dict(v).get("vars"))) for k, v in inputs.items()}
-    request = models.load_schema(models.get_model(model).request_schema)
-    max_prompt = request["properties"]["positivePrompt"].get("maxLength", 2000)
+    max_prompt = models.prompt_length(model)[1]
 
     used: set[str] = set()
     prompt_fields: dict[str, list[str]] = {}
