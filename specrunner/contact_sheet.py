@@ -211,11 +211,11 @@ def build(summary: Summary, run_dir: Path, dest: Path, *, rows: str | None = Non
     rows, cols = grid_axes(summary, rows, cols)
     thumbs = Thumbs(dest / THUMB_DIR, size)
     tasks = summary.data.tasks
-    row_vals = list(dict.fromkeys(t.axis(rows) if rows else "" for t in tasks))
-    col_vals = list(dict.fromkeys(t.axis(cols) if cols else "" for t in tasks))
+    keys = [(t.axis(rows) if rows else "", t.axis(cols) if cols else "") for t in tasks]
+    row_vals = list(dict.fromkeys(r for r, _ in keys))
+    col_vals = list(dict.fromkeys(c for _, c in keys))
     slots: dict[tuple[str, str], list[str]] = {}
-    for t in tasks:
-        key = (t.axis(rows) if rows else "", t.axis(cols) if cols else "")
+    for t, key in zip(tasks, keys):
         slots.setdefault(key, []).append(_card(t, run_dir, dest, thumbs))
     corner = f"{rows or ''} \\ {cols or ''}" if rows or cols else ""
     head = "".join(f"<th>{_e(c)}</th>" for c in col_vals) if cols else "<th>tasks</th>"

@@ -37,6 +37,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -108,9 +109,15 @@ class TaskInfo:
         """The error category of the task's error code, if any."""
         return category_of(self.error_code) if self.error_code else None
 
+    @cached_property
+    def _axis_values(self) -> dict[str, str]:
+        # Not a field (no annotation): eq, hash and repr still see only `axes`. Cached in the
+        # instance __dict__, which a frozen dataclass allows (it blocks only __setattr__).
+        return dict(self.axes)
+
     def axis(self, name: str) -> str:
         """The task's value of axis `name` ("-" when it has none)."""
-        return dict(self.axes).get(name, "-")
+        return self._axis_values.get(name, "-")
 
 
 @dataclass(frozen=True)
