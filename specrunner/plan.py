@@ -134,8 +134,7 @@ def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None
     target[path[-1]] = value
 
 
-def _key_path(values: Mapping[str, Scalar], src: str, key: str, spec: Spec,
-              exp: Any, ci: int) -> str:
+def _key_path(src: str, key: str, spec: Spec, exp: Any, ci: int) -> str:
     """The JSON path that gave combination `ci` its `key`."""
     if src.startswith("$.variants") or src.startswith("$.matrix.include"):
         return f"{src}.{key}"
@@ -258,7 +257,7 @@ def _build_plan(spec: Spec) -> Plan:
                 continue
             close = difflib.get_close_matches(key, [*fields, *used_vars], n=1)
             diags.add(f"unknown key `{key}`: not a request field, and no template uses it",
-                      _key_path(values, src, key, spec, exp, ci), "unknown-key",
+                      _key_path(src, key, spec, exp, ci), "unknown-key",
                       f"did you mean `{close[0]}`?" if close else None)
         in_name = _resolve("input", values, spec.inputs, src, diags)
         pr_name = _resolve("prompt", values, spec.prompts, src, diags)
@@ -285,7 +284,7 @@ def _build_plan(spec: Spec) -> Plan:
                 where = tuple(str(p) for p in err.absolute_path)
                 origin = next((k for k in values if k in fields and
                                fields[k] == where[:len(fields[k])]), None)
-                jpath = (_key_path(values, src, origin, spec, exp, ci) if origin else
+                jpath = (_key_path(src, origin, spec, exp, ci) if origin else
                          "$.defaults" + "".join(f".{p}" for p in where))
                 diags.add(f"request field {'.'.join(where) or '(root)'}: {err.message}",
                           jpath, "request-schema")
