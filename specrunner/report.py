@@ -45,12 +45,12 @@ from tabulate import tabulate
 
 from specrunner import runware
 from specrunner.errors import RecordError, UsageError
+from specrunner.store import APP_ID, DB_NAME, IN_DOUBT_STATES, RECORD_DIR
 
 FORMATS = ("table", "markdown", "json", "csv")
-RECORD = Path(".specrunner") / "run.db"
-APP_ID = 0x53505243
-STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending", "sending": "in_doubt",
-             "accepted": "in_doubt", "received": "in_doubt", "in_doubt": "in_doubt"}
+RECORD = Path(RECORD_DIR) / DB_NAME
+STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
+             **dict.fromkeys(sorted(IN_DOUBT_STATES), "in_doubt")}
 STATUSES = ("done", "failed", "pending", "in_doubt")
 # Codes the runner itself gives up with (executor.py), not the API's.
 RUNNER_CODES = frozenset({"attemptsExhausted", "retryBudgetExhausted", "deadline",
