@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from specrunner.errors import EXIT_OK, UsageError
+from specrunner.errors import EXIT_OK
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Print the comparison; return the exit code."""
     from specrunner import report, rundiff
-    from specrunner.commands.report import locate
+    from specrunner.commands.report import locate, parse_by
 
-    by = [a.strip() for a in args.by.split(",") if a.strip()] if args.by else None
-    if args.by is not None and not by:
-        raise UsageError("--by needs at least one axis name")
+    by = parse_by(args.by)
     sides = []
     for target in (args.run_a, args.run_b):
         run_dir, plan, warnings = locate(target)

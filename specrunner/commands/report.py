@@ -38,6 +38,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="html: thumbnail size in pixels (default 256)")
 
 
+def parse_by(value: str | None) -> list[str] | None:
+    """The axis names of a `--by AXIS,...` option (None when not given)."""
+    by = [a.strip() for a in value.split(",") if a.strip()] if value else None
+    if value is not None and not by:
+        raise UsageError("--by needs at least one axis name")
+    return by
+
+
 def _plan_of(spec_path: Path) -> Any:
     from specrunner.plan import build_plan
     from specrunner.spec import load_spec
@@ -80,24 +88,21 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Render the report; return the exit code."""
     from specrunner import report
 
-    by = [a.strip() for a in args.by.split(",") if a.strip()] if args.by else None
-    if args.by is not None and not by:
-        raise UsageError("--by needs at least one axis name")
+    by = parse_by(args.by)
     if not 16 <= args.thumb <= 2048:
         raise UsageError("--thumb must be between 16 and 2048 pixels")
     run_dir, plan, warnings = locate(args.target)
-    data = report.load_run(run_dir, plan, warnings)
+    summary = report.summarize(report.load_run(run_dir, plan, warnings), by)
     if args.format == "html":
         from specrunner import contact_sheet
 
         dest = Path(args.out) if args.out else run_dir / "report"
-        summary = report.summarize(data, by)
         sheet = contact_sheet.build(summary, run_dir, dest, rows=args.rows, cols=args.cols,
                                     size=args.thumb)
         print(f"contact sheet: {sheet.index} ({sheet.cells} cells, {sheet.thumbs_made} "
               f"thumbnails made, {sheet.thumbs_cached} cached)", file=out)
         return EXIT_OK
-    text = report.render(report.summarize(data, by), args.format)
+    text = report.render(summary, args.format)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:
