@@ -34,7 +34,6 @@ UPLOAD_MAX_SIDE = 2048
 MAX_PIXELS = 40_000_000
 MASK_KEEP_MAX = 8
 MASK_FULL_MIN = 247
-FORMATS = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 MIME = {"JPG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 STYLE_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -52,11 +51,6 @@ _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|‘([^’]+)’|(?<![\w])'([
 
 class InputError(ValueError):
     """An input image that cannot be used (not decodable, wrong format, too large)."""
-
-
-def looks_inline(value: str) -> bool:
-    """True for a data URI or something that may be bare base64 (not a URL, not a UUID)."""
-    return value.startswith("data:") or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value)
 
 
 def inline_bytes(value: str) -> bytes:

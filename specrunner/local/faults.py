@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,10 +56,6 @@ class Latency:
             raise UsageError("latency parameters must be finite and >= 0")
         if self.dist == "uniform" and self.b < self.a:
             raise UsageError("uniform latency needs low <= high")
-
-    @property
-    def is_zero(self) -> bool:
-        return self.dist == "fixed" and self.a == 0
 
     def sample(self, rng: random.Random) -> float:
         """One delay in seconds."""
@@ -131,10 +127,6 @@ class FaultConfig:
 
     def rate(self, name: str) -> float:
         return float(self.rates.get(name, 0.0))
-
-    def with_rates(self, **rates: float) -> FaultConfig:
-        """A copy with some rates replaced."""
-        return replace(self, rates={**self.rates, **rates})
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any]) -> FaultConfig:

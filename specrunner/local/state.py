@@ -126,7 +126,6 @@ class TaskRecord:
     task_uuid: str
     task_type: str
     request: dict[str, Any]
-    accepted_at: float
     ready_at: float
     results: list[Result] = field(default_factory=list)
     error: dict[str, Any] | None = None  # a whole-task failure (provider timeout)

@@ -181,8 +181,7 @@ class Simulator:
         self._check_uuid(task)  # again: a twin of this task may have been accepted meanwhile
         n = int(task.get("numberResults", 1))
         faults, processing = self.injector.for_task(uuid, n)
-        now = self.clock()
-        record = TaskRecord(sent, "imageInference", task, now, now + processing,
+        record = TaskRecord(sent, "imageInference", task, self.clock() + processing,
                             placeholder=placeholder, inputs=(seed, mask))
         record.results = [Result(i, engine.image_uuid(uuid, i), engine.result_seed(uuid, i))
                           for i in range(n)]
