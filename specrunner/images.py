@@ -41,11 +41,9 @@ class ImageProblem(Exception):
 class ImageInfo:
     """What specrunner needs to know about one local image file."""
 
-    path: Path
     format: str  # "PNG" | "JPEG" | "WEBP"
     size: tuple[int, int]  # (width, height)
     sha256: str
-    bytes: int
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ def inspect(path: Path) -> ImageInfo:
     """
     with _open(path) as im:
         fmt, size = str(im.format), (int(im.size[0]), int(im.size[1]))
-    return ImageInfo(path, fmt, size, sha256_file(path), path.stat().st_size)
+    return ImageInfo(format=fmt, size=size, sha256=sha256_file(path))
 
 
 def mask_coverage(path: Path, polarity: str = "white-edits") -> MaskCoverage:
