@@ -41,7 +41,7 @@ def scan_secrets(ctx: Collector, node: Any, path: str, secrets: Sequence[str]) -
     if isinstance(node, dict):
         for k, v in node.items():
             child = f"{path}.{k}"
-            if re.sub(r"[-_ ]", "", k.lower()) in SECRET_KEYS | {"apikey"}:
+            if re.sub(r"[-_ ]", "", k.lower()) in SECRET_KEYS:
                 ctx.add(GROUP_SECRET, f"`{k}` looks like a credential; an API key never goes "
                         "in a spec", child, "secret-in-spec", key=True,
                         hint="set RUNWARE_API_KEY in the environment instead")
