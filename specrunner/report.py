@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tabulate import tabulate
 
-from specrunner import runware
+from specrunner import identity, runware
 from specrunner.errors import RecordError, UsageError
 from specrunner.store import APP_ID, DB_NAME, IN_DOUBT_STATES, RECORD_DIR
 
@@ -149,11 +149,7 @@ def category_of(code: str) -> str:
 
 def text_of(value: Any) -> str:
     """How an axis value reads in a report (true/false, 2, DESIGN; None -> "-")."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return "-" if value is None else identity.text_of(value)
 
 
 def record_path(run_dir: Path) -> Path:
