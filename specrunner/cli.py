@@ -17,7 +17,7 @@ import sys
 from typing import TextIO
 
 from specrunner import __version__
-from specrunner.errors import EXIT_INVALID, SpecrunnerError
+from specrunner.errors import EXIT_INTERRUPTED, EXIT_INVALID, SpecrunnerError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -92,7 +92,7 @@ def main() -> int:
         return run(sys.argv[1:])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `specrunner plan ... | head`: the reader left; not an error worth a traceback.
         devnull = os.open(os.devnull, os.O_WRONLY)
