@@ -54,6 +54,11 @@ class TaskError(Exception):
                                          task_type=ttype, task_uuid=uuid, **self.extra)
 
 
+def _foreign_url(value: str) -> bool:
+    """True for an http(s) URL that is not one of this server's own /image/ outputs."""
+    return bool(re.match(r"^https?://", value)) and not _OWN_IMAGE.search(value.split("?")[0])
+
+
 def _cap(name: str) -> str:
     return name[:1].upper() + name[1:]
 
@@ -206,7 +211,7 @@ class Simulator:
         """True if resolving `value` needs no decoding (an upload, or a foreign URL)."""
         if is_uuid4(value):
             return value in self.uploads
-        return bool(re.match(r"^https?://", value)) and not _OWN_IMAGE.search(value.split("?")[0])
+        return _foreign_url(value)
 
     def _input(self, value: str, name: str) -> Image.Image | str:
         """An image, or the URL string when it cannot be fetched (placeholder later)."""
@@ -329,7 +334,7 @@ class Simulator:
         value = task.get("image")
         if not isinstance(value, str) or not value:
             raise TaskError(400, "missingImage", "missing image", "image")
-        if re.match(r"^https?://", value) and not _OWN_IMAGE.search(value.split("?")[0]):
+        if _foreign_url(value):
             image: Image.Image | str = value
         else:
             image = await anyio.to_thread.run_sync(lambda: self._input(value, "image"))
