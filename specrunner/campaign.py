@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from specrunner.errors import Loc
+from specrunner.errors import Loc, nearest_loc
 
 Scalar = Union[str, int, float, bool, None]
 
@@ -109,13 +109,7 @@ class Spec:
 
     def loc(self, path: str) -> Loc | None:
         """The source position of `path`, or of its nearest ancestor that has one."""
-        while True:
-            if path in self.locs:
-                return self.locs[path]
-            if path == "$":
-                return Loc(str(self.path), 1, 1)
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else "$"
+        return nearest_loc(self.locs, path) or Loc(str(self.path), 1, 1)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ Expected per-task failures are records, not exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
@@ -31,6 +32,15 @@ class Loc:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+
+def nearest_loc(locs: Mapping[str, Loc], path: str) -> Loc | None:
+    """The position of JSON path `path` in `locs` (JSON path -> Loc), else of its nearest
+    ancestor there (`$.a[0].b`, `$.a[0]`, `$.a`, `$`); None when not even `$` is located."""
+    while path not in locs and path != "$":
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else "$"
+    return locs.get(path)
 
 
 @dataclass(frozen=True)

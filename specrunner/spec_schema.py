@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import jsonschema
 
 from specrunner import models, yamlload
-from specrunner.errors import Diagnostic, Loc
+from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
 # Request fields the runner sets from other settings; a spec may not set them directly.
@@ -114,10 +114,7 @@ class Collector:
     def loc(self, path: str, key: bool = False) -> Loc:
         if key and path in self.loaded.key_locs:
             return self.loaded.key_locs[path]
-        while path not in self.loaded.locs and path != "$":
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else "$"
-        return self.loaded.locs.get(path, Loc(self.file, 1, 1))
+        return nearest_loc(self.loaded.locs, path) or Loc(self.file, 1, 1)
 
     def add(self, group: int, message: str, path: str, code: str, *, hint: str | None = None,
             key: bool = False, severity: str = "error", rank: int = 0,
