@@ -136,7 +136,7 @@ class LocalServer:
                 "invalidPayload", "the body must be a non-empty JSON array of tasks")]})
         cap = self.config.faults.capacity
         if cap is not None and self.ledger.in_flight >= cap:
-            self.injector.injected["capacity"] = self.injector.injected.get("capacity", 0) + 1
+            self.injector.count("capacity")
             return await _json(send, 429, {"errors": [error_object(
                 "rateLimitExceeded", f"more than {cap} concurrent requests")]})
         self.ledger.enter()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -189,7 +190,11 @@ class FaultInjector:
         self.config = config
         self._requests = 0
         self._downloads = 0
-        self.injected: dict[str, int] = {}
+        self.injected: Counter[str] = Counter()  # kind -> times injected, first-seen order
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Record `n` injections of `kind` (the app counts capacity refusals here too)."""
+        self.injected[kind] += n
 
     def _rng(self, *parts: object) -> random.Random:
         key = "\0".join(str(p) for p in (self.config.seed, *parts)).encode()
@@ -201,7 +206,7 @@ class FaultInjector:
         for name in names:
             acc += self.config.rate(name)
             if u < acc:
-                self.injected[name] = self.injected.get(name, 0) + 1
+                self.count(name)
                 return name
         return None
 
@@ -221,10 +226,10 @@ class FaultInjector:
         rng = self._rng("task", task_uuid)
         processing = self.config.processing.sample(rng)
         if rng.random() < self.config.rate("provider_timeout"):
-            self.injected["provider_timeout"] = self.injected.get("provider_timeout", 0) + 1
+            self.count("provider_timeout")
             return TaskFaults(provider_timeout=True), processing
         p = self.config.rate("content_policy")
         blocked = frozenset(i for i in range(number_results) if rng.random() < p)
         if blocked:
-            self.injected["content_policy"] = self.injected.get("content_policy", 0) + len(blocked)
+            self.count("content_policy", len(blocked))
         return TaskFaults(blocked=blocked), processing
