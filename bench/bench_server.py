@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 
 import anyio
@@ -25,15 +24,13 @@ import httpx
 from tabulate import tabulate
 
 from specrunner.local import LocalConfig, create_app
+from specrunner.local.testing import client, inference_task
 
 KEY = "bench-key"
 
 
 def task() -> dict[str, Any]:
-    return {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "ideogram:3@3",
-            "positivePrompt": 'A shop sign reading "BENCH MARK"', "outputFormat": "JPG",
-            "inputs": {"seedImage": "https://example.invalid/seed.jpg",
-                       "maskImage": "https://example.invalid/mask.png"}}
+    return inference_task(positivePrompt='A shop sign reading "BENCH MARK"', outputFormat="JPG")
 
 
 async def drive(c: httpx.AsyncClient, requests: int, concurrency: int) -> tuple[float, list[float]]:
@@ -83,9 +80,7 @@ def in_process(render: bool, requests: int, concurrency: int) -> tuple[float, li
     server = create_app(LocalConfig(render=render))
 
     async def main() -> tuple[float, list[float]]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server),
-                                     base_url="http://local.runware",
-                                     headers={"Authorization": f"Bearer {KEY}"}) as c:
+        async with client(server, KEY) as c:
             return await drive(c, requests, concurrency)
     return anyio.run(main)
 
