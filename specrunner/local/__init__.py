@@ -13,14 +13,41 @@ On a socket: `specrunner serve` or `specrunner.local.server.running(server)` (te
 
 from __future__ import annotations
 
-from specrunner.local.app import ConnectionDropped, LocalConfig, LocalServer, create_app
-from specrunner.local.engine import PLACEHOLDER_SIZE, UPLOAD_MAX_SIDE
-from specrunner.local.faults import ALL_FAULTS, FaultConfig, Latency
-from specrunner.local.state import DoubleCharge, Ledger, Stats
-from specrunner.local.tasks import SIMULATOR
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from specrunner.local.app import ConnectionDropped, LocalConfig, LocalServer, create_app
+    from specrunner.local.engine import PLACEHOLDER_SIZE, UPLOAD_MAX_SIDE
+    from specrunner.local.faults import ALL_FAULTS, FaultConfig, Latency
+    from specrunner.local.state import DoubleCharge, Ledger, Stats
+    from specrunner.local.tasks import SIMULATOR
 
 __all__ = [
     "ALL_FAULTS", "PLACEHOLDER_SIZE", "SIMULATOR", "UPLOAD_MAX_SIDE", "ConnectionDropped",
     "DoubleCharge", "FaultConfig", "Latency", "Ledger", "LocalConfig", "LocalServer", "Stats",
     "create_app",
 ]
+
+# The re-exports load their submodule on first use (PEP 562), so importing one submodule,
+# e.g. specrunner.local.faults, does not pull in the ASGI app and with it httpx and anyio.
+_WHERE = {
+    "ConnectionDropped": "app", "LocalConfig": "app", "LocalServer": "app", "create_app": "app",
+    "PLACEHOLDER_SIZE": "engine", "UPLOAD_MAX_SIDE": "engine",
+    "ALL_FAULTS": "faults", "FaultConfig": "faults", "Latency": "faults",
+    "DoubleCharge": "state", "Ledger": "state", "Stats": "state",
+    "SIMULATOR": "tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
