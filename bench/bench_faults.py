@@ -8,6 +8,7 @@ Prints: runs needed, lost results, tasks billed twice, unknown charges, retries 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +52,10 @@ def main() -> None:
           f"{3 * (args.tasks + s.faults_injected.get('provider_timeout', 0)) * len(runs)}), "
           f"retries per run={[r.counters.retries for r in runs]}, "
           f"duplicate UUIDs refused by the server={s.duplicate_attempts_total}")
+    if a.lost or a.billed_twice or a.unknown_charges:
+        print(f"run record and outputs kept for inspection in {out}")
+    else:
+        shutil.rmtree(out)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,16 +26,20 @@ def main() -> None:
     # `specrunner serve` accepts any key; the runner refuses to start without one (the test
     # suite's conftest sets a canary key, a bench run must set its own).
     os.environ.setdefault("RUNWARE_API_KEY", "bench-kill-local-key")
-    fig = kill_and_resume(Path(tempfile.mkdtemp(prefix="bench-kill-")), args.kills, args.repeat,
-                          args.seed)
+    out = Path(tempfile.mkdtemp(prefix="bench-kill-"))
+    fig = kill_and_resume(out, args.kills, args.repeat, args.seed)
     if fig["exit"] != 0:
-        print(f"final run failed (exit {fig['exit']}): {fig['stderr']}")
+        print(f"final run failed (exit {fig['exit']}): {fig['stderr']}; kept in {out}")
         raise SystemExit(1)
     a = fig["audit"]
     print(f"tasks={fig['tasks']} killed={fig['killed']} (mid-run {fig['killed_mid_run']}) "
           f"final exit={fig['exit']} after {fig['resumes']} resume(s) done={a.done} lost={a.lost} billed_twice={a.billed_twice} "
           f"unknown_charges={a.unknown_charges} duplicate UUIDs refused="
           f"{fig['duplicates_refused']}")
+    if a.lost or a.billed_twice or a.unknown_charges:
+        print(f"run record and outputs kept for inspection in {out}")
+    else:
+        shutil.rmtree(out)
 
 
 if __name__ == "__main__":

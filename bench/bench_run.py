@@ -32,6 +32,7 @@ import gc
 import json
 import math
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,12 @@ from specrunner.store import open_store  # noqa: E402
 from test_run_support import make_tasks  # noqa: E402
 
 
+# Every measurement's record and outputs go under one folder, removed when the bench ends:
+# not between measurements, because deleting thousands of files costs the next one (on a
+# filesystem mounted with online discard, as here, each deletion is a discard request).
+SCRATCH: str | None = None
+
+
 def server(latency: float = 0.0):
     return create_app(LocalConfig(render=False, faults=FaultConfig(latency=Latency("fixed",
                                                                                    latency))))
@@ -60,7 +67,7 @@ def server(latency: float = 0.0):
 
 def run_specrunner(tasks, concurrency: int, latency: float) -> float:
     app = server(latency)
-    out = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    out = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH))
     store = open_store(out)
     run_id = store.begin_run({})
     store.plan_tasks(run_id, tasks)
@@ -169,7 +176,7 @@ def run_record_only(tasks, concurrency: int) -> tuple[float, float]:
     from specrunner import store as st
     from specrunner.batching import Writer
 
-    out = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    out = Path(tempfile.mkdtemp(prefix="record-", dir=SCRATCH))
     store = open_store(out)
     store.plan_tasks(1, tasks)
 
@@ -236,7 +243,8 @@ def measure(name: str, n: int, c: int, tag: str, fresh: bool) -> float:
     measurement pays for the garbage of the one before), or in a fresh interpreter."""
     if fresh:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--throughput-tasks",
-                              str(n), "--concurrency", str(c), "--tag", tag],
+                              str(n), "--concurrency", str(c), "--tag", tag,
+                              "--scratch", str(SCRATCH)],
                              capture_output=True, text=True, check=True)
         return float(out.stdout.split()[-1])
     gc.collect()
@@ -256,12 +264,23 @@ def main() -> None:
                     help="each zero-latency measurement in a fresh interpreter")
     ap.add_argument("--one", choices=[*MEASURES, "server"], help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="one", help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", help=argparse.SUPPRESS)
     args = ap.parse_args()
     set_testing(True)
-    n, c = args.throughput_tasks, args.concurrency
+    global SCRATCH
     if args.one:
-        print(measure(args.one, n, c, args.tag, False))
+        SCRATCH = args.scratch
+        print(measure(args.one, args.throughput_tasks, args.concurrency, args.tag, False))
         return
+    SCRATCH = tempfile.mkdtemp(prefix="bench-run-")
+    try:
+        figures(args)
+    finally:
+        shutil.rmtree(SCRATCH)
+
+
+def figures(args: argparse.Namespace) -> None:
+    n, c = args.throughput_tasks, args.concurrency
 
     names = ["plain", "specrunner", "plain+gc", "server"]
     rates: dict[str, list[float]] = {k: [] for k in names}
