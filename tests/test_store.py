@@ -1,4 +1,4 @@
-"""The run record: schema, locking, refusal of damaged records, group commit, atomic files."""
+"""The run record: schema, locking, refusal of damaged records, group commit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from specrunner.batching import Writer
 from specrunner.errors import RecordError
-from specrunner.outputs import FileSink, write_atomic
 from specrunner.store import SCHEMA_VERSION, op_attempt, op_result, op_state, open_store
 from test_run_support import make_tasks
 
@@ -92,74 +91,6 @@ def test_writer_group_commits_concurrent_writes(tmp_path: Path) -> None:
         store.close()
     assert states == {"sending"} and n == 200
     assert commits < 200  # batched: fewer transactions (fsyncs) than writers
-
-
-def test_write_atomic_replaces_without_leaving_temp_files(tmp_path: Path) -> None:
-    write_atomic(tmp_path, "a/b.png", b"one")
-    write_atomic(tmp_path, "a/b.png", b"two")
-    assert (tmp_path / "a" / "b.png").read_bytes() == b"two"
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.png"]
-
-
-@pytest.mark.parametrize("use_helper", [True, False])
-def test_file_sink_places_batches_and_reports_a_bad_target_alone(tmp_path: Path,
-                                                                 use_helper: bool) -> None:
-    (tmp_path / "blocker").write_bytes(b"a file, not a folder")
-    (tmp_path / "new" / "deep" / "taken.png").mkdir(parents=True)  # the rename fails
-
-    async def main() -> dict[str, BaseException | None]:
-        sink = FileSink(use_helper=use_helper)
-        outcome: dict[str, BaseException | None] = {}
-
-        async def one(rel: str, data: bytes) -> None:
-            try:
-                await sink.write([(tmp_path, rel, data)])
-                outcome[rel] = None
-            except OSError as exc:
-                outcome[rel] = exc
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sink.run)
-            async with anyio.create_task_group() as inner:
-                for i in range(20):
-                    inner.start_soon(one, f"new/deep/{i}.png", b"x" * i)
-                inner.start_soon(one, "blocker/under-a-file.png", b"y")
-                inner.start_soon(one, "new/deep/taken.png", b"z")
-            await sink.close()
-        return outcome
-
-    outcome = anyio.run(main)
-    assert isinstance(outcome.pop("blocker/under-a-file.png"), OSError)
-    assert isinstance(outcome.pop("new/deep/taken.png"), OSError)
-    assert outcome == {f"new/deep/{i}.png": None for i in range(20)}
-    names = sorted(p.name for p in (tmp_path / "new" / "deep").iterdir())
-    # no temporary file left behind, even by the file whose rename failed
-    assert names == sorted([f"{i}.png" for i in range(20)] + ["taken.png"])
-    assert (tmp_path / "new" / "deep" / "taken.png").is_dir()
-    assert (tmp_path / "new" / "deep" / "7.png").read_bytes() == b"x" * 7
-
-
-def test_file_sink_survives_its_helper_dying(tmp_path: Path) -> None:
-    async def main() -> tuple[BaseException | None, bytes]:
-        sink = FileSink()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sink.run)
-            await sink.write([(tmp_path, "first.png", b"1")])
-            assert sink._helper is not None
-            sink._helper.proc.kill()
-            sink._helper.proc.wait()
-            err: BaseException | None = None
-            try:
-                await sink.write([(tmp_path, "lost.png", b"2")])
-            except OSError as exc:
-                err = exc
-            await sink.write([(tmp_path, "again.png", b"3")])  # a fresh helper
-            await sink.close()
-        return err, (tmp_path / "again.png").read_bytes()
-
-    err, again = anyio.run(main)
-    assert isinstance(err, OSError) and again == b"3"
-    assert (tmp_path / "first.png").read_bytes() == b"1"
 
 
 V1_TASKS = """CREATE TABLE tasks (
