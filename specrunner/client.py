@@ -24,6 +24,7 @@ import httpx
 from PIL import Image
 
 from specrunner import __version__, runware
+from specrunner.deadlines import Deadlines
 from specrunner.runware import Category, Envelope
 
 _TESTING = False
@@ -156,6 +157,9 @@ class RunwareClient:
     def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         self.http = http
+        # Every request's timeout (and, in a run, every task's deadline): one timer for all
+        # while a run's watcher runs, anyio's own deadline otherwise (deadlines.py).
+        self.deadlines = Deadlines()
         self.base_url = base_url
         self._url = httpx.URL(base_url)  # parsed once, not per request
         common = {"User-Agent": f"specrunner/{__version__}", "Accept-Encoding": "gzip, deflate"}
@@ -191,11 +195,15 @@ class RunwareClient:
         t0 = self.clock()
         request = httpx.Request("POST", self._url, headers=self._headers, content=body,
                                 extensions=self._timeout(timeout))
+        # The scope also bounds the whole exchange where httpx's per-operation timeouts do
+        # not (a trickling server; ASGITransport ignores them altogether).
+        scope = self.deadlines.enter(timeout)
         try:
-            # The scope also bounds the whole exchange where httpx's per-operation timeouts
-            # do not (a trickling server; ASGITransport ignores them altogether).
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                resp = await self.http.send(request)  # read in full, connection handed back
+            try:
+                with scope:
+                    resp = await self.http.send(request)  # read in full, connection handed back
+            finally:
+                self.deadlines.leave(scope)
             if scope.cancelled_caught:
                 raise TimeoutError
         except TimeoutError:
@@ -234,8 +242,12 @@ class RunwareClient:
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            data = await self._download(url, max_bytes, timeout)
+        scope = self.deadlines.enter(timeout)
+        try:
+            with scope:
+                data = await self._download(url, max_bytes, timeout)
+        finally:
+            self.deadlines.leave(scope)
         if scope.cancelled_caught:
             raise DownloadError("timeout", "download timed out", transient=True)
         return data

@@ -166,6 +166,7 @@ class Executor:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self.writer.run)
             outer.start_soon(self.files.run)
+            outer.start_soon(self.client.deadlines.watch)  # one timer for every deadline
             window = SendWindow(todo, max(32, 2 * self.execution.concurrency), outer,
                                 writer=self.writer, run_id=self.run_id, wall=self.wall)
             try:
@@ -175,6 +176,7 @@ class Executor:
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(RecordError):
                     await window.release()  # unsent tasks are not in doubt: planned again
+                self.client.deadlines.stop()
                 await self.files.close()
                 await self.writer.close()
         return self._outcome()
@@ -234,9 +236,10 @@ class Executor:
     async def _worker(self, job: Job) -> None:
         t = job.task
         charged: Decimal | None = None
+        deadlines = self.client.deadlines
+        deadline = deadlines.enter(self.execution.task_deadline_s)
         try:
-            with anyio.CancelScope(deadline=anyio.current_time()
-                                   + self.execution.task_deadline_s) as deadline:
+            with deadline:
                 try:
                     charged = await self.flow.run_job(job)
                 except GiveUp as g:
@@ -253,6 +256,7 @@ class Executor:
                                           error_code="deadline",
                                           error_message="task deadline passed")
         finally:
+            deadlines.leave(deadline)
             self.c.in_flight -= 1
             self.c.reserved -= t.est_cost
             if job.state == "done":

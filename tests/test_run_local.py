@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -78,3 +80,32 @@ def test_uploads_go_once_per_content_to_the_local_server(tmp_path: Path) -> None
     assert out.status == "complete"
     assert server.stats().requests_by_type["imageUpload"] == 2
     assert audit(dict(server.ledger.images), tmp_path / "out").lost == 0
+
+
+@pytest.mark.parametrize("request_timeout,task_deadline,state,code", [
+    (0.2, 60.0, "in_doubt", "attemptsExhausted"),  # each send times out, then no sends left
+    (30.0, 0.3, "in_doubt", "deadline"),  # the task's deadline ends its one hung send
+])
+def test_hung_requests_end_at_their_timeout_and_tasks_at_their_deadline(
+        tmp_path: Path, request_timeout: float, task_deadline: float, state: str,
+        code: str) -> None:
+    server = create_app(LocalConfig(render=False, faults=FaultConfig(
+        seed=1, rates={"hang": 1.0}, hang_s=600.0)))
+    tasks = make_tasks(4, delivery="sync")
+    t0 = time.monotonic()
+    outcome, ex = run_executor(tmp_path, httpx.ASGITransport(app=server), tasks,
+                               Execution(request_timeout_s=request_timeout,
+                                         task_deadline_s=task_deadline, max_attempts=2,
+                                         concurrency=4),
+                               url="http://local.test/v1")
+    took = time.monotonic() - t0
+    assert took < 10  # not the 600 s the server holds each answer
+    assert outcome.status == "failed" and outcome.counters.in_doubt == 4
+    with sqlite3.connect(tmp_path / ".specrunner" / "run.db") as conn:
+        rows = conn.execute("SELECT state, error_code FROM tasks").fetchall()
+        timeouts = conn.execute("SELECT count(*) FROM attempts WHERE error_code='timeout'"
+                                ).fetchone()[0]
+    assert rows == [(state, code)] * 4
+    assert timeouts == (8 if code == "attemptsExhausted" else 0)
+    # the run's one watcher enforced them, and nothing is left on its books
+    assert ex.client.deadlines.wakeups >= 1 and not ex.client.deadlines._live
