@@ -14,8 +14,10 @@ class AdaptiveLimit:
     """
 
     def __init__(self, maximum: int, clock: Callable[[], float], *, minimum: int = 1,
-                 decrease: float = 0.7, growth: float = 3.0, floor_s: float = 0.05) -> None:
+                 decrease: float = 0.7, growth: float = 3.0, floor_s: float = 0.05,
+                 on_change: Callable[[int], None] | None = None) -> None:
         self.limiter = anyio.CapacityLimiter(maximum)
+        self.on_change = on_change  # told every new limit (the progress line shows it)
         self.maximum, self.minimum, self.clock = maximum, minimum, clock
         self.decrease, self.growth, self.floor_s = decrease, growth, floor_s
         self.limit = maximum
@@ -28,6 +30,8 @@ class AdaptiveLimit:
     def _set(self, value: int) -> None:
         self.limit = max(self.minimum, min(self.maximum, value))
         self.limiter.total_tokens = self.limit
+        if self.on_change is not None:
+            self.on_change(self.limit)
 
     def on_overload(self) -> None:
         """Multiplicative decrease, at most once per cool-down window."""

@@ -108,9 +108,10 @@ class Executor:
         self.backoff = backoff
         self.writer = Writer(store)
         self.files = FileSink(self.writer)
-        self.limit = AdaptiveLimit(execution.concurrency, clock)
-        self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)
+        self.limit = AdaptiveLimit(execution.concurrency, clock,
+                                   on_change=lambda n: setattr(self.c, "limit", n))
+        self.retry_budget = RetryBudget(execution.retry_budget_ratio)
         self._draining = False
         self._budget_hit = False
         self._stop_message: str | None = None

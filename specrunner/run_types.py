@@ -28,7 +28,7 @@ class Counters:
     polls: int = 0
     spent: Decimal = Decimal(0)
     reserved: Decimal = Decimal(0)
-    limit: int = 0
+    limit: int = 0  # the concurrency limit now (the adaptive limit after a cut)
 
     @property
     def remaining(self) -> int:
