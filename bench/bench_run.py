@@ -248,9 +248,26 @@ def measure(name: str, n: int, c: int, tag: str, fresh: bool) -> float:
                              capture_output=True, text=True, check=True)
         return float(out.stdout.split()[-1])
     gc.collect()
+    tasks = make_tasks(n, delivery="sync", prompt=tag)
+    if name in SETUPS:  # bench_instructions.py: what the timed measurements leave out
+        SETUPS[name](tasks)
+        return 0.0
     if name == "server":
-        return n / run_server_only(make_tasks(n, delivery="sync", prompt=tag), c)
-    return n / MEASURES[name](make_tasks(n, delivery="sync", prompt=tag), c, 0.0)
+        return n / run_server_only(tasks, c)
+    return n / MEASURES[name](tasks, c, 0.0)
+
+
+def record_setup(tasks) -> None:
+    """specrunner's untimed setup in run_specrunner: a new record with the plan in it."""
+    out = Path(tempfile.mkdtemp(prefix="setup-", dir=SCRATCH))
+    store = open_store(out)
+    try:
+        store.plan_tasks(store.begin_run({}), tasks)
+    finally:
+        store.close()
+
+
+SETUPS = {"tasks": lambda tasks: None, "record-setup": record_setup}
 
 
 def main() -> None:
@@ -262,7 +279,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--fresh", action="store_true",
                     help="each zero-latency measurement in a fresh interpreter")
-    ap.add_argument("--one", choices=[*MEASURES, "server"], help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=[*MEASURES, "server", *SETUPS], help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="one", help=argparse.SUPPRESS)
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
     args = ap.parse_args()
