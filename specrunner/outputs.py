@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -358,9 +359,13 @@ class FileSink(BatchLoop):
             e.done.set()
 
     def _stop(self) -> None:
-        if self._helper is not None:
-            self._helper.stop()
-            self._helper = None
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            # Every batch has been answered, so the helper has nothing left to do: it exits at
+            # end of input. Waiting for that here held the event loop ~7 ms at the end of
+            # every run; a thread reaps it instead.
+            threading.Thread(target=helper.stop, name="specrunner-file-helper-reaper",
+                             daemon=True).start()
 
 
 def _place_here(files: list[tuple[bytes, bytes]]) -> list[OSError | None]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,31 @@ def test_a_working_batch_sync_places_every_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == \
         sorted(f"{i}.png" for i in range(30))
     assert (tmp_path / "d" / "7.png").read_bytes() == bytes([7]) * 10
+
+
+def test_closing_the_sink_does_not_wait_for_its_helper_on_the_event_loop(tmp_path: Path) -> None:
+    closed = threading.Event()
+    stop_saw_close: list[bool] = []
+
+    async def main() -> Any:
+        sink = FileSink()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sink.run)
+            await sink.write([(tmp_path, "a.png", b"1")])
+            helper = sink._helper
+            assert helper is not None
+            real_stop = helper.stop
+
+            def slow_stop() -> None:  # a helper slow to exit: blocks until close returned
+                stop_saw_close.append(closed.wait(10))
+                real_stop()
+
+            helper.stop = slow_stop  # type: ignore[method-assign]
+            await sink.close()
+            closed.set()
+            return helper
+
+    helper = anyio.run(main)
+    assert helper.proc.wait(timeout=20) == 0  # reaped in the background, exited cleanly
+    assert stop_saw_close == [True]  # close() had returned while the helper was stopped
+    assert (tmp_path / "a.png").read_bytes() == b"1"
