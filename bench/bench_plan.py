@@ -6,7 +6,9 @@ Writes a spec with real small local images into a temp folder (10 inputs x P pro
 5 styleTypes x 4 magicPrompt values x R repeats), then for each size runs a fresh
 subprocess that measures the wall time of `load_spec` + `build_plan` (best of 3 runs with
 tracemalloc off), and a second fresh subprocess for the tracemalloc peak, and reports each
-child's ru_maxrss (whole process: interpreter, imports and the plan). Prints a table.
+child's ru_maxrss (whole process: interpreter, imports and the plan). A third child records
+the plan into a new run record (`Store.plan_tasks`, what `run` does before its first
+request) and then again, as a resume does. Prints a table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ if mode == "time":
             best = (t2 - t0, t1 - t0, t2 - t1)
         n = len(plan.tasks); del plan, spec
     out = {"tasks": n, "total_s": best[0], "load_s": best[1], "plan_s": best[2]}
+elif mode == "record":
+    # What `run` does next: the plan into a new run record, then again as a resume does.
+    import tempfile
+    from pathlib import Path
+    from specrunner.store import open_store
+    plan = build_plan(load_spec(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp))
+        t0 = time.perf_counter(); store.plan_tasks(store.begin_run({}), plan.tasks)
+        t1 = time.perf_counter(); store.plan_tasks(store.begin_run({}), plan.tasks)
+        t2 = time.perf_counter(); store.close()
+    out = {"tasks": len(plan.tasks), "record_s": t1 - t0, "rerecord_s": t2 - t1}
 else:
     tracemalloc.start()
     plan = build_plan(load_spec(path))
@@ -100,14 +114,16 @@ def main() -> None:
         print(f"python {platform.python_version()} on {platform.machine()}, "
               f"{__import__('os').cpu_count()} CPUs")
         print(f"{'tasks':>8} {'load s':>8} {'plan s':>8} {'total s':>8} {'us/task':>8} "
-              f"{'tracemalloc MB':>15} {'maxrss MB':>10}")
+              f"{'tracemalloc MB':>15} {'maxrss MB':>10} {'record s':>9} {'again s':>8}")
         for n in sizes:
             path = write_spec(folder, n)
             t = measure(path, "time")
             m = measure(path, "memory")
-            assert t["tasks"] == m["tasks"] == n, (t, m)
+            r = measure(path, "record")
+            assert t["tasks"] == m["tasks"] == r["tasks"] == n, (t, m, r)
             print(f"{n:>8} {t['load_s']:>8.3f} {t['plan_s']:>8.3f} {t['total_s']:>8.3f} "
-                  f"{t['total_s'] / n * 1e6:>8.1f} {m['peak_mb']:>15.1f} {t['maxrss_mb']:>10.1f}")
+                  f"{t['total_s'] / n * 1e6:>8.1f} {m['peak_mb']:>15.1f} {t['maxrss_mb']:>10.1f} "
+                  f"{r['record_s']:>9.2f} {r['rerecord_s']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from decimal import Decimal
@@ -61,6 +62,26 @@ def test_results_keep_huge_seeds_exact_and_plan_is_idempotent(tmp_path: Path) ->
                                                       "cost": 0.08, "NSFWContent": False}, 0.0)])
         [row] = store.results(tasks[0].task_key)
         assert int(row.seed) == seed and row.cost == Decimal("0.08") and row.nsfw is False
+    finally:
+        store.close()
+
+
+def test_planning_again_rewrites_only_the_tasks_whose_placement_changed(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    try:
+        tasks = make_tasks(5)
+        store.plan_tasks(1, tasks)
+        store.apply(op_state(tasks[0].task_key, 1, "planned", "done", now=1.0, cost="0.08"))
+        before = store.conn.total_changes
+        store.plan_tasks(2, tasks)  # the same plan: nothing to write
+        assert store.conn.total_changes == before
+        moved = dataclasses.replace(tasks[0], output_stem="renamed/v0")
+        store.plan_tasks(3, [moved, *tasks[1:]])  # one output name changed
+        assert store.conn.total_changes == before + 1
+        row = store.conn.execute("SELECT state, outputs_json, idx FROM tasks WHERE task_key=?",
+                                 (moved.task_key,)).fetchone()
+        assert row == ("done", '["renamed/v0.png"]', 0)  # placement followed, state kept
+        assert len(store.task_rows()) == 5
     finally:
         store.close()
 
