@@ -15,7 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import anyio
 
@@ -250,8 +250,7 @@ class _Helper:
         out: list[OSError | None] = []
         for _ in files:
             code, size = struct.unpack("!iH", self._read(6))
-            msg = self._read(size).decode("utf-8", "replace") if size else ""
-            out.append(OSError(code, msg) if code else None)
+            out.append(_status_error(code, self._read(size).decode("utf-8", "replace")))
         return out
 
     def _read(self, n: int) -> bytes:
@@ -299,6 +298,7 @@ class FileSink(BatchLoop):
         self.writer = writer
         self._use_helper, self._batch_sync = use_helper, batch_sync
         self._helper: _Helper | None = None
+        self._lib: dict[str, Any] | None = None  # the helper's code in this process (fallback)
 
     async def write(self, files: Sequence[OutputFile], after: Sequence[Op] = ()) -> None:
         """Make `files` durable in place, then commit `after` through the writer (one group
@@ -335,7 +335,9 @@ class FileSink(BatchLoop):
                 self._helper = None  # a fresh one for the next batch
                 statuses = [exc] * len(flat)
         else:
-            statuses = _place_here(flat)
+            if self._lib is None:
+                self._lib = _helper_lib()
+            statuses = _place_here(flat, self._lib)
         i = 0
         for e in entries:
             for _ in e.files:
@@ -368,82 +370,35 @@ class FileSink(BatchLoop):
                              daemon=True).start()
 
 
-def _place_here(files: list[tuple[bytes, bytes]]) -> list[OSError | None]:
-    """The helper's work in this thread (fallback): temp + fsync + rename, then each folder."""
-    out: list[OSError | None] = []
-    dirs: dict[Path, list[int]] = {}
-    for i, (target, data) in enumerate(files):
-        try:
-            staged = _Staged.write(Path(os.fsdecode(target)), data)
-            staged.place()
-            dirs.setdefault(staged.target.parent, []).append(i)
-            out.append(None)
-        except OSError as exc:
-            out.append(exc)
-    for d, idx in dirs.items():
-        try:
-            _fsync_dir(d)
-        except OSError as exc:
-            for i in idx:
-                out[i] = exc
-    return out
+def _status_error(code: int, message: str) -> OSError | None:
+    """One file's status from the helper's code: None when it is in place."""
+    return OSError(code, message) if code else None
 
 
-class _Staged:
-    """An output file written under a temporary name beside its target, not yet durable."""
-
-    def __init__(self, target: Path, tmp: Path, fd: int) -> None:
-        self.target, self.tmp, self.fd = target, tmp, fd
-
-    @classmethod
-    def write(cls, target: Path, data: bytes) -> _Staged:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        staged = cls(target, tmp, fd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError:
-            staged.discard()
-            raise
-        return staged
-
-    def place(self) -> None:
-        """fsync, close, rename into place (the caller fsyncs the folder); on failure the
-        temporary file is removed."""
-        try:
-            try:
-                os.fsync(self.fd)
-            finally:
-                os.close(self.fd)
-                self.fd = -1
-            os.replace(self.tmp, self.target)
-        except OSError:
-            self.discard()
-            raise
-
-    def discard(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+_HELPER_CODE = compile(_HELPER_LIB, "<specrunner file helper>", "exec")
 
 
-def _fsync_dir(folder: Path) -> None:
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def _helper_lib() -> dict[str, Any]:
+    """The file helper's functions loaded in this process, with their own state (the
+    folders known to exist, the fsync threads): the in-thread fallback and write_atomic
+    run the very code the helper process runs."""
+    lib: dict[str, Any] = {}
+    exec(_HELPER_CODE, lib)
+    return lib
+
+
+def _place_here(files: list[tuple[bytes, bytes]],
+                lib: dict[str, Any]) -> list[OSError | None]:
+    """The helper's work in this thread (fallback), fsyncing every file."""
+    status = lib["place_batch"](files, lib["Durability"](False))
+    return [_status_error(code, msg.decode("utf-8", "replace"))
+            for code, msg in (status[target] for target, _ in files)]
 
 
 def write_atomic(out_dir: Path, rel_path: str, data: bytes) -> Path:
     """Write `data` to out_dir/rel_path via temp file + fsync + rename + fsync(dir)."""
-    staged = _Staged.write(Path(out_dir) / rel_path, data)
-    staged.place()
-    _fsync_dir(staged.target.parent)
-    return staged.target
+    target = Path(out_dir) / rel_path
+    [error] = _place_here([(os.fsencode(target), bytes(data))], _helper_lib())
+    if error is not None:
+        raise error
+    return target

@@ -14,18 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
-from specrunner.outputs import _HELPER_LIB, FileSink, write_atomic
+from specrunner.outputs import FileSink, _helper_lib, write_atomic
 
 # `stat -f -c %T` names of the filesystems whose syncfs the helper trusts (ext4 shows as
 # "ext2/ext3"): an oracle independent of the helper's own statfs call.
 FULL_FLUSH = {"ext2/ext3", "xfs", "btrfs", "tmpfs", "f2fs"}
-
-
-def helper_lib() -> dict[str, Any]:
-    """The file helper's functions, loaded in this process (its main loop is not)."""
-    ns: dict[str, Any] = {}
-    exec(compile(_HELPER_LIB, "<file helper>", "exec"), ns)
-    return ns
 
 
 def kernel_reports_syncfs_errors() -> bool:
@@ -106,7 +99,7 @@ def test_file_sink_survives_its_helper_dying(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("stat") is None, reason="needs coreutils stat")
 def test_batch_sync_is_chosen_only_where_syncfs_is_a_full_flush(tmp_path: Path) -> None:
-    lib = helper_lib()
+    lib = _helper_lib()
     batch, per_file = lib["Durability"](True), lib["Durability"](False)
     places = [tmp_path] + [Path(p) for p in ("/dev/shm", "/proc/self")
                            if Path(p).is_dir() and os.access(p, os.R_OK)]
@@ -125,7 +118,7 @@ def test_batch_sync_is_chosen_only_where_syncfs_is_a_full_flush(tmp_path: Path) 
 
 
 def test_a_failed_batch_sync_places_no_file_of_that_filesystem(tmp_path: Path) -> None:
-    lib = helper_lib()
+    lib = _helper_lib()
     durability = lib["Durability"](True)
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
@@ -154,7 +147,7 @@ def test_a_failed_batch_sync_places_no_file_of_that_filesystem(tmp_path: Path) -
 
 
 def test_a_working_batch_sync_places_every_file(tmp_path: Path) -> None:
-    lib = helper_lib()
+    lib = _helper_lib()
     files = [(os.fsencode(tmp_path / "d" / f"{i}.png"), bytes([i]) * 10) for i in range(30)]
     status = lib["place_batch"](files, lib["Durability"](True))
     assert all(code == 0 for code, _ in status.values()) and len(status) == 30
