@@ -197,13 +197,9 @@ class RunwareClient:
                                 extensions=self._timeout(timeout))
         # The scope also bounds the whole exchange where httpx's per-operation timeouts do
         # not (a trickling server; ASGITransport ignores them altogether).
-        scope = self.deadlines.enter(timeout)
         try:
-            try:
-                with scope:
-                    resp = await self.http.send(request)  # read in full, connection handed back
-            finally:
-                self.deadlines.leave(scope)
+            with self.deadlines.bound(timeout) as scope:
+                resp = await self.http.send(request)  # read in full, connection handed back
             if scope.cancelled_caught:
                 raise TimeoutError
         except TimeoutError:
@@ -242,12 +238,8 @@ class RunwareClient:
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        scope = self.deadlines.enter(timeout)
-        try:
-            with scope:
-                data = await self._download(url, max_bytes, timeout)
-        finally:
-            self.deadlines.leave(scope)
+        with self.deadlines.bound(timeout) as scope:
+            data = await self._download(url, max_bytes, timeout)
         if scope.cancelled_caught:
             raise DownloadError("timeout", "download timed out", transient=True)
         return data

@@ -6,7 +6,8 @@ does. A run holds one such scope per task and one per request (up to 3 x concurr
 thousands per second): their timers were 40% of what the scopes cost the runner, 67,000 of
 its 3.9 million instructions per task (callgrind, bench/README.md ## run).
 
-`Deadlines.enter(seconds)` gives a plain CancelScope and notes its deadline here. While
+`with deadlines.bound(seconds) as scope:` (or `enter` ... `leave`) gives a plain CancelScope
+and notes its deadline here. While
 `watch()` runs (the executor starts it for the length of a run) one task sleeps until the
 earliest noted deadline and cancels every scope past its own: a scope that ends in time costs
 a dict entry, not a timer. Outside `watch()` (a client used on its own, or after the run) and
@@ -17,6 +18,7 @@ never lost.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import anyio
 
@@ -46,6 +48,10 @@ class Deadlines:
     def leave(self, scope: anyio.CancelScope) -> None:
         """Forget `scope` (it has ended)."""
         self._live.pop(scope, None)
+
+    def bound(self, seconds: float) -> _Bound:
+        """`with deadlines.bound(s) as scope:` enter(s), the scope's block, then leave."""
+        return _Bound(self, self.enter(seconds))
 
     async def watch(self) -> None:
         """Enforce every noted deadline until `stop()`; then hand the open scopes their own."""
@@ -81,3 +87,22 @@ class Deadlines:
         self._stopped = True
         if self._wake is not None:
             self._wake.set()
+
+
+class _Bound:
+    """enter() ... leave() around one `with` block (a class: a generator-based context
+    manager would cost more than the timer it saves)."""
+
+    __slots__ = ("_deadlines", "_scope")
+
+    def __init__(self, deadlines: Deadlines, scope: anyio.CancelScope) -> None:
+        self._deadlines, self._scope = deadlines, scope
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            return bool(self._scope.__exit__(*exc))
+        finally:
+            self._deadlines.leave(self._scope)

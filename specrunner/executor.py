@@ -237,10 +237,8 @@ class Executor:
     async def _worker(self, job: Job) -> None:
         t = job.task
         charged: Decimal | None = None
-        deadlines = self.client.deadlines
-        deadline = deadlines.enter(self.execution.task_deadline_s)
         try:
-            with deadline:
+            with self.client.deadlines.bound(self.execution.task_deadline_s) as deadline:
                 try:
                     charged = await self.flow.run_job(job)
                 except GiveUp as g:
@@ -257,7 +255,6 @@ class Executor:
                                           error_code="deadline",
                                           error_message="task deadline passed")
         finally:
-            deadlines.leave(deadline)
             self.c.in_flight -= 1
             self.c.reserved -= t.est_cost
             if job.state == "done":
