@@ -52,10 +52,10 @@ def main() -> None:
           f"{3 * (args.tasks + s.faults_injected.get('provider_timeout', 0)) * len(runs)}), "
           f"retries per run={[r.counters.retries for r in runs]}, "
           f"duplicate UUIDs refused by the server={s.duplicate_attempts_total}")
-    if a.lost or a.billed_twice or a.unknown_charges:
-        print(f"run record and outputs kept for inspection in {out}")
-    else:
+    if a.clean:
         shutil.rmtree(out)
+    else:
+        print(f"run record and outputs kept for inspection in {out}")
 
 
 if __name__ == "__main__":

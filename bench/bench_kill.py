@@ -36,10 +36,10 @@ def main() -> None:
           f"final exit={fig['exit']} after {fig['resumes']} resume(s) done={a.done} lost={a.lost} billed_twice={a.billed_twice} "
           f"unknown_charges={a.unknown_charges} duplicate UUIDs refused="
           f"{fig['duplicates_refused']}")
-    if a.lost or a.billed_twice or a.unknown_charges:
-        print(f"run record and outputs kept for inspection in {out}")
-    else:
+    if a.clean:
         shutil.rmtree(out)
+    else:
+        print(f"run record and outputs kept for inspection in {out}")
 
 
 if __name__ == "__main__":

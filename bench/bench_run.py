@@ -65,12 +65,19 @@ def server(latency: float = 0.0):
                                                                                    latency))))
 
 
-def run_specrunner(tasks, concurrency: int, latency: float) -> float:
-    app = server(latency)
-    out = Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH))
+def planned_record(tasks, prefix: str):
+    """A new run record in the scratch folder with `tasks` planned: (store, run_id, folder).
+    run_specrunner's setup, which it does not time."""
+    out = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
     store = open_store(out)
     run_id = store.begin_run({})
     store.plan_tasks(run_id, tasks)
+    return store, run_id, out
+
+
+def run_specrunner(tasks, concurrency: int, latency: float) -> float:
+    app = server(latency)
+    store, run_id, out = planned_record(tasks, "run-")
 
     async def main() -> float:
         limits = httpx.Limits(max_connections=concurrency + 8)
@@ -257,17 +264,8 @@ def measure(name: str, n: int, c: int, tag: str, fresh: bool) -> float:
     return n / MEASURES[name](tasks, c, 0.0)
 
 
-def record_setup(tasks) -> None:
-    """specrunner's untimed setup in run_specrunner: a new record with the plan in it."""
-    out = Path(tempfile.mkdtemp(prefix="setup-", dir=SCRATCH))
-    store = open_store(out)
-    try:
-        store.plan_tasks(store.begin_run({}), tasks)
-    finally:
-        store.close()
-
-
-SETUPS = {"tasks": lambda tasks: None, "record-setup": record_setup}
+SETUPS = {"tasks": lambda tasks: None,
+          "record-setup": lambda tasks: planned_record(tasks, "setup-")[0].close()}
 
 
 def main() -> None:

@@ -165,8 +165,8 @@ class Store:
 
         Known tasks follow the plan's placement and naming (output name template, axes of a
         record made before schema 2): only the rows that differ are updated. One transaction,
-        one executemany per statement (`python bench/bench_plan.py`, 100,000 tasks: 3.6 -> 3.1 s
-        into a new record, 2.4 -> 1.0 s again on every resume).
+        one executemany per statement (`python bench/bench_plan.py`, 100,000 tasks: 3.6 ->
+        2.8 s into a new record, 2.4 -> 0.9 s again on every resume).
         """
         now = time.time()
         known = {r[0]: r[1:] for r in self.conn.execute(

@@ -183,6 +183,11 @@ class Audit:
     lost: int  # charged UUIDs whose images are not all on disk, recorded, with matching sha256
     done: int
 
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, nothing billed twice, no charge the record does not know."""
+        return not (self.lost or self.billed_twice or self.unknown_charges)
+
 
 def audit(images_billed: dict[str, int], out_dir: Path) -> Audit:
     """Compare the ledger (taskUUID -> images billed) with the record and the files on disk."""
