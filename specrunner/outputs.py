@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import struct
 import subprocess
@@ -375,7 +376,9 @@ def _status_error(code: int, message: str) -> OSError | None:
     return OSError(code, message) if code else None
 
 
-_HELPER_CODE = compile(_HELPER_LIB, "<specrunner file helper>", "exec")
+@functools.cache
+def _helper_code() -> Any:
+    return compile(_HELPER_LIB, "<specrunner file helper>", "exec")  # only when needed
 
 
 def _helper_lib() -> dict[str, Any]:
@@ -383,7 +386,7 @@ def _helper_lib() -> dict[str, Any]:
     folders known to exist, the fsync threads): the in-thread fallback and write_atomic
     run the very code the helper process runs."""
     lib: dict[str, Any] = {}
-    exec(_HELPER_CODE, lib)
+    exec(_helper_code(), lib)
     return lib
 
 
