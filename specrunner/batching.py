@@ -1,20 +1,23 @@
 """Group commit of the run record's changes, and the batch loop it runs on.
 
-`Writer` commits the ops of every concurrent task in one transaction (one fsync) so
-thousands of tasks per second fit. `BatchLoop`, a queue drained in batches by one background
+`Writer` commits the ops of every concurrent task in one transaction (one fsync), in the
+record helper process, so thousands of tasks per second fit. `BatchLoop`, a queue drained in batches by one background
 loop, is shared with `outputs.FileSink`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import marshal
 import sqlite3
+import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import anyio
 
 from specrunner.errors import RecordError
+from specrunner.helper_process import HelperProcess
 from specrunner.store import APPEND_ONLY, Op, Store
 
 
@@ -69,21 +72,79 @@ class BatchLoop:
             await self._stopped.wait()
 
 
+# The record helper: a tiny separate Python process (stdlib only, started with -I -S) that
+# commits the run record's changes on its own connection to the record (WAL mode,
+# synchronous=FULL: every COMMIT is durable when it answers). Frame in: "!I" length, then
+# marshal of [(sql, params, many)], run in order in one BEGIN IMMEDIATE ... COMMIT. Frame
+# out: "!I" length, then "" when committed, else the error (UTF-8; the transaction was rolled
+# back). It reads a whole frame before it starts a transaction, so a runner killed in the
+# middle of sending one leaves nothing half-done: the helper gets end of input and exits.
+_RECORD_HELPER = r"""
+import marshal, os, signal, sqlite3, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
+def read(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(rd, n - len(buf))
+        if not chunk:
+            raise SystemExit(0)
+        buf += chunk
+    return bytes(buf)
+def answer(msg):
+    view = memoryview(struct.pack("!I", len(msg)) + msg)
+    while view:
+        view = view[os.write(wr, view):]
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+conn.execute("PRAGMA synchronous=FULL")
+while True:
+    (size,) = struct.unpack("!I", read(4))
+    statements = marshal.loads(read(size))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params, many in statements:
+                if many:
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+    except Exception as exc:
+        answer(f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:2000])
+    else:
+        answer(b"")
+"""
+
+Statement = tuple[str, Any, bool]  # (sql, params, or rows of params when executemany)
+
+
 class Writer(BatchLoop):
     """Group commit of record changes: many tasks' ops in one transaction (one fsync).
 
     `write()` returns once the ops are durable; `queue()` adds ops without waiting: they are
     committed in the same or an earlier transaction than anything written after them (FIFO),
     so a task's queued result rows are always durable before its later "done". One
-    background loop takes everything pending, runs the statements on the event loop (CPU
-    only: in WAL mode nothing touches the disk before COMMIT, and doing it here spares the
-    worker thread hundreds of GIL hand-overs per batch), then COMMITs in a worker thread.
-    Start it with `run()` inside the run's task group; `close()` flushes and stops it.
+    background loop takes everything pending and hands it, as one transaction, to the
+    record helper process (_RECORD_HELPER) through non-blocking pipes (helper_process.py):
+    the statements and the fsync run beside the event loop, on another core, and no thread
+    waits for the GIL. Without a helper (it could not start, or `use_helper=False`) the
+    statements run on the event loop and the COMMIT in a worker thread. Start it with
+    `run()` inside the run's task group; `close()` flushes and stops it. If the helper dies
+    in the middle of a commit, whether that commit landed is unknown: the writer fails like
+    for any other record error, and a resume reconciles the tasks in doubt.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, use_helper: bool = True) -> None:
         super().__init__()
         self.store = store
+        self._use_helper = use_helper
+        self._helper: HelperProcess | None = None
         self._error: BaseException | None = None
         self.commits = 0
 
@@ -111,26 +172,63 @@ class Writer(BatchLoop):
             raise
         self._check()
 
-    def _fill(self, entries: list[_Entry]) -> bool:
-        """Event loop: BEGIN and run every op (appends batched); False if nothing to write."""
-        if not any(e.ops for e in entries):
-            return False
+    @staticmethod
+    def _statements(entries: list[_Entry]) -> list[Statement]:
+        """The batch's statements in order; the pure appends (APPEND_ONLY) batched into one
+        executemany per kind at the end of the transaction (same order among them)."""
+        out: list[Statement] = []
+        appends: dict[str, list[Sequence[Any]]] = {}
+        for e in entries:
+            for sql, params in e.ops:
+                if sql in APPEND_ONLY:
+                    appends.setdefault(sql, []).append(params)
+                else:
+                    out.append((sql, params, False))
+        out += [(sql, rows, True) for sql, rows in appends.items()]
+        return out
+
+    def _helper_or_none(self) -> HelperProcess | None:
+        if self._use_helper and self._helper is None:
+            try:
+                self._helper = HelperProcess(_RECORD_HELPER, [str(self.store.path)],
+                                             "record helper")
+            except OSError:
+                self._use_helper = False
+        return self._helper
+
+    async def _apply(self, statements: list[Statement]) -> None:
+        """One durable transaction of `statements`; raises if it was not (or may not be)."""
+        helper = self._helper_or_none()
+        if helper is None:
+            self._fill(statements)
+            await anyio.to_thread.run_sync(self._commit)
+            return
+        try:
+            payload = marshal.dumps(statements)
+            await helper.send(struct.pack("!I", len(payload)) + payload)
+            (size,) = struct.unpack("!I", await helper.recv(4))
+            error = (await helper.recv(size)).decode("utf-8", "replace")
+        except OSError:
+            helper.stop()
+            self._helper = None
+            raise
+        if error:
+            raise RecordError(error)
+
+    def _fill(self, statements: list[Statement]) -> None:
+        """Without a helper, on the event loop: BEGIN and run every statement (CPU only: in
+        WAL mode nothing touches the disk before COMMIT)."""
         cur = self.store.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        appends: dict[str, list[Sequence[Any]]] = {}
         try:
-            for e in entries:
-                for sql, params in e.ops:
-                    if sql in APPEND_ONLY:
-                        appends.setdefault(sql, []).append(params)
-                    else:
-                        cur.execute(sql, params)
-            for sql, rows in appends.items():
-                cur.executemany(sql, rows)
+            for sql, params, many in statements:
+                if many:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql, params)
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return True
 
     def _commit(self) -> None:
         try:
@@ -145,11 +243,17 @@ class Writer(BatchLoop):
         if self._error is None:
             try:
                 with anyio.CancelScope(shield=True):
-                    if self._fill(entries):
-                        await anyio.to_thread.run_sync(self._commit)
+                    statements = self._statements(entries)
+                    if statements:
+                        await self._apply(statements)
                         self.commits += 1
             except Exception as exc:  # keep the loop alive; writers see the error
                 self._error = exc
         for e in entries:
             if e.done is not None:
                 e.done.set()
+
+    def _stop(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.stop()  # every commit has been answered: it exits at end of input

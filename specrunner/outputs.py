@@ -6,14 +6,9 @@ through a `batching.Writer`; `write_atomic` does it for one file in the calling 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import os
 import struct
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +16,7 @@ from typing import Any, Sequence
 import anyio
 
 from specrunner.batching import BatchLoop, Writer
+from specrunner.helper_process import HelperProcess
 from specrunner.store import Op
 
 OutputFile = tuple[Path, str, bytes]  # (output folder, path relative to it, bytes)
@@ -54,7 +50,8 @@ class _FileEntry:
 # so a killed runner leaves no helper behind.
 # Argument: "batch" (syncfs where it is safe, as above) or "per-file" (always fsync).
 # Frame in: "!I" file count, then per file "!II" path length, data length, path, data.
-# Frame out: per file "!iH" errno (0 = in place), message length, message (UTF-8).
+# Frame out: "!I" length of the rest, then per file "!iH" errno (0 = in place), message
+# length, message (UTF-8).
 _HELPER_LIB = r"""
 import os, struct, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -220,65 +217,31 @@ while True:
         code, msg = status[t]
         msg = msg[:1000]
         out += struct.pack("!iH", code, len(msg)) + msg
-    view = memoryview(bytes(out))
+    view = memoryview(struct.pack("!I", len(out)) + bytes(out))
     while view:
         view = view[os.write(wr, view):]
 """
 _HELPER = _HELPER_LIB + _HELPER_MAIN
 
 
-class _Helper:
-    """The running file helper process (see _HELPER); used from one worker thread at a time."""
+def _frame(files: list[tuple[bytes, bytes]]) -> bytes:
+    """One batch for the file helper (see _HELPER_MAIN)."""
+    parts = [struct.pack("!I", len(files))]
+    for target, data in files:
+        parts += [struct.pack("!II", len(target), len(data)), target, data]
+    return b"".join(parts)
 
-    def __init__(self, batch_sync: bool = True) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HELPER, "batch" if batch_sync else "per-file"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env={},
-            start_new_session=True, close_fds=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        self._buf = bytearray()
 
-    def place(self, files: list[tuple[bytes, bytes]]) -> list[OSError | None]:
-        """Send one batch; one status per file. OSError if the helper is gone."""
-        parts = [struct.pack("!I", len(files))]
-        for target, data in files:
-            parts += [struct.pack("!II", len(target), len(data)), target, data]
-        view = memoryview(b"".join(parts))
-        while view:
-            view = view[os.write(self._in, view):]
-        out: list[OSError | None] = []
-        for _ in files:
-            code, size = struct.unpack("!iH", self._read(6))
-            out.append(_status_error(code, self._read(size).decode("utf-8", "replace")))
-        return out
-
-    def _read(self, n: int) -> bytes:
-        # Buffered: a batch's statuses arrive in one write, and every os.read is a GIL
-        # hand-over with the event loop (one read per status cost the loop ~10% of a run).
-        while len(self._buf) < n:
-            chunk = os.read(self._out, max(65536, n - len(self._buf)))
-            if not chunk:
-                raise OSError(errno.EPIPE, "the output file helper process exited")
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
-
-    def stop(self) -> None:
-        """End of input: the helper finishes its batch and exits."""
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a helper stuck in the kernel
-            self.proc.kill()
-            self.proc.wait()
-        with contextlib.suppress(OSError):
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
+def _statuses(body: bytes, count: int) -> list[OSError | None]:
+    """The file helper's answer to one batch: one status per file, in order."""
+    out: list[OSError | None] = []
+    pos = 0
+    for _ in range(count):
+        code, size = struct.unpack_from("!iH", body, pos)
+        pos += 6
+        out.append(_status_error(code, body[pos:pos + size].decode("utf-8", "replace")))
+        pos += size
+    return out
 
 
 class FileSink(BatchLoop):
@@ -287,10 +250,11 @@ class FileSink(BatchLoop):
     Every file is written under a temporary name beside its target, made durable (one
     syncfs per filesystem per batch where that is safe, else fsync; `batch_sync=False`:
     always fsync), closed and renamed into place, then each folder is fsynced once per batch
-    by the file helper process (see _HELPER_LIB), fed one batch at a time from one worker
-    thread: the event loop does no file syscalls at all. Without a helper (it could not
-    start) the worker thread does the same work itself, with fsync. Runs beside `Writer`, so the
-    pre-send commits of new tasks never queue behind other tasks' file fsyncs.
+    by the file helper process (see _HELPER_LIB), which the event loop feeds one batch at a
+    time through non-blocking pipes (helper_process.py): the loop does no file syscalls and
+    no thread is involved. Without a helper (it could not start) a worker thread does the
+    same work itself, with fsync. Runs beside `Writer`, so the pre-send commits of new tasks
+    never queue behind other tasks' file fsyncs.
     """
 
     def __init__(self, writer: Writer | None = None, *, use_helper: bool = True,
@@ -298,7 +262,7 @@ class FileSink(BatchLoop):
         super().__init__()
         self.writer = writer
         self._use_helper, self._batch_sync = use_helper, batch_sync
-        self._helper: _Helper | None = None
+        self._helper: HelperProcess | None = None
         self._lib: dict[str, Any] | None = None  # the helper's code in this process (fallback)
 
     async def write(self, files: Sequence[OutputFile], after: Sequence[Op] = ()) -> None:
@@ -319,43 +283,46 @@ class FileSink(BatchLoop):
         if entry.error is not None:
             raise entry.error
 
-    def _place(self, entries: list[_FileEntry]) -> None:
-        """Worker thread: place every file of the batch (helper, else in this thread)."""
-        flat = [f for e in entries for f in e.files]
-        statuses: list[OSError | None]
+    def _helper_or_none(self) -> HelperProcess | None:
         if self._use_helper and self._helper is None:
             try:
-                self._helper = _Helper(self._batch_sync)
+                self._helper = HelperProcess(_HELPER, ["batch" if self._batch_sync
+                                                       else "per-file"], "output file helper")
             except OSError:
                 self._use_helper = False
-        if self._helper is not None:
-            try:
-                statuses = self._helper.place(flat)
-            except OSError as exc:
-                self._helper.stop()
-                self._helper = None  # a fresh one for the next batch
-                statuses = [exc] * len(flat)
-        else:
+        return self._helper
+
+    async def _place(self, flat: list[tuple[bytes, bytes]]) -> list[OSError | None]:
+        """One status per file of the batch: placed by the helper, else in a worker thread."""
+        helper = self._helper_or_none()
+        if helper is None:
             if self._lib is None:
                 self._lib = _helper_lib()
-            statuses = _place_here(flat, self._lib)
-        i = 0
-        for e in entries:
-            for _ in e.files:
-                if statuses[i] is not None and e.error is None:
-                    e.error = statuses[i]
-                i += 1
+            return await anyio.to_thread.run_sync(_place_here, flat, self._lib)
+        try:
+            await helper.send(_frame(flat))
+            (size,) = struct.unpack("!I", await helper.recv(4))
+            return _statuses(await helper.recv(size), len(flat))
+        except OSError as exc:
+            helper.stop()
+            self._helper = None  # a fresh one for the next batch
+            return [exc] * len(flat)
 
     async def _handle(self, entries: list[_FileEntry]) -> None:
         """Place one batch's files, then commit their `after` ops in one group commit."""
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._place, entries)
+                statuses = iter(await self._place([f for e in entries for f in e.files]))
+                for e in entries:
+                    for _ in e.files:
+                        status = next(statuses)
+                        if status is not None and e.error is None:
+                            e.error = status
                 ops = [op for e in entries if e.error is None for op in e.after]
                 if ops:
                     assert self.writer is not None
                     await self.writer.write(ops)
-        except Exception as exc:  # the commit failed (_place catches OSError)
+        except Exception as exc:  # the commit failed (_place answers OSError per file)
             for e in entries:
                 e.error = e.error or exc
         for e in entries:
@@ -365,10 +332,8 @@ class FileSink(BatchLoop):
         helper, self._helper = self._helper, None
         if helper is not None:
             # Every batch has been answered, so the helper has nothing left to do: it exits at
-            # end of input. Waiting for that here held the event loop ~7 ms at the end of
-            # every run; a thread reaps it instead.
-            threading.Thread(target=helper.stop, name="specrunner-file-helper-reaper",
-                             daemon=True).start()
+            # end of input, reaped off the event loop.
+            helper.stop()
 
 
 def _status_error(code: int, message: str) -> OSError | None:

@@ -167,13 +167,13 @@ def test_closing_the_sink_does_not_wait_for_its_helper_on_the_event_loop(tmp_pat
             await sink.write([(tmp_path, "a.png", b"1")])
             helper = sink._helper
             assert helper is not None
-            real_stop = helper.stop
+            real_reap = helper._reap
 
-            def slow_stop() -> None:  # a helper slow to exit: blocks until close returned
+            def slow_reap() -> None:  # a helper slow to exit: blocks until close returned
                 stop_saw_close.append(closed.wait(10))
-                real_stop()
+                real_reap()
 
-            helper.stop = slow_stop  # type: ignore[method-assign]
+            helper._reap = slow_reap  # type: ignore[method-assign]
             await sink.close()
             closed.set()
             return helper

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import marshal
 import os
 import sqlite3
+import struct
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from specrunner.batching import Writer
+from specrunner.batching import _RECORD_HELPER, Writer, _Entry
+from specrunner.helper_process import HelperProcess
 from specrunner.errors import RecordError
-from specrunner.store import SCHEMA_VERSION, op_attempt, op_result, op_state, open_store
+from specrunner.store import SCHEMA_VERSION, Op, op_attempt, op_result, op_state, open_store
 from test_run_support import make_tasks
 
 
@@ -86,13 +90,14 @@ def test_planning_again_rewrites_only_the_tasks_whose_placement_changed(tmp_path
         store.close()
 
 
-def test_writer_group_commits_concurrent_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_helper", [True, False], ids=["record-helper", "in-process"])
+def test_writer_group_commits_concurrent_writes(tmp_path: Path, use_helper: bool) -> None:
     store = open_store(tmp_path)
     tasks = make_tasks(200)
     store.plan_tasks(1, tasks)
 
     async def main() -> int:
-        writer = Writer(store)
+        writer = Writer(store, use_helper=use_helper)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             async with anyio.create_task_group() as inner:
@@ -112,6 +117,89 @@ def test_writer_group_commits_concurrent_writes(tmp_path: Path) -> None:
         store.close()
     assert states == {"sending"} and n == 200
     assert commits < 200  # batched: fewer transactions (fsyncs) than writers
+
+
+def _sending(task: Any) -> list[Op]:
+    return op_state(task.task_key, 1, "planned", "sending", now=1.0)
+
+
+def test_a_failed_commit_applies_nothing_of_its_batch_and_stops_the_writer(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    tasks = make_tasks(3)
+    store.plan_tasks(1, tasks)
+    errors: list[str] = []
+
+    async def main() -> None:
+        writer = Writer(store)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            await writer.write(_sending(tasks[0]))
+            writer.queue(_sending(tasks[1]))  # same transaction as the failing statement
+            for ops in ([("INSERT INTO no_such_table VALUES (1)", ())], _sending(tasks[2])):
+                try:
+                    await writer.write(ops)
+                except RecordError as exc:
+                    errors.append(str(exc))
+            await writer.close()
+
+    try:
+        anyio.run(main)
+        states = {r.task_key: r.state for r in store.task_rows().values()}
+    finally:
+        store.close()
+    assert len(errors) == 2 and "no such table: no_such_table" in errors[0]
+    assert errors[1] == errors[0]  # the writer refuses everything after a failed commit
+    assert [states[t.task_key] for t in tasks] == ["sending", "planned", "planned"]
+
+
+def test_a_writer_whose_record_helper_dies_fails_instead_of_guessing(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    tasks = make_tasks(2)
+    store.plan_tasks(1, tasks)
+    seen: list[str] = []
+
+    async def main() -> None:
+        writer = Writer(store)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            await writer.write(_sending(tasks[0]))
+            assert writer._helper is not None
+            writer._helper.proc.kill()
+            writer._helper.proc.wait()
+            try:
+                await writer.write(_sending(tasks[1]))
+            except RecordError as exc:
+                seen.append(str(exc))
+            await writer.close()
+
+    try:
+        anyio.run(main)
+        states = [store.task_rows()[t.task_key].state for t in tasks]
+    finally:
+        store.close()
+    assert len(seen) == 1 and "record helper process exited" in seen[0]
+    assert states == ["sending", "planned"]
+
+
+def test_the_record_helper_ignores_a_frame_cut_short_by_a_killed_runner(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    tasks = make_tasks(2)
+    store.plan_tasks(1, tasks)
+    payload = marshal.dumps(Writer._statements([_Entry(_sending(t), None) for t in tasks]))
+    helper = HelperProcess(_RECORD_HELPER, [str(store.path)], "record helper")
+
+    async def main() -> None:
+        # The whole length, then all but the last byte: what a runner killed mid-send leaves.
+        await helper.send(struct.pack("!I", len(payload)) + payload[:-1])
+        helper.stop()
+
+    try:
+        anyio.run(main)
+        assert helper.proc.wait(timeout=20) == 0  # end of input: it exits, cleanly
+        assert {r.state for r in store.task_rows().values()} == {"planned"}
+        assert store.conn.execute("SELECT count(*) FROM transitions").fetchone()[0] == 0
+    finally:
+        store.close()
 
 
 V1_TASKS = """CREATE TABLE tasks (

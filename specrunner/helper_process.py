@@ -1,0 +1,107 @@
+"""A helper process the event loop talks to through non-blocking pipes: no thread involved.
+
+The run record's commits (`batching.Writer`) and the output files (`outputs.FileSink`) are
+each done by a small stdlib-only Python process started with `-I -S`. The event loop writes
+a batch to the helper's stdin and waits, like for a socket, until the answer is readable on
+its stdout. Before, a worker thread drove each helper with blocking calls, and every time
+that thread needed the GIL back from a busy event loop it waited up to the 5 ms switch
+interval, several times per batch: with the loop busy, a batch of output files took 20-50
+ms to start and the "done" commit behind it 150-200 ms (bench/README.md ## run). Through
+the loop itself a batch costs it one write and one read, and the helper runs beside it on
+another core.
+
+A helper ignores SIGINT (Ctrl-C is the runner's to handle), lives in its own session, and
+exits at end of input; one whose parent was killed gets end of input too, drops any
+incomplete frame it was reading, and exits: it never acts on half a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+import anyio
+
+
+class HelperGone(OSError):
+    """The helper process exited or closed its pipes."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EPIPE, f"the {what} process exited")
+
+
+class HelperProcess:
+    """One running helper: `python -I -S -c CODE ARGS...`, fed and read by the event loop.
+
+    `send` and `recv` must be awaited by one task at a time (the helper's BatchLoop), shielded
+    from cancellation: a frame half written or an answer half read would desynchronise the
+    protocol. They raise HelperGone when the helper has exited. `stop()` closes its input and
+    reaps it from a daemon thread, so the event loop never waits for it to exit.
+    """
+
+    def __init__(self, code: str, args: list[str], what: str) -> None:
+        self.what = what
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", code, *args], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env={},
+            start_new_session=True, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        os.set_blocking(self._out, False)
+        self._buf = bytearray()
+        self._stopped = False
+
+    async def send(self, data: bytes) -> None:
+        """Write all of `data` to the helper's input."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._in, view):]
+            except BlockingIOError:
+                await anyio.wait_writable(self._in)
+            except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed here
+                raise HelperGone(self.what) from None
+
+    async def recv(self, n: int) -> bytes:
+        """Read exactly `n` bytes of the helper's answers (buffered: an answer arrives in
+        one write, and the next one may follow it in the same read)."""
+        while len(self._buf) < n:
+            try:
+                chunk = os.read(self._out, max(65536, n - len(self._buf)))
+            except BlockingIOError:
+                await anyio.wait_readable(self._out)
+                continue
+            except (OSError, ValueError):
+                raise HelperGone(self.what) from None
+            if not chunk:
+                raise HelperGone(self.what)
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def stop(self) -> None:
+        """End of input: the helper finishes what it holds and exits; reaped off the loop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        threading.Thread(target=self._reap, name=f"specrunner-{self.what}-reaper",
+                         daemon=True).start()
+
+    def _reap(self) -> None:
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a helper stuck in the kernel
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
