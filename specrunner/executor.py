@@ -131,6 +131,8 @@ class Executor:
 
     async def run(self) -> RunOutcome:
         """Dispatch every task not done yet; return how the run ended."""
+        self.writer.start_helper()  # they boot while the record is read
+        self.files.start_helper()
         rows = self.store.task_rows()
         self.inputs = Inputs(self.store.uploads(), client=self.client, writer=self.writer,
                              execution=self.execution, wall=self.wall, sleep=self.sleep,
