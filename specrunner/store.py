@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -239,11 +240,17 @@ def op_state(task_key: str, run_id: int, old: str | None, new: str, *, detail: s
              now: float, **cols: Any) -> list[Op]:
     """Move a task to `new` (with extra column updates) and log the transition."""
     assert new in STATES, new
-    sets = ", ".join(f"{k}=?" for k in cols)
-    sql = f"UPDATE tasks SET state=?, updated_at=?, run_id=?{', ' + sets if sets else ''} " \
-          "WHERE task_key=?"
+    sql = _update_sql(tuple(cols))
     return [(sql, (new, now, run_id, *cols.values(), task_key)),
             (_TRANSITION_SQL, (task_key, run_id, old, new, now, detail))]
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(cols: tuple[str, ...]) -> str:
+    """The task UPDATE for these extra columns: one string object per column set, so a
+    batch sent to the record helper carries each text once (marshal refers back to it)."""
+    sets = "".join(f", {k}=?" for k in cols)
+    return f"UPDATE tasks SET state=?, updated_at=?, run_id=?{sets} WHERE task_key=?"
 
 
 _TRANSITION_SQL = ("INSERT INTO transitions (task_key, run_id, from_state, to_state, at, detail) "
