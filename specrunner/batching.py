@@ -38,6 +38,7 @@ class BatchLoop:
         self._wake = anyio.Event()
         self._closed = False
         self._stopped = anyio.Event()
+        self._retired: HelperProcess | None = None  # the helper `_stop` stopped, if any
 
     def _submit(self, entry: Any) -> None:
         self._entries.append(entry)
@@ -65,11 +66,13 @@ class BatchLoop:
             self._stopped.set()
 
     async def close(self) -> None:
-        """Handle what is pending and stop the loop."""
+        """Handle what is pending, stop the loop and wait for `_stop`'s helper to exit."""
         self._closed = True
         self._wake.set()
         with anyio.CancelScope(shield=True):
             await self._stopped.wait()
+            if self._retired is not None:
+                await self._retired.exited()
 
 
 # The record helper: a tiny separate Python process (stdlib only, started with -I -S) that
@@ -199,7 +202,7 @@ class Writer(BatchLoop):
         if self._use_helper and self._helper is None:
             try:
                 self._helper = HelperProcess(_RECORD_HELPER, [str(self.store.path)],
-                                             "record helper")
+                                             "record helper", keep_fds=(self.store.lock_fd,))
             except OSError:
                 self._use_helper = False
         return self._helper
@@ -270,3 +273,4 @@ class Writer(BatchLoop):
         helper, self._helper = self._helper, None
         if helper is not None:
             helper.stop()  # every commit has been answered: it exits at end of input
+            self._retired = helper

@@ -107,7 +107,7 @@ class Executor:
         self.sleep, self.rng, self.wall = sleep, rng or random.Random(), wall
         self.backoff = backoff
         self.writer = Writer(store)
-        self.files = FileSink(self.writer)
+        self.files = FileSink(self.writer, lock_fd=store.lock_fd)
         self.c = Counters(total=len(tasks), limit=execution.concurrency)
         self.limit = AdaptiveLimit(execution.concurrency, clock,
                                    on_change=lambda n: setattr(self.c, "limit", n))

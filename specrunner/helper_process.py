@@ -12,7 +12,9 @@ another core.
 
 A helper ignores SIGINT (Ctrl-C is the runner's to handle), lives in its own session, and
 exits at end of input; one whose parent was killed gets end of input too, drops any
-incomplete frame it was reading, and exits: it never acts on half a batch.
+incomplete frame it was reading, and exits: it never acts on half a batch. A helper may be
+given the run folder's lock descriptor to hold (`keep_fds`): the folder then stays locked
+until the helper has exited, even when the runner was killed (store._lock).
 """
 
 from __future__ import annotations
@@ -44,19 +46,20 @@ class HelperProcess:
     reaps it from a daemon thread, so the event loop never waits for it to exit.
     """
 
-    def __init__(self, code: str, args: list[str], what: str) -> None:
+    def __init__(self, code: str, args: list[str], what: str,
+                 keep_fds: tuple[int, ...] = ()) -> None:
         self.what = what
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", code, *args], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env={},
-            start_new_session=True, close_fds=True)
+            start_new_session=True, close_fds=True, pass_fds=keep_fds)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self._in, False)
         os.set_blocking(self._out, False)
         _widen(self._in)  # a batch in one write, not one loop pass per 64 KiB
         self._buf = bytearray()
-        self._stopped = False
+        self._reaper: threading.Thread | None = None
 
     async def send(self, data: bytes) -> None:
         """Write all of `data` to the helper's input."""
@@ -89,14 +92,22 @@ class HelperProcess:
 
     def stop(self) -> None:
         """End of input: the helper finishes what it holds and exits; reaped off the loop."""
-        if self._stopped:
+        if self._reaper is not None:
             return
-        self._stopped = True
         with contextlib.suppress(OSError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-        threading.Thread(target=self._reap, name=f"specrunner-{self.what}-reaper",
-                         daemon=True).start()
+        self._reaper = threading.Thread(target=self._reap, name=f"specrunner-{self.what}-reaper",
+                                        daemon=True)
+        self._reaper.start()
+
+    async def exited(self) -> None:
+        """stop(), then return once the helper has exited (waited for in a worker thread:
+        the event loop goes on meanwhile)."""
+        self.stop()
+        assert self._reaper is not None
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._reaper.join)
 
     def _reap(self) -> None:
         try:

@@ -261,9 +261,10 @@ class FileSink(BatchLoop):
     """
 
     def __init__(self, writer: Writer | None = None, *, use_helper: bool = True,
-                 batch_sync: bool = True) -> None:
+                 batch_sync: bool = True, lock_fd: int | None = None) -> None:
         super().__init__()
         self.writer = writer
+        self._keep_fds = () if lock_fd is None else (lock_fd,)  # the folder's lock: see store
         self._use_helper, self._batch_sync = use_helper, batch_sync
         self._helper: HelperProcess | None = None
         self._lib: dict[str, Any] | None = None  # the helper's code in this process (fallback)
@@ -297,7 +298,8 @@ class FileSink(BatchLoop):
         if self._use_helper and self._helper is None:
             try:
                 self._helper = HelperProcess(_HELPER, ["batch" if self._batch_sync
-                                                       else "per-file"], "output file helper")
+                                                       else "per-file"], "output file helper",
+                                             keep_fds=self._keep_fds)
             except OSError:
                 self._use_helper = False
         return self._helper
@@ -353,8 +355,9 @@ class FileSink(BatchLoop):
         helper, self._helper = self._helper, None
         if helper is not None:
             # Every batch has been answered, so the helper has nothing left to do: it exits at
-            # end of input, reaped off the event loop.
+            # end of input, reaped off the event loop (close() waits for that in a thread).
             helper.stop()
+            self._retired = helper
 
 
 def _status_error(code: int, message: str) -> OSError | None:

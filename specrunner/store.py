@@ -116,22 +116,47 @@ class ResultRow:
     sha256: str | None
 
 
+HELPER_EXIT_WAIT_S = 30.0  # how long a new run waits for a killed runner's helpers to exit
+
+
 def _lock(lock_path: Path) -> int:
+    """Take the folder's lock (flock). The runner's helper processes share it (they inherit
+    the descriptor), so after a runner is killed its folder stays locked until they have
+    finished the batch they hold and exited: a resume never races a commit or a file of
+    the run it resumes. A lock held although the recorded runner is gone is theirs: wait
+    for it (at most HELPER_EXIT_WAIT_S) instead of refusing."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    waited_until = time.monotonic() + HELPER_EXIT_WAIT_S
+    while True:
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        finally:
+            if _gone(pid) and time.monotonic() < waited_until:
+                time.sleep(0.01)
+                continue
             os.close(fd)
-        raise RecordError(
-            f"the run folder {lock_path.parent.parent} is in use by another specrunner "
-            f"process (pid {pid}); wait for it to finish or choose another --out"
-        ) from None
+            raise RecordError(
+                f"the run folder {lock_path.parent.parent} is in use by another specrunner "
+                f"process (pid {pid}); wait for it to finish or choose another --out"
+            ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _gone(pid: str) -> bool:
+    """Whether the process that wrote `pid` into the lock file no longer exists."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (EPERM: another user's)
+        return False
+    return False
 
 
 class Store:
@@ -140,7 +165,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int) -> None:
         self.conn = conn
         self.path = path
-        self._lock_fd = lock_fd
+        self.lock_fd = lock_fd  # helper processes inherit it: see _lock
 
     # -- writing ----------------------------------------------------------------------------
     def apply(self, ops: Iterable[Op]) -> None:
@@ -232,7 +257,7 @@ class Store:
         try:
             self.conn.close()
         finally:
-            os.close(self._lock_fd)
+            os.close(self.lock_fd)
 
 
 # -- op builders (pure: they return SQL to be group-committed by Writer) -----------------------

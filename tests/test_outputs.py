@@ -156,9 +156,9 @@ def test_a_working_batch_sync_places_every_file(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "7.png").read_bytes() == bytes([7]) * 10
 
 
-def test_closing_the_sink_does_not_wait_for_its_helper_on_the_event_loop(tmp_path: Path) -> None:
-    closed = threading.Event()
-    stop_saw_close: list[bool] = []
+def test_closing_the_sink_waits_for_its_helper_to_exit_off_the_event_loop(tmp_path: Path) -> None:
+    released: list[bool] = []
+    ticks: list[int] = []
 
     async def main() -> Any:
         sink = FileSink()
@@ -168,17 +168,24 @@ def test_closing_the_sink_does_not_wait_for_its_helper_on_the_event_loop(tmp_pat
             helper = sink._helper
             assert helper is not None
             real_reap = helper._reap
+            go = threading.Event()
 
-            def slow_reap() -> None:  # a helper slow to exit: blocks until close returned
-                stop_saw_close.append(closed.wait(10))
+            def slow_reap() -> None:  # a helper slow to exit: until the loop has ticked
+                released.append(go.wait(10))
                 real_reap()
 
             helper._reap = slow_reap  # type: ignore[method-assign]
+
+            async def tick() -> None:
+                await anyio.sleep(0.05)
+                ticks.append(1)
+                go.set()
+
+            tg.start_soon(tick)
             await sink.close()
-            closed.set()
             return helper
 
     helper = anyio.run(main)
-    assert helper.proc.wait(timeout=20) == 0  # reaped in the background, exited cleanly
-    assert stop_saw_close == [True]  # close() had returned while the helper was stopped
+    assert released == [True] and ticks == [1]  # the loop ran while close() waited
+    assert helper.proc.returncode == 0  # and close() returned once it had exited, cleanly
     assert (tmp_path / "a.png").read_bytes() == b"1"

@@ -7,6 +7,9 @@ import marshal
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
+import textwrap
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,31 @@ def test_the_record_helper_ignores_a_frame_cut_short_by_a_killed_runner(tmp_path
         assert helper.proc.wait(timeout=20) == 0  # end of input: it exits, cleanly
         assert {r.state for r in store.task_rows().values()} == {"planned"}
         assert store.conn.execute("SELECT count(*) FROM transitions").fetchone()[0] == 0
+    finally:
+        store.close()
+
+
+def test_a_killed_runners_helper_keeps_the_folder_locked_until_it_exits(tmp_path: Path) -> None:
+    gone = tmp_path / "helper-gone"
+    runner = textwrap.dedent("""
+        import subprocess, sys, time
+        from specrunner.store import open_store
+        store = open_store(sys.argv[1])
+        # a helper sharing the folder's lock that finishes its batch 1 s after the kill
+        subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time; time.sleep(1); "
+                          "pathlib.Path(sys.argv[1]).write_text('done')", sys.argv[2]],
+                         pass_fds=(store.lock_fd,))
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path), str(gone)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.kill()
+    child.wait()
+    store = open_store(tmp_path)  # waits for the helper instead of refusing
+    try:
+        assert gone.read_text() == "done"  # it had finished before the folder was ours
     finally:
         store.close()
 
