@@ -1,8 +1,8 @@
 """Group commit of the run record's changes, and the batch loop it runs on.
 
 `Writer` commits the ops of every concurrent task in one transaction (one fsync), in the
-record helper process, so thousands of tasks per second fit. `BatchLoop`, a queue drained in batches by one background
-loop, is shared with `outputs.FileSink`.
+record helper process, so thousands of tasks per second fit. `BatchLoop`, a queue drained in
+batches by one background loop, is shared with `outputs.FileSink`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import anyio
 
 from specrunner.errors import RecordError
-from specrunner.helper_process import HelperProcess
+from specrunner.helper_process import HelperGone, HelperProcess
 from specrunner.store import APPEND_ONLY, Op, Store
 
 
@@ -30,25 +30,63 @@ class _Entry:
 class BatchLoop:
     """A queue drained in batches by one background loop (`run()`), flushed by `close()`.
 
-    Subclasses turn one batch into work in `_handle` and release what they hold in `_stop`.
+    Subclasses turn one batch into work in `_handle`. A subclass that does its work in a
+    helper process (helper_process.py) says how to start one in `_new_helper` and gets it
+    from `_ready_helper()`: None means do the work in this process instead (no helper could
+    start, or it exited before it was ready: nothing had been sent to it). `stop_helper()`
+    retires the current one (a fresh one is started when next needed); `close()` returns
+    once every retired helper has exited.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, use_helper: bool = False) -> None:
         self._entries: list[Any] = []
         self._wake = anyio.Event()
         self._closed = False
         self._stopped = anyio.Event()
-        self._retired: HelperProcess | None = None  # the helper `_stop` stopped, if any
+        self._use_helper = use_helper
+        self._helper: HelperProcess | None = None
+        self._retired: list[HelperProcess] = []
 
     def _submit(self, entry: Any) -> None:
+        if self._stopped.is_set():
+            raise RuntimeError(f"{type(self).__name__} used after close()")
         self._entries.append(entry)
         self._wake.set()
 
     async def _handle(self, entries: list[Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _stop(self) -> None:
-        """Release what the loop holds (called once, when it ends)."""
+    def _new_helper(self) -> HelperProcess:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start_helper(self) -> None:
+        """Start the helper process now (if it is used and not running): its interpreter
+        boots (~20 ms) while the caller prepares, instead of delaying the first batch."""
+        if self._use_helper and self._helper is None:
+            try:
+                self._helper = self._new_helper()
+            except OSError:
+                self._use_helper = False
+
+    async def _ready_helper(self) -> HelperProcess | None:
+        """The running helper once it has said it is ready, or None: work in this process."""
+        self.start_helper()
+        helper = self._helper
+        if helper is not None and not helper.ready:
+            try:
+                await helper.wait_ready()
+            except HelperGone:  # it could not start (nothing was sent to it): in-process
+                self.stop_helper()
+                self._use_helper = False
+                return None
+        return helper
+
+    def stop_helper(self) -> None:
+        """Retire the current helper: it exits at end of input (close() waits for that)."""
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.stop()
+            self._retired.append(helper)
 
     async def run(self) -> None:
         """The loop; returns after `close()` once everything queued has been handled."""
@@ -62,22 +100,24 @@ class BatchLoop:
                 if self._closed and not self._entries:
                     return
         finally:
-            self._stop()
+            # Every batch has been answered, so the helper has nothing left to do.
+            self.stop_helper()
             self._stopped.set()
 
     async def close(self) -> None:
-        """Handle what is pending, stop the loop and wait for `_stop`'s helper to exit."""
+        """Handle what is pending, stop the loop and wait for its helpers to exit."""
         self._closed = True
         self._wake.set()
         with anyio.CancelScope(shield=True):
             await self._stopped.wait()
-            if self._retired is not None:
-                await self._retired.exited()
+            for helper in self._retired:
+                await helper.exited()  # in a worker thread: the loop goes on meanwhile
 
 
 # The record helper: a tiny separate Python process (stdlib only, started with -I -S) that
 # commits the run record's changes on its own connection to the record (WAL mode,
-# synchronous=FULL: every COMMIT is durable when it answers). Frame in: "!I" length, then
+# synchronous=FULL: every COMMIT is durable when it answers). Once connected it writes "R"
+# (ready). Frame in: "!I" length, then
 # marshal of [(sql, params, many)], run in order in one BEGIN IMMEDIATE ... COMMIT. Frame
 # out: "!I" length, then "" when committed, else the error (UTF-8; the transaction was rolled
 # back). It reads a whole frame before it starts a transaction, so a runner killed in the
@@ -100,6 +140,7 @@ def answer(msg):
         view = view[os.write(wr, view):]
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
 conn.execute("PRAGMA synchronous=FULL")
+os.write(wr, b"R")  # ready
 while True:
     (size,) = struct.unpack("!I", read(4))
     statements = marshal.loads(read(size))
@@ -144,10 +185,8 @@ class Writer(BatchLoop):
     """
 
     def __init__(self, store: Store, *, use_helper: bool = True) -> None:
-        super().__init__()
+        super().__init__(use_helper=use_helper)
         self.store = store
-        self._use_helper = use_helper
-        self._helper: HelperProcess | None = None
         self._error: BaseException | None = None
         self.commits = 0
 
@@ -198,23 +237,14 @@ class Writer(BatchLoop):
         out += [(sql, rows, True) for sql, rows in appends.items()]
         return out
 
-    def _helper_or_none(self) -> HelperProcess | None:
-        if self._use_helper and self._helper is None:
-            try:
-                self._helper = HelperProcess(_RECORD_HELPER, [str(self.store.path)],
-                                             "record helper", keep_fds=(self.store.lock_fd,))
-            except OSError:
-                self._use_helper = False
-        return self._helper
-
-    def start_helper(self) -> None:
-        """Start the helper process now: its interpreter boots (~20 ms) while the caller
-        prepares, instead of delaying the first batch."""
-        self._helper_or_none()
+    def _new_helper(self) -> HelperProcess:
+        # It holds the folder's lock too: after a kill, no resume before it has exited.
+        return HelperProcess(_RECORD_HELPER, [str(self.store.path)], "record helper",
+                             keep_fds=(self.store.lock_fd,))
 
     async def _apply(self, statements: list[Statement]) -> None:
         """One durable transaction of `statements`; raises if it was not (or may not be)."""
-        helper = self._helper_or_none()
+        helper = await self._ready_helper()
         if helper is None:
             self._fill(statements)
             await anyio.to_thread.run_sync(self._commit)
@@ -224,9 +254,8 @@ class Writer(BatchLoop):
             await helper.send(struct.pack("!I", len(payload)) + payload)
             (size,) = struct.unpack("!I", await helper.recv(4))
             error = (await helper.recv(size)).decode("utf-8", "replace")
-        except OSError:
-            helper.stop()
-            self._helper = None
+        except BaseException:  # never talk to it again: a frame or an answer may be half-way
+            self.stop_helper()
             raise
         if error:
             raise RecordError(error)
@@ -268,9 +297,3 @@ class Writer(BatchLoop):
         for e in entries:
             if e.done is not None:
                 e.done.set()
-
-    def _stop(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is not None:
-            helper.stop()  # every commit has been answered: it exits at end of input
-            self._retired = helper

@@ -133,6 +133,17 @@ class Executor:
         """Dispatch every task not done yet; return how the run ended."""
         self.writer.start_helper()  # they boot while the record is read
         self.files.start_helper()
+        try:
+            todo = self._prepare()
+        except BaseException:  # the helpers hold the folder's lock: let them go
+            self.files.stop_helper()
+            self.writer.stop_helper()
+            raise
+        with _young_garbage_collected_less():
+            return await self._run(todo)
+
+    def _prepare(self) -> list[Job]:
+        """Read the record: the run's shared services, and the jobs still to do."""
         rows = self.store.task_rows()
         self.inputs = Inputs(self.store.uploads(), client=self.client, writer=self.writer,
                              execution=self.execution, wall=self.wall, sleep=self.sleep,
@@ -162,8 +173,7 @@ class Executor:
                 job.state = "planned"  # a finished failure: try again under a fresh UUID
                 job.next_generation()
             todo.append(job)
-        with _young_garbage_collected_less():
-            return await self._run(todo)
+        return todo
 
     async def _run(self, todo: list[Job]) -> RunOutcome:
         async with anyio.create_task_group() as outer:

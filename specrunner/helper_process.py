@@ -10,9 +10,11 @@ ms to start and the "done" commit behind it 150-200 ms (bench/README.md ## run).
 the loop itself a batch costs it one write and one read, and the helper runs beside it on
 another core.
 
+A helper writes one byte once it has started (imports done, database open): a helper that
+exits before that has been sent nothing, so its caller can safely work in-process instead.
 A helper ignores SIGINT (Ctrl-C is the runner's to handle), lives in its own session, and
-exits at end of input; one whose parent was killed gets end of input too, drops any
-incomplete frame it was reading, and exits: it never acts on half a batch. A helper may be
+exits at end of input; one whose parent was killed gets end of input too, finishes the
+batch it had read whole, does not act on an incomplete one, and exits. A helper may be
 given the run folder's lock descriptor to hold (`keep_fds`): the folder then stays locked
 until the helper has exited, even when the runner was killed (store._lock).
 """
@@ -42,8 +44,9 @@ class HelperProcess:
 
     `send` and `recv` must be awaited by one task at a time (the helper's BatchLoop), shielded
     from cancellation: a frame half written or an answer half read would desynchronise the
-    protocol. They raise HelperGone when the helper has exited. `stop()` closes its input and
-    reaps it from a daemon thread, so the event loop never waits for it to exit.
+    protocol (after any error the caller stops talking to it). They raise HelperGone when the
+    helper has exited. `stop()` closes its input and reaps it from a daemon thread;
+    `exited()` waits for that in a worker thread, so the event loop never blocks on it.
     """
 
     def __init__(self, code: str, args: list[str], what: str,
@@ -60,6 +63,13 @@ class HelperProcess:
         _widen(self._in)  # a batch in one write, not one loop pass per 64 KiB
         self._buf = bytearray()
         self._reaper: threading.Thread | None = None
+        self.ready = False  # its ready byte has been read
+
+    async def wait_ready(self) -> None:
+        """Return once the helper has started; HelperGone if it exited first."""
+        if await self.recv(1) != b"R":
+            raise HelperGone(self.what)
+        self.ready = True
 
     async def send(self, data: bytes) -> None:
         """Write all of `data` to the helper's input."""
@@ -120,7 +130,7 @@ class HelperProcess:
             self.proc.stdout.close()
 
 
-F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's capacity
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux: set a pipe's capacity
 PIPE_BYTES = 1 << 20  # fs.pipe-max-size's default: what an unprivileged process may ask for
 
 

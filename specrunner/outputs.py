@@ -49,10 +49,12 @@ class _FileEntry:
 # every os.* call releases and retakes the GIL, and a worker thread doing ~5 syscalls per file
 # while the event loop is busy costs the loop about 0.3 ms per file in GIL hand-overs
 # (measured, bench/README.md ## run); the helper costs the loop one pipe write and one read
-# per batch. It ignores SIGINT (Ctrl-C is the runner's to handle) and exits at end of input,
-# so a killed runner leaves no helper behind.
+# per batch (helper_process.py). It ignores SIGINT (Ctrl-C is the runner's to handle) and
+# exits at end of input: a killed runner's helper finishes the batch it was given, renames
+# nothing of a batch it had not read whole (its temporary files stay), and exits.
 # Argument: "batch" (syncfs where it is safe, as above) or "per-file" (always fsync).
-# Frame in: "!I" file count, then per file "!II" path length, data length, path, data.
+# Once started it writes "R" (ready). Frame in: "!I" file count, then per file "!II" path
+# length, data length, path, data.
 # Frame out: "!I" length of the rest, then per file "!iH" errno (0 = in place), message
 # length, message (UTF-8).
 _HELPER_LIB = r"""
@@ -197,6 +199,7 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
 durability = Durability(sys.argv[1:] == ["batch"])
+os.write(wr, b"R")  # ready
 def read(n):
     buf = bytearray()
     while len(buf) < n:
@@ -262,11 +265,10 @@ class FileSink(BatchLoop):
 
     def __init__(self, writer: Writer | None = None, *, use_helper: bool = True,
                  batch_sync: bool = True, lock_fd: int | None = None) -> None:
-        super().__init__()
+        super().__init__(use_helper=use_helper)
         self.writer = writer
         self._keep_fds = () if lock_fd is None else (lock_fd,)  # the folder's lock: see store
-        self._use_helper, self._batch_sync = use_helper, batch_sync
-        self._helper: HelperProcess | None = None
+        self._batch_sync = batch_sync
         self._lib: dict[str, Any] | None = None  # the helper's code in this process (fallback)
 
     async def write(self, files: Sequence[OutputFile], after: Sequence[Op] = ()) -> None:
@@ -294,24 +296,13 @@ class FileSink(BatchLoop):
             assert self.writer is not None
             await self.writer.durable(entry.commit)
 
-    def _helper_or_none(self) -> HelperProcess | None:
-        if self._use_helper and self._helper is None:
-            try:
-                self._helper = HelperProcess(_HELPER, ["batch" if self._batch_sync
-                                                       else "per-file"], "output file helper",
-                                             keep_fds=self._keep_fds)
-            except OSError:
-                self._use_helper = False
-        return self._helper
-
-    def start_helper(self) -> None:
-        """Start the helper process now: its interpreter boots (~20 ms) while the caller
-        prepares, instead of delaying the first batch."""
-        self._helper_or_none()
+    def _new_helper(self) -> HelperProcess:
+        return HelperProcess(_HELPER, ["batch" if self._batch_sync else "per-file"],
+                             "output file helper", keep_fds=self._keep_fds)
 
     async def _place(self, flat: list[tuple[bytes, bytes]]) -> list[OSError | None]:
         """One status per file of the batch: placed by the helper, else in a worker thread."""
-        helper = self._helper_or_none()
+        helper = await self._ready_helper()
         if helper is None:
             if self._lib is None:
                 self._lib = _helper_lib()
@@ -321,9 +312,11 @@ class FileSink(BatchLoop):
             (size,) = struct.unpack("!I", await helper.recv(4))
             return _statuses(await helper.recv(size), len(flat))
         except OSError as exc:
-            helper.stop()
-            self._helper = None  # a fresh one for the next batch
+            self.stop_helper()  # a fresh one for the next batch
             return [exc] * len(flat)
+        except BaseException:  # never talk to it again: a frame or an answer may be half-way
+            self.stop_helper()
+            raise
 
     async def _handle(self, entries: list[_FileEntry]) -> None:
         """Place one batch's files, then submit their `after` ops as one group commit.
@@ -350,14 +343,6 @@ class FileSink(BatchLoop):
                 e.error = e.error or exc
         for e in entries:
             e.done.set()
-
-    def _stop(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is not None:
-            # Every batch has been answered, so the helper has nothing left to do: it exits at
-            # end of input, reaped off the event loop (close() waits for that in a thread).
-            helper.stop()
-            self._retired = helper
 
 
 def _status_error(code: int, message: str) -> OSError | None:

@@ -126,23 +126,30 @@ def _lock(lock_path: Path) -> int:
     the run it resumes. A lock held although the recorded runner is gone is theirs: wait
     for it (at most HELPER_EXIT_WAIT_S) instead of refusing."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    waited_until = time.monotonic() + HELPER_EXIT_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            if _gone(pid) and time.monotonic() < waited_until:
+    try:
+        waited_until = time.monotonic() + HELPER_EXIT_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                if not _gone(pid):
+                    raise RecordError(
+                        f"the run folder {lock_path.parent.parent} is in use by another "
+                        f"specrunner process (pid {pid}); wait for it to finish or choose "
+                        "another --out") from None
+                if time.monotonic() >= waited_until:
+                    raise RecordError(
+                        f"the run folder {lock_path.parent.parent} is still locked by the "
+                        f"helper processes of a specrunner run that has stopped (pid {pid}) "
+                        f"after {HELPER_EXIT_WAIT_S:.0f} s; retry shortly") from None
                 time.sleep(0.01)
-                continue
-            os.close(fd)
-            raise RecordError(
-                f"the run folder {lock_path.parent.parent} is in use by another specrunner "
-                f"process (pid {pid}); wait for it to finish or choose another --out"
-            ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -154,7 +161,7 @@ def _gone(pid: str) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except OSError:  # it exists (EPERM: another user's)
+    except (OSError, OverflowError):  # it exists (EPERM: another user's), or no real PID
         return False
     return False
 

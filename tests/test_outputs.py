@@ -14,7 +14,10 @@ from typing import Any
 import anyio
 import pytest
 
+from specrunner.batching import Writer
 from specrunner.outputs import FileSink, _helper_lib, write_atomic
+from specrunner.store import Op, op_state, open_store
+from test_run_support import make_tasks
 
 # `stat -f -c %T` names of the filesystems whose syncfs the helper trusts (ext4 shows as
 # "ext2/ext3"): an oracle independent of the helper's own statfs call.
@@ -183,9 +186,73 @@ def test_closing_the_sink_waits_for_its_helper_to_exit_off_the_event_loop(tmp_pa
 
             tg.start_soon(tick)
             await sink.close()
+            assert helper.proc.returncode is not None  # it had exited when close() returned
             return helper
 
     helper = anyio.run(main)
     assert released == [True] and ticks == [1]  # the loop ran while close() waited
     assert helper.proc.returncode == 0  # and close() returned once it had exited, cleanly
     assert (tmp_path / "a.png").read_bytes() == b"1"
+
+
+def test_a_file_write_returns_once_its_files_are_placed_and_its_after_ops_committed(
+        tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    tasks = make_tasks(2)
+    store.plan_tasks(1, tasks)
+    (tmp_path / "blocker").write_bytes(b"a file, not a folder")
+    returned: list[str] = []
+    failed: list[BaseException] = []
+
+    def done(i: int) -> list[Op]:
+        return op_state(tasks[i].task_key, 1, "planned", "done", now=1.0)
+
+    async def main() -> None:
+        writer = Writer(store)
+        sink = FileSink(writer)
+        gate = anyio.Event()
+        real_apply = writer._apply
+
+        async def held(statements: Any) -> None:  # the commit waits for the gate
+            await gate.wait()
+            await real_apply(statements)
+
+        writer._apply = held  # type: ignore[method-assign]
+
+        async def ok() -> None:
+            await sink.write([(tmp_path, "ok.png", b"1")], after=done(0))
+            returned.append("ok")
+
+        async def bad() -> None:
+            try:
+                await sink.write([(tmp_path, "blocker/bad.png", b"2")], after=done(1))
+            except OSError as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            tg.start_soon(sink.run)
+            tg.start_soon(ok)
+            tg.start_soon(bad)
+            try:
+                with anyio.fail_after(20):
+                    while not (tmp_path / "ok.png").exists() or not failed:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.2)
+                assert returned == []  # its file is in place, but "done" is not committed yet
+            finally:
+                gate.set()  # (a failing test must not leave the writer's commit held)
+            with anyio.fail_after(20):
+                while not returned:
+                    await anyio.sleep(0.01)
+            await sink.close()
+            await writer.close()
+
+    try:
+        anyio.run(main)
+        states = [store.task_rows()[t.task_key].state for t in tasks]
+    finally:
+        store.close()
+    assert returned == ["ok"] and len(failed) == 1
+    assert states == ["done", "planned"]  # no "done" for the file that could not be written
+    assert (tmp_path / "ok.png").read_bytes() == b"1"

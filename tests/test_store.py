@@ -17,8 +17,10 @@ from typing import Any
 import anyio
 import pytest
 
+from specrunner import batching
 from specrunner.batching import _RECORD_HELPER, Writer, _Entry
 from specrunner.helper_process import HelperProcess
+from specrunner.outputs import FileSink
 from specrunner.errors import RecordError
 from specrunner.store import SCHEMA_VERSION, Op, op_attempt, op_result, op_state, open_store
 from test_run_support import make_tasks
@@ -126,14 +128,16 @@ def _sending(task: Any) -> list[Op]:
     return op_state(task.task_key, 1, "planned", "sending", now=1.0)
 
 
-def test_a_failed_commit_applies_nothing_of_its_batch_and_stops_the_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_helper", [True, False], ids=["record-helper", "in-process"])
+def test_a_failed_commit_applies_nothing_of_its_batch_and_stops_the_writer(
+        tmp_path: Path, use_helper: bool) -> None:
     store = open_store(tmp_path)
     tasks = make_tasks(3)
     store.plan_tasks(1, tasks)
     errors: list[str] = []
 
     async def main() -> None:
-        writer = Writer(store)
+        writer = Writer(store, use_helper=use_helper)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             await writer.write(_sending(tasks[0]))
@@ -223,9 +227,61 @@ def test_a_killed_runners_helper_keeps_the_folder_locked_until_it_exits(tmp_path
     assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     child.kill()
     child.wait()
+    child.stdout.close()
     store = open_store(tmp_path)  # waits for the helper instead of refusing
     try:
         assert gone.read_text() == "done"  # it had finished before the folder was ours
+    finally:
+        store.close()
+
+
+def test_a_record_helper_that_cannot_start_leaves_the_writer_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # e.g. an interpreter whose sqlite3 does not import without the caller's environment
+    monkeypatch.setattr(batching, "_RECORD_HELPER", "raise SystemExit(3)")
+    store = open_store(tmp_path)
+    tasks = make_tasks(2)
+    store.plan_tasks(1, tasks)
+
+    async def main() -> None:
+        writer = Writer(store)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            for t in tasks:
+                await writer.write(_sending(t))
+            assert writer._use_helper is False and writer.commits == 2
+            await writer.close()
+
+    try:
+        anyio.run(main)
+        assert {r.state for r in store.task_rows().values()} == {"sending"}
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_runs_helpers_hold_the_folder_lock(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    lock = os.readlink(f"/proc/self/fd/{store.lock_fd}")
+
+    async def main() -> list[bool]:
+        writer = Writer(store)
+        files = FileSink(writer, lock_fd=store.lock_fd)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run)
+            tg.start_soon(files.run)
+            # started, and ready: they have exec'd, so only the descriptors passed are open
+            helpers = [await writer._ready_helper(), await files._ready_helper()]
+            assert all(h is not None for h in helpers)
+            held = [lock in {os.readlink(f"/proc/{h.proc.pid}/fd/{fd}")  # type: ignore[union-attr]
+                             for fd in os.listdir(f"/proc/{h.proc.pid}/fd")}  # type: ignore[union-attr]
+                    for h in helpers]
+            await files.close()
+            await writer.close()
+            return held
+
+    try:
+        assert anyio.run(main) == [True, True]
     finally:
         store.close()
 
