@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -29,8 +30,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from specrunner.errors import RecordError
 
 # 2: tasks.axes_json, input_name, prompt_name; 3: no per-task indexes on transitions and
-# attempts (older records are migrated)
-SCHEMA_VERSION = 3
+# attempts; 4: runs.plan_sha256, a plan's JSON kept once (older records are migrated)
+SCHEMA_VERSION = 4
 APP_ID = 0x53505243  # "SPRC": marks a specrunner record in PRAGMA application_id
 RECORD_DIR = ".specrunner"
 DB_NAME = "run.db"
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
   run_id INTEGER PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT,
   exit_code INTEGER, spec_path TEXT, spec_text TEXT, spec_sha256 TEXT, git_commit TEXT,
-  git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT);
+  git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT,
+  plan_sha256 TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
   task_key TEXT PRIMARY KEY, idx INTEGER NOT NULL, variant_id TEXT NOT NULL,
   state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0, task_uuid TEXT NOT NULL,
@@ -86,6 +88,10 @@ _MIGRATIONS = {
     # reads by key (the report groups whole tables): ~25 us of the loop's CPU per task.
     2: ["DROP INDEX IF EXISTS transitions_task",
         "DROP INDEX IF EXISTS attempts_task"],
+    # Every run stored its whole plan (~200 bytes per task: 20 MB per run and per resume
+    # at 100,000 tasks). Runs of an older record keep theirs; from now on a plan is stored
+    # by the first run that has it, later runs with the same plan only its hash.
+    3: ["ALTER TABLE runs ADD COLUMN plan_sha256 TEXT"],
 }
 
 
@@ -180,13 +186,37 @@ class Store:
         _transaction(self.conn, ops)
 
     def begin_run(self, meta: dict[str, Any]) -> int:
-        """Record the start of a run (spec, hashes, git state, plan); return its run_id."""
+        """Record the start of a run (spec, hashes, git state, plan); return its run_id.
+
+        The plan (`plan_json`) is recorded with its sha256; when an earlier run of this
+        record already holds the same plan, only the hash is stored (`run_plan` reads it).
+        """
+        meta = dict(meta)
+        plan = meta.get("plan_json")
+        if plan is not None:
+            digest = hashlib.sha256(plan.encode()).hexdigest()
+            meta["plan_sha256"] = digest
+            if self.conn.execute("SELECT 1 FROM runs WHERE plan_sha256=? AND plan_json IS NOT "
+                                 "NULL LIMIT 1", (digest,)).fetchone():
+                meta["plan_json"] = None
         cols = ["started_at"] + sorted(meta)
         vals = [time.time()] + [meta[k] for k in sorted(meta)]
         cur = self.conn.execute(
             f"INSERT INTO runs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", vals
         )
         return int(cur.lastrowid or 0)
+
+    def run_plan(self, run_id: int) -> str | None:
+        """The plan JSON a run recorded (stored by it, or by an earlier run with the same
+        plan); None if the run recorded none."""
+        row = self.conn.execute("SELECT plan_json, plan_sha256 FROM runs WHERE run_id=?",
+                                (run_id,)).fetchone()
+        if row is None or row[0] is not None or row[1] is None:
+            return None if row is None else row[0]
+        found = self.conn.execute("SELECT plan_json FROM runs WHERE plan_sha256=? AND "
+                                  "plan_json IS NOT NULL ORDER BY run_id LIMIT 1",
+                                  (row[1],)).fetchone()
+        return None if found is None else found[0]
 
     def end_run(self, run_id: int, status: str, exit_code: int, spent: Decimal) -> None:
         """Record how a run ended."""

@@ -31,7 +31,7 @@ def test_new_record_is_wal_full_sync_and_versioned(tmp_path: Path) -> None:
     try:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         store.close()
     reopened = open_store(tmp_path)  # reopening our own record is fine
@@ -294,16 +294,24 @@ V1_TASKS = """CREATE TABLE tasks (
   run_id INTEGER, updated_at REAL NOT NULL)"""
 
 
-def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated_to_v3(tmp_path: Path) -> None:
+V1_RUNS = """CREATE TABLE runs (
+  run_id INTEGER PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT,
+  exit_code INTEGER, spec_path TEXT, spec_text TEXT, spec_sha256 TEXT, git_commit TEXT,
+  git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT)"""
+
+
+def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated(tmp_path: Path) -> None:
     import json
 
     store = open_store(tmp_path)
     store.close()
     db = tmp_path / ".specrunner" / "run.db"
-    conn = sqlite3.connect(db)  # make it a schema-1 record holding one task
-    conn.executescript("DROP TABLE tasks;" + V1_TASKS + ";PRAGMA user_version=1;"
+    conn = sqlite3.connect(db)  # make it a schema-1 record holding one task and one run
+    conn.executescript("DROP TABLE tasks;" + V1_TASKS + ";DROP TABLE runs;" + V1_RUNS +
+                       ";PRAGMA user_version=1;"
                        "CREATE INDEX transitions_task ON transitions(task_key);"
                        "CREATE INDEX attempts_task ON attempts(task_key);")
+    conn.execute("INSERT INTO runs (run_id, started_at, plan_json) VALUES (1, 0.0, '[1]')")
     tasks = make_tasks(3)
     conn.execute("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                  (tasks[0].task_key, 0, tasks[0].variant_id, "done", 0, tasks[0].task_uuid,
@@ -317,6 +325,8 @@ def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated_to_v3(tm
                                   "name NOT LIKE 'sqlite_%'").fetchall() == []  # v3
         old = store.conn.execute("SELECT state, axes_json FROM tasks").fetchall()
         assert old == [("done", None)]  # kept; its axes are unknown until it is planned again
+        assert store.run_plan(1) == "[1]"  # v4: an older run keeps its plan, with no hash
+        assert store.begin_run({"plan_json": "[1]"}) == 2 and store.run_plan(2) == "[1]"
         store.plan_tasks(2, tasks)
         rows = {r[0]: r[1:] for r in store.conn.execute(
             "SELECT task_key, state, axes_json, input_name, prompt_name FROM tasks")}
@@ -327,6 +337,22 @@ def test_plan_records_axes_input_and_prompt_and_a_v1_record_is_migrated_to_v3(tm
         assert json.loads(axes) == dict(t.axes) and inp == t.input_name
         assert prompt == t.prompt_name
     assert rows[tasks[0].task_key][0] == "done"
+
+
+def test_a_plan_is_stored_by_the_first_run_that_has_it_and_read_back_for_every_run(
+        tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    plan_a, plan_b = '[{"task_key": "a"}]', '[{"task_key": "b"}]'
+    try:
+        runs = [store.begin_run({"plan_json": p}) for p in (plan_a, plan_a, plan_b, plan_a)]
+        runs.append(store.begin_run({"spec_path": "no plan"}))
+        stored = [r[0] for r in store.conn.execute(
+            "SELECT plan_json FROM runs ORDER BY run_id")]
+        read = [store.run_plan(r) for r in runs]
+    finally:
+        store.close()
+    assert stored == [plan_a, None, plan_b, None, None]  # each plan's text once
+    assert read == [plan_a, plan_a, plan_b, plan_a, None]
 
 
 def test_a_record_half_created_by_an_older_version_is_completed(tmp_path: Path) -> None:
