@@ -27,6 +27,9 @@ class _Entry:
     done: anyio.Event | None  # None: queued, nobody waits
 
 
+HELPER_READY_S = 30.0  # a helper not started by then is given up for in-process work
+
+
 class BatchLoop:
     """A queue drained in batches by one background loop (`run()`), flushed by `close()`.
 
@@ -69,13 +72,16 @@ class BatchLoop:
                 self._use_helper = False
 
     async def _ready_helper(self) -> HelperProcess | None:
-        """The running helper once it has said it is ready, or None: work in this process."""
+        """The running helper once it has said it is ready, or None: work in this process
+        (also when it is not ready within HELPER_READY_S: a stuck interpreter start)."""
         self.start_helper()
         helper = self._helper
         if helper is not None and not helper.ready:
-            try:
+            with contextlib.suppress(HelperGone), anyio.move_on_after(HELPER_READY_S):
                 await helper.wait_ready()
-            except HelperGone:  # it could not start (nothing was sent to it): in-process
+            if not helper.ready:  # nothing was sent to it: the work can be done here
+                with contextlib.suppress(OSError):
+                    helper.proc.kill()  # (one stuck starting would not see end of input)
                 self.stop_helper()
                 self._use_helper = False
                 return None

@@ -235,10 +235,14 @@ def test_a_killed_runners_helper_keeps_the_folder_locked_until_it_exits(tmp_path
         store.close()
 
 
+@pytest.mark.parametrize("code", ["raise SystemExit(3)", "import time; time.sleep(60)"],
+                         ids=["exits", "never-ready"])
 def test_a_record_helper_that_cannot_start_leaves_the_writer_in_process(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # e.g. an interpreter whose sqlite3 does not import without the caller's environment
-    monkeypatch.setattr(batching, "_RECORD_HELPER", "raise SystemExit(3)")
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    # e.g. an interpreter whose sqlite3 does not import without the caller's environment,
+    # or whose start hangs (its input closed, it is reaped once it ends)
+    monkeypatch.setattr(batching, "_RECORD_HELPER", code)
+    monkeypatch.setattr(batching, "HELPER_READY_S", 0.5)
     store = open_store(tmp_path)
     tasks = make_tasks(2)
     store.plan_tasks(1, tasks)
