@@ -123,11 +123,11 @@ class BatchLoop:
 # The record helper: a tiny separate Python process (stdlib only, started with -I -S) that
 # commits the run record's changes on its own connection to the record (WAL mode,
 # synchronous=FULL: every COMMIT is durable when it answers). Once connected it writes "R"
-# (ready). Frame in: "!I" length, then
-# marshal of [(sql, params, many)], run in order in one BEGIN IMMEDIATE ... COMMIT. Frame
-# out: "!I" length, then "" when committed, else the error (UTF-8; the transaction was rolled
-# back). It reads a whole frame before it starts a transaction, so a runner killed in the
-# middle of sending one leaves nothing half-done: the helper gets end of input and exits.
+# (ready). Frame in: "!I" length, then marshal of [(sql, params, many)], run in order in one
+# BEGIN IMMEDIATE ... COMMIT. Frame out: "!I" length, then "" when committed, else the error
+# (UTF-8; the transaction was rolled back). It reads a whole frame before it starts a
+# transaction, so a runner killed in the middle of sending one leaves nothing half-done:
+# the helper gets end of input and exits.
 _RECORD_HELPER = r"""
 import marshal, os, signal, sqlite3, struct, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
