@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import marshal
-import sqlite3
 import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 import anyio
 
 from specrunner.errors import RecordError
-from specrunner.helper_process import HelperGone, HelperProcess
+from specrunner.helper_process import HelperGone, HelperProcess, in_process
 from specrunner.store import APPEND_ONLY, Op, Store
 
 
@@ -128,48 +127,42 @@ class BatchLoop:
 # (UTF-8; the transaction was rolled back). It reads a whole frame before it starts a
 # transaction, so a runner killed in the middle of sending one leaves nothing half-done:
 # the helper gets end of input and exits.
-_RECORD_HELPER = r"""
-import marshal, os, signal, sqlite3, struct, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
-def read(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(rd, n - len(buf))
-        if not chunk:
-            raise SystemExit(0)
-        buf += chunk
-    return bytes(buf)
-def answer(msg):
-    view = memoryview(struct.pack("!I", len(msg)) + msg)
-    while view:
-        view = view[os.write(wr, view):]
+_RECORD_LIB = r"""
+import sqlite3
+def apply(conn, statements):
+    # One durable transaction of [(sql, params, many)], in order; rolled back on any error.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params, many in statements:
+            if many:
+                conn.executemany(sql, params)
+            else:
+                conn.execute(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
+"""
+_RECORD_MAIN = r"""
+import marshal
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
 conn.execute("PRAGMA synchronous=FULL")
-os.write(wr, b"R")  # ready
+write_all(b"R")  # ready
 while True:
     (size,) = struct.unpack("!I", read(4))
     statements = marshal.loads(read(size))
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params, many in statements:
-                if many:
-                    conn.executemany(sql, params)
-                else:
-                    conn.execute(sql, params)
-            conn.execute("COMMIT")
-        except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+        apply(conn, statements)
     except Exception as exc:
-        answer(f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:2000])
+        msg = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:2000]
     else:
-        answer(b"")
+        msg = b""
+    write_all(struct.pack("!I", len(msg)) + msg)
 """
+_RECORD_HELPER = _RECORD_LIB + _RECORD_MAIN
 
 Statement = tuple[str, Any, bool]  # (sql, params, or rows of params when executemany)
 
@@ -183,8 +176,8 @@ class Writer(BatchLoop):
     background loop takes everything pending and hands it, as one transaction, to the
     record helper process (_RECORD_HELPER) through non-blocking pipes (helper_process.py):
     the statements and the fsync run beside the event loop, on another core, and no thread
-    waits for the GIL. Without a helper (it could not start, or `use_helper=False`) the
-    statements run on the event loop and the COMMIT in a worker thread. Start it with
+    waits for the GIL. Without a helper (it could not start, or `use_helper=False`) a worker
+    thread runs the helper's own `apply` on the record's connection. Start it with
     `run()` inside the run's task group; `close()` flushes and stops it. If the helper dies
     in the middle of a commit, whether that commit landed is unknown: the writer fails like
     for any other record error, and a resume reconciles the tasks in doubt.
@@ -194,6 +187,7 @@ class Writer(BatchLoop):
         super().__init__(use_helper=use_helper)
         self.store = store
         self._error: BaseException | None = None
+        self._lib: dict[str, Any] | None = None  # the helper's code in this process (fallback)
         self.commits = 0
 
     def _check(self) -> None:
@@ -251,9 +245,10 @@ class Writer(BatchLoop):
     async def _apply(self, statements: list[Statement]) -> None:
         """One durable transaction of `statements`; raises if it was not (or may not be)."""
         helper = await self._ready_helper()
-        if helper is None:
-            self._fill(statements)
-            await anyio.to_thread.run_sync(self._commit)
+        if helper is None:  # the helper's own code, on the record's connection, in a thread
+            if self._lib is None:
+                self._lib = in_process(_RECORD_LIB, "record helper")
+            await anyio.to_thread.run_sync(self._lib["apply"], self.store.conn, statements)
             return
         try:
             payload = marshal.dumps(statements)
@@ -265,29 +260,6 @@ class Writer(BatchLoop):
             raise
         if error:
             raise RecordError(error)
-
-    def _fill(self, statements: list[Statement]) -> None:
-        """Without a helper, on the event loop: BEGIN and run every statement (CPU only: in
-        WAL mode nothing touches the disk before COMMIT)."""
-        cur = self.store.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params, many in statements:
-                if many:
-                    cur.executemany(sql, params)
-                else:
-                    cur.execute(sql, params)
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-
-    def _commit(self) -> None:
-        try:
-            self.store.conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self.store.conn.execute("ROLLBACK")
-            raise
 
     async def _handle(self, entries: list[_Entry]) -> None:
         """Commit one batch; waiters are released even when the commit failed."""

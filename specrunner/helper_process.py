@@ -24,12 +24,49 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import subprocess
 import sys
 import threading
+from types import CodeType
+from typing import Any
 
 import anyio
+
+
+# Run before every helper's own code (HelperProcess): Ctrl-C is the runner's to handle; the
+# protocol's two primitives over stdin/stdout; end of input (mid-frame too) ends the helper.
+PRELUDE = r"""
+import os, signal, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
+def read(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(rd, n - len(buf))
+        if not chunk:
+            raise SystemExit(0)
+        buf += chunk
+    return bytes(buf)
+def write_all(data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(wr, view):]
+"""
+
+
+@functools.cache
+def _compiled(code: str, name: str) -> CodeType:
+    return compile(code, f"<specrunner {name}>", "exec")
+
+
+def in_process(code: str, name: str) -> dict[str, Any]:
+    """A helper's library code (without PRELUDE) loaded in this process, with its own fresh
+    state: a fallback without the helper runs the very code the helper runs."""
+    lib: dict[str, Any] = {}
+    exec(_compiled(code, name), lib)
+    return lib
 
 
 class HelperGone(OSError):
@@ -40,7 +77,7 @@ class HelperGone(OSError):
 
 
 class HelperProcess:
-    """One running helper: `python -I -S -c CODE ARGS...`, fed and read by the event loop.
+    """One running helper: `python -I -S -c PRELUDE+CODE ARGS...`, fed and read by the loop.
 
     `send` and `recv` must be awaited by one task at a time (the helper's BatchLoop), shielded
     from cancellation: a frame half written or an answer half read would desynchronise the
@@ -53,7 +90,7 @@ class HelperProcess:
                  keep_fds: tuple[int, ...] = ()) -> None:
         self.what = what
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", code, *args], stdin=subprocess.PIPE,
+            [sys.executable, "-I", "-S", "-c", PRELUDE + code, *args], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env={},
             start_new_session=True, close_fds=True, pass_fds=keep_fds)
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -7,7 +7,6 @@ through a `batching.Writer`; `write_atomic` does it for one file in the calling 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import anyio
 
 from specrunner.batching import BatchLoop, Writer
 from specrunner.errors import RecordError
-from specrunner.helper_process import HelperProcess
+from specrunner.helper_process import HelperProcess, in_process
 from specrunner.store import Op
 
 OutputFile = tuple[Path, str, bytes]  # (output folder, path relative to it, bytes)
@@ -195,19 +194,8 @@ def place_batch(files, durability):
     return status
 """
 _HELPER_MAIN = r"""
-import signal
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
 durability = Durability(sys.argv[1:] == ["batch"])
-os.write(wr, b"R")  # ready
-def read(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(rd, n - len(buf))
-        if not chunk:
-            raise SystemExit(0)
-        buf += chunk
-    return bytes(buf)
+write_all(b"R")  # ready
 def frames(count, order):
     for _ in range(count):
         plen, dlen = struct.unpack("!II", read(8))
@@ -223,9 +211,7 @@ while True:
         code, msg = status[t]
         msg = msg[:1000]
         out += struct.pack("!iH", code, len(msg)) + msg
-    view = memoryview(struct.pack("!I", len(out)) + bytes(out))
-    while view:
-        view = view[os.write(wr, view):]
+    write_all(struct.pack("!I", len(out)) + bytes(out))
 """
 _HELPER = _HELPER_LIB + _HELPER_MAIN
 
@@ -350,18 +336,10 @@ def _status_error(code: int, message: str) -> OSError | None:
     return OSError(code, message) if code else None
 
 
-@functools.cache
-def _helper_code() -> Any:
-    return compile(_HELPER_LIB, "<specrunner file helper>", "exec")  # only when needed
-
-
 def _helper_lib() -> dict[str, Any]:
-    """The file helper's functions loaded in this process, with their own state (the
-    folders known to exist, the fsync threads): the in-thread fallback and write_atomic
-    run the very code the helper process runs."""
-    lib: dict[str, Any] = {}
-    exec(_helper_code(), lib)
-    return lib
+    """The file helper's functions in this process, with their own state (the folders
+    known to exist, the fsync threads): for the in-thread fallback and write_atomic."""
+    return in_process(_HELPER_LIB, "file helper")
 
 
 def _place_here(files: list[tuple[bytes, bytes]],
