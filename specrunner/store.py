@@ -168,7 +168,7 @@ def _gone(pid: str) -> bool:
     except ProcessLookupError:
         return True
     except (OSError, OverflowError):  # it exists (EPERM: another user's), or no real PID
-        return False
+        pass
     return False
 
 
@@ -209,14 +209,11 @@ class Store:
     def run_plan(self, run_id: int) -> str | None:
         """The plan JSON a run recorded (stored by it, or by an earlier run with the same
         plan); None if the run recorded none."""
-        row = self.conn.execute("SELECT plan_json, plan_sha256 FROM runs WHERE run_id=?",
-                                (run_id,)).fetchone()
-        if row is None or row[0] is not None or row[1] is None:
-            return None if row is None else row[0]
-        found = self.conn.execute("SELECT plan_json FROM runs WHERE plan_sha256=? AND "
-                                  "plan_json IS NOT NULL ORDER BY run_id LIMIT 1",
-                                  (row[1],)).fetchone()
-        return None if found is None else found[0]
+        row = self.conn.execute(
+            "SELECT coalesce(r.plan_json, (SELECT p.plan_json FROM runs p WHERE "
+            "p.plan_sha256 = r.plan_sha256 AND p.plan_json IS NOT NULL LIMIT 1)) "
+            "FROM runs r WHERE r.run_id=?", (run_id,)).fetchone()
+        return None if row is None else row[0]
 
     def end_run(self, run_id: int, status: str, exit_code: int, spent: Decimal) -> None:
         """Record how a run ended."""
