@@ -16,8 +16,7 @@ import pytest
 
 from specrunner.batching import Writer
 from specrunner.outputs import FileSink, _helper_lib, write_atomic
-from specrunner.store import Op, op_state, open_store
-from test_run_support import make_tasks
+from test_run_support import planned_store, states_after, to_state
 
 # `stat -f -c %T` names of the filesystems whose syncfs the helper trusts (ext4 shows as
 # "ext2/ext3"): an oracle independent of the helper's own statfs call.
@@ -197,15 +196,10 @@ def test_closing_the_sink_waits_for_its_helper_to_exit_off_the_event_loop(tmp_pa
 
 def test_a_file_write_returns_once_its_files_are_placed_and_its_after_ops_committed(
         tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    tasks = make_tasks(2)
-    store.plan_tasks(1, tasks)
+    store, tasks = planned_store(tmp_path, 2)
     (tmp_path / "blocker").write_bytes(b"a file, not a folder")
     returned: list[str] = []
     failed: list[BaseException] = []
-
-    def done(i: int) -> list[Op]:
-        return op_state(tasks[i].task_key, 1, "planned", "done", now=1.0)
 
     async def main() -> None:
         writer = Writer(store)
@@ -220,12 +214,12 @@ def test_a_file_write_returns_once_its_files_are_placed_and_its_after_ops_commit
         writer._apply = held  # type: ignore[method-assign]
 
         async def ok() -> None:
-            await sink.write([(tmp_path, "ok.png", b"1")], after=done(0))
+            await sink.write([(tmp_path, "ok.png", b"1")], after=to_state(tasks[0], "done"))
             returned.append("ok")
 
         async def bad() -> None:
             try:
-                await sink.write([(tmp_path, "blocker/bad.png", b"2")], after=done(1))
+                await sink.write([(tmp_path, "blocker/bad.png", b"2")], after=to_state(tasks[1], "done"))
             except OSError as exc:
                 failed.append(exc)
 
@@ -248,11 +242,7 @@ def test_a_file_write_returns_once_its_files_are_placed_and_its_after_ops_commit
             await sink.close()
             await writer.close()
 
-    try:
-        anyio.run(main)
-        states = [store.task_rows()[t.task_key].state for t in tasks]
-    finally:
-        store.close()
+    states = states_after(store, main, tasks)
     assert returned == ["ok"] and len(failed) == 1
     assert states == ["done", "planned"]  # no "done" for the file that could not be written
     assert (tmp_path / "ok.png").read_bytes() == b"1"

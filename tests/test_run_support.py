@@ -247,3 +247,29 @@ def run_executor(out: Path, transport: httpx.AsyncBaseTransport, tasks: list[Tas
         return anyio.run(main)
     finally:
         store.close()
+
+
+def planned_store(out: Path, n: int) -> tuple[Any, list[Task]]:
+    """A new run record in `out` with `n` tasks (make_tasks) planned by run 1."""
+    from specrunner.store import open_store
+
+    store = open_store(out)
+    tasks = make_tasks(n)
+    store.plan_tasks(1, tasks)
+    return store, tasks
+
+
+def to_state(task: Task, new: str) -> list[Any]:
+    """The record ops moving a planned `task` to `new` in run 1."""
+    from specrunner.store import op_state
+
+    return op_state(task.task_key, 1, "planned", new, now=1.0)
+
+
+def states_after(store: Any, main: Callable[[], Any], tasks: list[Task]) -> list[str]:
+    """anyio.run(main), then the recorded state of each of `tasks`; the store is closed."""
+    try:
+        anyio.run(main)
+        return [store.task_rows()[t.task_key].state for t in tasks]
+    finally:
+        store.close()

@@ -12,7 +12,6 @@ import sys
 import textwrap
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -22,8 +21,8 @@ from specrunner.batching import _RECORD_HELPER, Writer, _Entry
 from specrunner.helper_process import HelperProcess
 from specrunner.outputs import FileSink
 from specrunner.errors import RecordError
-from specrunner.store import SCHEMA_VERSION, Op, op_attempt, op_result, op_state, open_store
-from test_run_support import make_tasks
+from specrunner.store import SCHEMA_VERSION, op_attempt, op_result, op_state, open_store
+from test_run_support import make_tasks, planned_store, states_after, to_state
 
 
 def test_new_record_is_wal_full_sync_and_versioned(tmp_path: Path) -> None:
@@ -97,9 +96,7 @@ def test_planning_again_rewrites_only_the_tasks_whose_placement_changed(tmp_path
 
 @pytest.mark.parametrize("use_helper", [True, False], ids=["record-helper", "in-process"])
 def test_writer_group_commits_concurrent_writes(tmp_path: Path, use_helper: bool) -> None:
-    store = open_store(tmp_path)
-    tasks = make_tasks(200)
-    store.plan_tasks(1, tasks)
+    store, tasks = planned_store(tmp_path, 200)
 
     async def main() -> int:
         writer = Writer(store, use_helper=use_helper)
@@ -124,75 +121,57 @@ def test_writer_group_commits_concurrent_writes(tmp_path: Path, use_helper: bool
     assert commits < 200  # batched: fewer transactions (fsyncs) than writers
 
 
-def _sending(task: Any) -> list[Op]:
-    return op_state(task.task_key, 1, "planned", "sending", now=1.0)
-
-
 @pytest.mark.parametrize("use_helper", [True, False], ids=["record-helper", "in-process"])
 def test_a_failed_commit_applies_nothing_of_its_batch_and_stops_the_writer(
         tmp_path: Path, use_helper: bool) -> None:
-    store = open_store(tmp_path)
-    tasks = make_tasks(3)
-    store.plan_tasks(1, tasks)
+    store, tasks = planned_store(tmp_path, 3)
     errors: list[str] = []
 
     async def main() -> None:
         writer = Writer(store, use_helper=use_helper)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
-            await writer.write(_sending(tasks[0]))
-            writer.queue(_sending(tasks[1]))  # same transaction as the failing statement
-            for ops in ([("INSERT INTO no_such_table VALUES (1)", ())], _sending(tasks[2])):
+            await writer.write(to_state(tasks[0], "sending"))
+            writer.queue(to_state(tasks[1], "sending"))  # same transaction as the failing statement
+            for ops in ([("INSERT INTO no_such_table VALUES (1)", ())], to_state(tasks[2], "sending")):
                 try:
                     await writer.write(ops)
                 except RecordError as exc:
                     errors.append(str(exc))
             await writer.close()
 
-    try:
-        anyio.run(main)
-        states = {r.task_key: r.state for r in store.task_rows().values()}
-    finally:
-        store.close()
+    states = states_after(store, main, tasks)
     assert len(errors) == 2 and "no such table: no_such_table" in errors[0]
     assert errors[1] == errors[0]  # the writer refuses everything after a failed commit
-    assert [states[t.task_key] for t in tasks] == ["sending", "planned", "planned"]
+    assert states == ["sending", "planned", "planned"]
 
 
 def test_a_writer_whose_record_helper_dies_fails_instead_of_guessing(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    tasks = make_tasks(2)
-    store.plan_tasks(1, tasks)
+    store, tasks = planned_store(tmp_path, 2)
     seen: list[str] = []
 
     async def main() -> None:
         writer = Writer(store)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
-            await writer.write(_sending(tasks[0]))
+            await writer.write(to_state(tasks[0], "sending"))
             assert writer._helper is not None
             writer._helper.proc.kill()
             writer._helper.proc.wait()
             try:
-                await writer.write(_sending(tasks[1]))
+                await writer.write(to_state(tasks[1], "sending"))
             except RecordError as exc:
                 seen.append(str(exc))
             await writer.close()
 
-    try:
-        anyio.run(main)
-        states = [store.task_rows()[t.task_key].state for t in tasks]
-    finally:
-        store.close()
+    states = states_after(store, main, tasks)
     assert len(seen) == 1 and "record helper process exited" in seen[0]
     assert states == ["sending", "planned"]
 
 
 def test_the_record_helper_ignores_a_frame_cut_short_by_a_killed_runner(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    tasks = make_tasks(2)
-    store.plan_tasks(1, tasks)
-    payload = marshal.dumps(Writer._statements([_Entry(_sending(t), None) for t in tasks]))
+    store, tasks = planned_store(tmp_path, 2)
+    payload = marshal.dumps(Writer._statements([_Entry(to_state(t, "sending"), None) for t in tasks]))
     helper = HelperProcess(_RECORD_HELPER, [str(store.path)], "record helper")
 
     async def main() -> None:
@@ -243,24 +222,18 @@ def test_a_record_helper_that_cannot_start_leaves_the_writer_in_process(
     # or whose start hangs (its input closed, it is reaped once it ends)
     monkeypatch.setattr(batching, "_RECORD_HELPER", code)
     monkeypatch.setattr(batching, "HELPER_READY_S", 0.5)
-    store = open_store(tmp_path)
-    tasks = make_tasks(2)
-    store.plan_tasks(1, tasks)
+    store, tasks = planned_store(tmp_path, 2)
 
     async def main() -> None:
         writer = Writer(store)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run)
             for t in tasks:
-                await writer.write(_sending(t))
+                await writer.write(to_state(t, "sending"))
             assert writer._use_helper is False and writer.commits == 2
             await writer.close()
 
-    try:
-        anyio.run(main)
-        assert {r.state for r in store.task_rows().values()} == {"sending"}
-    finally:
-        store.close()
+    assert set(states_after(store, main, tasks)) == {"sending"}
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
