@@ -86,6 +86,15 @@ class BatchLoop:
                 return None
         return helper
 
+    async def _ask(self, helper: HelperProcess, frame: bytes) -> bytes:
+        """helper.ask(frame); after any error the helper is retired, never asked again: a
+        frame or an answer may be half-way."""
+        try:
+            return await helper.ask(frame)
+        except BaseException:
+            self.stop_helper()
+            raise
+
     def stop_helper(self) -> None:
         """Retire the current helper: it exits at end of input (close() waits for that)."""
         helper, self._helper = self._helper, None
@@ -157,10 +166,9 @@ while True:
     try:
         apply(conn, statements)
     except Exception as exc:
-        msg = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:2000]
+        answer(f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:2000])
     else:
-        msg = b""
-    write_all(struct.pack("!I", len(msg)) + msg)
+        answer(b"")
 """
 _RECORD_HELPER = _RECORD_LIB + _RECORD_MAIN
 
@@ -250,14 +258,9 @@ class Writer(BatchLoop):
                 self._lib = in_process(_RECORD_LIB, "record helper")
             await anyio.to_thread.run_sync(self._lib["apply"], self.store.conn, statements)
             return
-        try:
-            payload = marshal.dumps(statements)
-            await helper.send(struct.pack("!I", len(payload)) + payload)
-            (size,) = struct.unpack("!I", await helper.recv(4))
-            error = (await helper.recv(size)).decode("utf-8", "replace")
-        except BaseException:  # never talk to it again: a frame or an answer may be half-way
-            self.stop_helper()
-            raise
+        payload = marshal.dumps(statements)
+        answer = await self._ask(helper, struct.pack("!I", len(payload)) + payload)
+        error = answer.decode("utf-8", "replace")
         if error:
             raise RecordError(error)
 

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import functools
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -53,6 +54,8 @@ def write_all(data):
     view = memoryview(data)
     while view:
         view = view[os.write(wr, view):]
+def answer(body):
+    write_all(struct.pack("!I", len(body)) + body)
 """
 
 
@@ -118,6 +121,13 @@ class HelperProcess:
                 await anyio.wait_writable(self._in)
             except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed here
                 raise HelperGone(self.what) from None
+
+    async def ask(self, frame: bytes) -> bytes:
+        """Send one frame; return the helper's answer to it (sent with `answer`: its length,
+        "!I", then its body)."""
+        await self.send(frame)
+        (size,) = struct.unpack("!I", await self.recv(4))
+        return await self.recv(size)
 
     async def recv(self, n: int) -> bytes:
         """Read exactly `n` bytes of the helper's answers (buffered: an answer arrives in

@@ -211,7 +211,7 @@ while True:
         code, msg = status[t]
         msg = msg[:1000]
         out += struct.pack("!iH", code, len(msg)) + msg
-    write_all(struct.pack("!I", len(out)) + bytes(out))
+    answer(bytes(out))
 """
 _HELPER = _HELPER_LIB + _HELPER_MAIN
 
@@ -294,15 +294,9 @@ class FileSink(BatchLoop):
                 self._lib = _helper_lib()
             return await anyio.to_thread.run_sync(_place_here, flat, self._lib)
         try:
-            await helper.send(_frame(flat))
-            (size,) = struct.unpack("!I", await helper.recv(4))
-            return _statuses(await helper.recv(size), len(flat))
-        except OSError as exc:
-            self.stop_helper()  # a fresh one for the next batch
+            return _statuses(await self._ask(helper, _frame(flat)), len(flat))
+        except OSError as exc:  # (the helper is retired: a fresh one for the next batch)
             return [exc] * len(flat)
-        except BaseException:  # never talk to it again: a frame or an answer may be half-way
-            self.stop_helper()
-            raise
 
     async def _handle(self, entries: list[_FileEntry]) -> None:
         """Place one batch's files, then submit their `after` ops as one group commit.
