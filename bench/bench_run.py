@@ -46,7 +46,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from specrunner.campaign import Execution  # noqa: E402
+from specrunner.spec.types import Execution  # noqa: E402
 from specrunner.client import RunwareClient, set_testing  # noqa: E402
 from specrunner.executor import Executor  # noqa: E402
 from specrunner.local import FaultConfig, Latency, LocalConfig, create_app  # noqa: E402

@@ -28,7 +28,8 @@ import anyio
 from specrunner import store as st
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
-from specrunner.campaign import Execution, Task
+from specrunner.spec.types import Execution
+from specrunner.plan.task import Task
 from specrunner.errors import RecordError
 from specrunner.client import Backoff, RetryBudget, RunwareClient, Sleep, default_sleep
 from specrunner.inputs import Inputs

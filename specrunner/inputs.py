@@ -15,7 +15,8 @@ from PIL import Image, ImageOps
 
 from specrunner import runware, store as st
 from specrunner.batching import Writer
-from specrunner.campaign import Execution, LocalImage, Task
+from specrunner.spec.types import Execution
+from specrunner.plan.task import LocalImage, Task
 from specrunner.client import (Backoff, Fault, RunwareClient, Sleep, category, check_image,
                                data_uri)
 from specrunner.run_types import GiveUp, StopRun

@@ -7,7 +7,7 @@ from typing import Any, Callable
 from specrunner import runware
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
-from specrunner.campaign import Execution
+from specrunner.spec.types import Execution
 from specrunner.client import (OVERLOAD_STATUS, DownloadError, Fault, Reply, RunwareClient, Sleep,
                                category, errors_for, items_for)
 from specrunner.run_types import Counters, GiveUp, Job, refused

@@ -9,9 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from specrunner import runware
-from specrunner.campaign import Task
-
-
+from specrunner.plan.task import Task
 @dataclass
 class Counters:
     """Live figures of a run (read by the progress display)."""

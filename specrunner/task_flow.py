@@ -14,7 +14,7 @@ from typing import Any, Callable
 from specrunner import store as st
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.batching import Writer
-from specrunner.campaign import Execution
+from specrunner.spec.types import Execution
 from specrunner.client import (OVERLOAD_STATUS, Backoff, DownloadError, Fault, RetryBudget,
                                RunwareClient, Sleep, inline_output, items_for)
 from specrunner.inputs import Inputs

@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 from fixtures.specfiles import BASE_SPEC, run_cli, validate_json, write_spec
 
-from specrunner import images
+from specrunner.spec import images
 
 CANARY = os.environ["RUNWARE_API_KEY"]
 

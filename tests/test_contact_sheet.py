@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from specrunner import cli, contact_sheet, report
+from specrunner import cli, report
+
+from specrunner.report import html as contact_sheet
 from specrunner.commands.report import locate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"

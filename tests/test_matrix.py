@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specrunner import matrix, runware
-from specrunner.campaign import Matrix
-from specrunner.matrix import MatrixTooLarge, expand, github_equals
+from specrunner import runware
+
+from specrunner.plan import matrix
+from specrunner.spec.types import Matrix
+from specrunner.plan.matrix import MatrixTooLarge, expand, github_equals
 from specrunner.plan import build_plan
 from test_plan import make_spec, with_matrix
 

@@ -16,10 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specrunner import cli, identity, models, outpaths, runware
+from specrunner import cli, models, runware
+
+from specrunner.plan import identity
+
+from specrunner.plan import outpaths
 from specrunner import plan as planmod
-from specrunner.campaign import (Budget, Execution, ImageRef, InputPair, LocalImage, Matrix,
-                                 OutputSettings, Spec, VariantDecl)
+from specrunner.plan.task import LocalImage
+from specrunner.spec.types import (Budget, Execution, ImageRef, InputPair, Matrix,
+                                   OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
 from specrunner.plan import build_plan, explain
 from specrunner.spec import load_spec
@@ -146,7 +151,7 @@ def test_cost_uses_number_results_and_price_table() -> None:
 
 
 def test_plan_module_is_pure() -> None:
-    code = ("import sys, specrunner.plan, specrunner.matrix; "
+    code = ("import sys, specrunner.plan, specrunner.plan.matrix; "
             "assert not {'httpx', 'anyio'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parents[1])

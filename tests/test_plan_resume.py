@@ -18,7 +18,7 @@ from PIL import Image
 
 from specrunner import cli
 from specrunner.client import set_testing
-from specrunner.plan_status import changed_fields
+from specrunner.plan.status import changed_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "specs" / "examples" / "images"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from specrunner.campaign import Execution
+from specrunner.spec.types import Execution
 from specrunner.adaptive import AdaptiveLimit
 from specrunner.executor import Executor
 from test_run_support import Fake, make_tasks, run_executor

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from specrunner import runware
-from specrunner.campaign import Execution
+from specrunner.spec.types import Execution
 from specrunner.executor import RunOutcome
 from specrunner.store import open_store
 from test_run_support import IMAGE, Fake, local_image, make_tasks, run_executor

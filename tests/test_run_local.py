@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from specrunner.campaign import Execution
+from specrunner.spec.types import Execution
 from specrunner.executor import RunOutcome
 from specrunner.local import FaultConfig, LocalConfig, create_app
 from test_run_support import audit, local_image, make_tasks, run_executor

@@ -23,9 +23,8 @@ import httpx
 from PIL import Image
 
 from specrunner import runware
-from specrunner.campaign import Execution, LocalImage, Task
-
-
+from specrunner.spec.types import Execution
+from specrunner.plan.task import LocalImage, Task
 def png_bytes(color: int = 128, size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, color).save(buf, "PNG")

@@ -14,13 +14,15 @@ import jsonschema
 import pytest
 from fixtures.specfiles import BASE_SPEC, SIZE, run_cli, validate_json, write_spec
 
-from specrunner import images, models
+from specrunner import models
+
+from specrunner.spec import images
 from specrunner.errors import Loc, SpecError
 from specrunner.spec import (
     SCHEMA_FILE, TemplateSyntaxError, build_schema, load_spec, load_spec_checked,
     template_fields,
 )
-from specrunner.yamlload import load as yaml_load
+from specrunner.spec.yamlload import load as yaml_load
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "specs" / "examples").glob("*.yaml"))
@@ -82,8 +84,7 @@ def test_other_image_kinds_are_accepted(tmp_path: Path) -> None:
 
 
 def images_ref(kind: str, value: str):  # noqa: ANN201
-    from specrunner.campaign import ImageRef
-
+    from specrunner.spec.types import ImageRef
     return ImageRef(kind=kind, value=value, display=value)
 
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specrunner import templates
-from specrunner.templates import Template, TemplateError, escape, parse
+from specrunner.spec import templates
+from specrunner.spec.templates import Template, TemplateError, escape, parse
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)

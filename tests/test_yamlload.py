@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from specrunner import yamlload
+from specrunner.spec import yamlload
 from specrunner.errors import Loc, SpecError
 
 

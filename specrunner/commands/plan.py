@@ -120,7 +120,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _record_status(plan: Any, out_dir: str | None) -> Any:
     """The plan against the run record of `out_dir` (given: it must hold one) or of the
     spec's output folder (when it holds one); None without a record to compare."""
-    from specrunner import plan_status
+    from specrunner.plan import status as plan_status
     from specrunner.report import record_path
 
     run_dir = Path(out_dir).resolve() if out_dir else plan.spec.output.dir
@@ -140,7 +140,7 @@ def _style(request: Any) -> str:
 
 
 def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
-    from specrunner.plan import money
+    from specrunner.money import money
 
     tasks = plan.tasks if limit is None else plan.tasks[:limit]
     rows = [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
@@ -164,7 +164,7 @@ AXIS_ALIGN = ("left", "left", "right", "right", "right")
 
 
 def _summary(plan: Any) -> str:
-    from specrunner.plan import money
+    from specrunner.money import money
 
     b = plan.spec.budget
     return (f"plan {plan.spec.name}: {len(plan.tasks):,} tasks, {plan.total_images:,} images, "
@@ -173,7 +173,8 @@ def _summary(plan: Any) -> str:
 
 
 def _axis_rows(plan: Any) -> list[list[Any]]:
-    from specrunner.plan import money, text_of
+    from specrunner.money import money
+    from specrunner.plan.identity import text_of
 
     rows = []
     for key, values in plan.breakdown:
@@ -242,7 +243,7 @@ def _axis_keys(plan: Any) -> list[str]:
 def write_csv(plan: Any, out: TextIO, limit: int | None = None, record: Any = None) -> None:
     """One row per task (always all of them): ids, axes, cost, output, identity, prompt, and
     with a run record its status."""
-    from specrunner.plan import text_of
+    from specrunner.plan.identity import text_of
 
     axes = _axis_keys(plan)
     w = csv.writer(out, lineterminator="\n")

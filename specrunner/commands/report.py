@@ -94,7 +94,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     run_dir, plan, warnings = locate(args.target)
     summary = report.summarize(report.load_run(run_dir, plan, warnings), by)
     if args.format == "html":
-        from specrunner import contact_sheet
+        from specrunner.report import html as contact_sheet
 
         dest = Path(args.out) if args.out else run_dir / "report"
         sheet = contact_sheet.build(summary, run_dir, dest, rows=args.rows, cols=args.cols,

@@ -127,8 +127,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out_dir = Path(args.out).resolve() if args.out else spec.output.dir
     tasks = list(plan.tasks)
     if args.dry_run:
-        from specrunner import plan_status
-        from specrunner.explain import money
+        from specrunner.plan import status as plan_status
+        from specrunner.money import money
         from specrunner.report import record_path
 
         if record_path(out_dir).exists():  # why each task would run: the one definition

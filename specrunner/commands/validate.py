@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from specrunner.errors import EXIT_INVALID, EXIT_OK, Diagnostic, PlanLimitError, SpecError
 
 if TYPE_CHECKING:
-    from specrunner.campaign import Spec
-
-
+    from specrunner.spec.types import Spec
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare validate's arguments."""
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files to check")

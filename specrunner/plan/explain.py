@@ -1,4 +1,4 @@
-"""How a plan reads to people: where a variant came from (`explain`), and money (`money`).
+"""How a plan reads to people: where a variant came from (`explain`).
 
 `explain(plan, variant_id)` names the matrix product combination or include entry that made a
 variant, the include entries that changed it, its tasks, keys, outputs and request; for a
@@ -13,16 +13,12 @@ import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Mapping
 
-from specrunner.campaign import Scalar, Spec
-from specrunner.identity import base_id, text_of
+from specrunner.money import money
+from specrunner.spec.types import Scalar, Spec
+from specrunner.plan.identity import base_id, text_of
 
 if TYPE_CHECKING:
-    from specrunner.plan import Plan
-
-
-def money(d: Decimal) -> str:
-    """Dollars with at least cents: $0.08, $12.80, $0.0125."""
-    return f"${d.quantize(Decimal('0.01'))}" if d == d.quantize(Decimal("0.01")) else f"${d}"
+    from specrunner.plan.build import Plan
 
 
 def _where(spec: Spec, path: str) -> str:

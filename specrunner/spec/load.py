@@ -16,17 +16,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from specrunner import models, yamlload
-from specrunner.campaign import (
+from specrunner import models
+
+from specrunner.spec import yamlload
+from specrunner.spec.types import (
     Budget, Execution, InputPair, Matrix, OutputSettings, Spec, VariantDecl,
 )
 from specrunner.errors import Diagnostic, SpecError
-from specrunner.spec_checks import check_references, redact, scan_secrets
-from specrunner.spec_schema import (  # noqa: F401 (SCHEMA_FILE, build_schema: public API)
+from specrunner.spec.checks import check_references, redact, scan_secrets
+from specrunner.spec.schema import (  # noqa: F401 (SCHEMA_FILE, build_schema: public API)
     GROUP_LOADER, GROUP_REFS, GROUP_SCHEMA, SCHEMA_FILE, Collector, build_schema, did_you_mean,
     integer_fields, schema_error, spec_validator,
 )
-from specrunner.templates import TemplateSyntaxError, template_fields  # noqa: F401 (API)
+from specrunner.spec.templates import TemplateSyntaxError, template_fields  # noqa: F401 (API)
 
 
 def load_spec(path: str | Path, *, secrets: Sequence[str] = ()) -> Spec:

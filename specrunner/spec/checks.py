@@ -24,10 +24,14 @@ from typing import Any, Sequence
 
 import jsonschema
 
-from specrunner import images, models, templates
-from specrunner.campaign import BUILTIN_KEYS, ImageRef, InputPair
+from specrunner import models
+
+from specrunner.spec import images
+
+from specrunner.spec import templates
+from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
-from specrunner.spec_schema import (
+from specrunner.spec.schema import (
     GROUP_FILES, GROUP_REFS, GROUP_SECRET, RUNNER_SET, Collector, did_you_mean,
     field_validators, schema_error,
 )

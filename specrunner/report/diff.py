@@ -26,7 +26,8 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from specrunner.errors import UsageError
-from specrunner.report import Summary, TaskInfo, actual_cost, group, usd, varying_axes
+from specrunner.money import usd
+from specrunner.report.summary import Summary, TaskInfo, actual_cost, group, varying_axes
 
 FORMATS = ("table", "markdown", "json")
 

@@ -24,7 +24,8 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
-from specrunner.report import InputRef, Summary, TaskInfo, check_axes, usd, varying_axes
+from specrunner.money import usd
+from specrunner.report.summary import InputRef, Summary, TaskInfo, check_axes, varying_axes
 
 THUMB_DIR = "thumbs"
 OVERLAY_RGB = (255, 40, 90)

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from specrunner.errors import RecordError
-from specrunner.explain import money
-from specrunner.identity import NOT_IN_KEY, task_key
-from specrunner.report import connect_ro, record_path
+from specrunner.money import money
+from specrunner.plan.identity import NOT_IN_KEY, task_key
+from specrunner.report.summary import connect_ro, record_path
 
 if TYPE_CHECKING:
-    from specrunner.plan import Plan
+    from specrunner.plan.build import Plan
 
 IN_DOUBT = frozenset({"sending", "accepted", "received", "in_doubt"})
 _POLARITIES = ("white-edits", "black-edits")

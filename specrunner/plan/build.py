@@ -25,15 +25,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from specrunner import matrix, models, runware, templates
-from specrunner.campaign import BUILTIN_KEYS, InputPair, LocalImage, Scalar, Spec, Task
+from specrunner import models, runware
+
+from specrunner.plan import matrix
+
+from specrunner.spec import templates
+from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
+from specrunner.plan.task import LocalImage, Task
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
-from specrunner.explain import explain, money  # noqa: F401 (explain: public API)
-from specrunner.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
+from specrunner.money import money
+from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
     base_id, canonical_json, framed_key, key_of, prompt_frame, task_key, text_of,
 )
-from specrunner.outpaths import fold, path_problem
-from specrunner.spec_schema import RUNNER_OWNED
+from specrunner.plan.outpaths import fold, path_problem
+from specrunner.spec.schema import RUNNER_OWNED
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}

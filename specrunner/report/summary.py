@@ -43,8 +43,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tabulate import tabulate
 
-from specrunner import identity, runware
+from specrunner import runware
+
+from specrunner.plan import identity
 from specrunner.errors import RecordError, UsageError
+from specrunner.money import usd
 from specrunner.store import APP_ID, DB_NAME, IN_DOUBT_STATES, RECORD_DIR
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -443,14 +446,6 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def usd(d: Decimal | None) -> str | None:
-    """Dollars as a decimal string with at least cents: 0.08, 1.00, 0.0125."""
-    if d is None:
-        return None
-    cents = d.quantize(Decimal("0.01"))
-    return str(cents) if d == cents else str(d.normalize())
 
 
 LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in doubt",

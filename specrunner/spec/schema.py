@@ -15,7 +15,9 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from specrunner import models, yamlload
+from specrunner import models
+
+from specrunner.spec import yamlload
 from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"

@@ -21,8 +21,7 @@ import re
 from functools import lru_cache
 from typing import Any, Mapping
 
-from specrunner.campaign import Scalar
-
+from specrunner.spec.types import Scalar
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SENTINEL = "\ue000specrunner-prompt\ue000"
