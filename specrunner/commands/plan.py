@@ -121,7 +121,7 @@ def _record_status(plan: Any, out_dir: str | None) -> Any:
     """The plan against the run record of `out_dir` (given: it must hold one) or of the
     spec's output folder (when it holds one); None without a record to compare."""
     from specrunner.plan import status as plan_status
-    from specrunner.report import record_path
+    from specrunner.record import record_path
 
     run_dir = Path(out_dir).resolve() if out_dir else plan.spec.output.dir
     if out_dir is None and not record_path(run_dir).exists():
