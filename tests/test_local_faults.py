@@ -68,6 +68,18 @@ def test_config_loads_from_yaml_and_json_files_and_flags(tmp_path: Path) -> None
     assert "from-env" not in repr(serve.build_config(env_args, {"RUNWARE_API_KEY": "from-env"}))
 
 
+def test_fault_names_at_the_top_level_are_rates(tmp_path: Path) -> None:
+    top = tmp_path / "top.yaml"
+    top.write_text("seed: 3\ncontent_policy: 0.4\ndrop: 0.02\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("seed: 3\nrates:\n  content_policy: 0.4\n  drop: 0.02\n")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("seed: 3\ncontent_policy: 0.4\nrates: {drop: 0.02}\n")
+    configs = [FaultConfig.load(f) for f in (top, nested, mixed)]
+    assert configs[0] == configs[1] == configs[2]
+    assert dict(configs[0].rates) == {"content_policy": 0.4, "drop": 0.02}
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"rates": {"http_418": 0.1}}, "unknown fault"),
     ({"rates": {"drop": 1.5}}, "within 0..1"),
@@ -75,7 +87,14 @@ def test_config_loads_from_yaml_and_json_files_and_flags(tmp_path: Path) -> None
     ({"latency": "gaussian:1"}, "unknown latency"),
     ({"latency": {"dist": "uniform", "low": 2, "high": 1}}, "low <= high"),
     ({"capacity": 0}, "capacity"),
-    ({"retries": 3}, "unknown fault settings"),
+    ({"retries": 3}, r"^unknown fault setting\(s\) retries; valid keys: seed, latency, "
+                     r"processing, capacity, hang_s, oversize_bytes, rates, and the fault "
+                     r"names http_429, .*, oversized_image \(a rate in 0..1 each\)$"),
+    ({"content_policy": 0.4, "rates": {"content_policy": 0.1}},
+     "content_policy given both at the top level and under rates"),
+    ({"drop": "often"}, "rate of drop: 'often' is not a number"),
+    ({"http_418": 0.1}, "unknown fault setting"),
+    ({"hang": 2}, "within 0..1"),
 ])
 def test_bad_fault_settings_are_usage_errors(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
