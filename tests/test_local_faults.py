@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -21,21 +22,12 @@ from specrunner.commands import serve
 from specrunner.errors import UsageError
 from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
 from specrunner.local.faults import REQUEST_FAULTS, FaultInjector
-from specrunner.local.server import running
-from specrunner.local.testing import FakeClock, client, inference_task
+from specrunner.local.server import running, serving, uvicorn_server
+from specrunner.local.testing import FakeClock, client, inference_task, seed_for
 from specrunner.runware import Category, UnreadableBody, classify, parse_envelope
 
 AUTH = {"Authorization": "Bearer test-key"}
 
-
-def seed_for(config: FaultConfig, pattern: list[str | None]) -> FaultConfig:
-    """The config with the first seed (of a bounded search) whose request faults start so."""
-    for seed in range(2000):
-        candidate = FaultConfig.from_mapping({"seed": seed, "rates": dict(config.rates)})
-        injector = FaultInjector(candidate)
-        if [injector.next_request()[0] for _ in pattern] == pattern:
-            return candidate
-    raise AssertionError(f"no seed below 2000 gives {pattern}")
 
 
 def poll(uuid: str) -> list[dict[str, Any]]:
@@ -404,3 +396,20 @@ def test_serve_refuses_non_loopback_hosts() -> None:
     assert "not a loopback address" in err.getvalue() and out.getvalue() == ""
     assert cli.run(["serve", "--fault", "http_999=0.1"], out, err) == 2
     assert "unknown fault" in err.getvalue()
+
+
+def test_accepted_connections_have_nodelay_and_stay_alive() -> None:
+    # Without TCP_NODELAY each response waited ~40 ms for a delayed ACK (bench/
+    # bench_sequential.py: 22 req/s before, ~800 after); read it on the server's own socket
+    server = create_app(LocalConfig(api_key="k", render=False))
+    with serving(server) as (url, uv), httpx.Client(
+            base_url=url, headers={"Authorization": "Bearer k"}) as c:
+        for _ in range(3):
+            assert c.post("/v1", json=[inference_task()]).status_code == 200
+        (conn,) = uv.server_state.connections  # three requests, one kept-alive connection
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert uv.server_state.total_requests == 3
+    # the server keeps idle connections longer than clients do (httpx 5 s, aiohttp 15 s), so
+    # it never closes one under a request the client is sending at that moment
+    assert uvicorn_server(server).config.timeout_keep_alive >= 60
