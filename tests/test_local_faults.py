@@ -21,7 +21,7 @@ from specrunner import cli
 from specrunner.commands import serve
 from specrunner.errors import UsageError
 from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
-from specrunner.local.faults import REQUEST_FAULTS, FaultInjector
+from specrunner.local.faults import REQUEST_FAULTS
 from specrunner.local.server import running, serving, uvicorn_server
 from specrunner.local.testing import FakeClock, client, inference_task, seed_for
 from specrunner.runware import Category, UnreadableBody, classify, parse_envelope
@@ -383,7 +383,13 @@ def test_serve_command_runs_uvicorn_and_never_prints_the_key() -> None:
             r = c.post("/v1", json=[inference_task()], headers={"Authorization":
                                                                f"Bearer {canary}"})
             assert r.status_code == 503
-            assert c.get("/admin/stats").json()["faultsInjected"] == {"http_503": 1}
+            refused = c.get("/admin/stats")  # the ledger needs the key, as /v1 does
+            assert refused.status_code == 401 and refused.json()["errors"][0]["code"] == \
+                "invalidApiKey"
+            assert c.get("/admin/stats", headers={"Authorization": "Bearer wrong"}
+                         ).status_code == 401
+            stats = c.get("/admin/stats", headers={"Authorization": f"Bearer {canary}"})
+            assert stats.json()["faultsInjected"] == {"http_503": 1}
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=15)
