@@ -242,3 +242,16 @@ def test_sigkill_at_random_moments_loses_nothing_that_was_answered(tmp_path: Pat
         proc.wait(timeout=30)
     lines = (state / JOURNAL).read_bytes().splitlines()
     assert all(json.loads(line)["e"] in ("upload", "task", "duplicate") for line in lines)
+
+
+def test_serve_refuses_a_state_dir_another_server_holds(tmp_path: Path) -> None:
+    import io
+
+    from specrunner import cli
+
+    with create_app(LocalConfig(state_dir=tmp_path)):
+        out, err = io.StringIO(), io.StringIO()
+        assert cli.run(["serve", "--port", "0", "--state-dir", str(tmp_path)], out, err) == 2
+    assert err.getvalue().strip().endswith(f"state directory {tmp_path} is in use by another "
+                                           "local server")
+    assert out.getvalue() == ""

@@ -61,10 +61,10 @@ def close_code(ws: ClientConnection) -> int:
 
 
 def test_answers_are_pushed_per_task_as_each_completes() -> None:
-    # every imageInference takes 0.6 s: the async task's ack must overtake the sync task
+    # every imageInference takes 1 s: the async task's ack must overtake the sync task
     # sent before it in the same message, each task gets its own frame, and the ack comes
     # while the sync task is still being processed (not with it, at the end of the message)
-    faults = FaultConfig(processing=Latency("fixed", 0.6))
+    faults = FaultConfig(processing=Latency("fixed", 1.0))
     with served(LocalConfig(api_key=KEY, faults=faults)) as (server, url), \
             connect(ws_url(url)) as ws:
         login(ws)
@@ -78,7 +78,7 @@ def test_answers_are_pushed_per_task_as_each_completes() -> None:
         (item,) = second["data"]
         assert item["taskUUID"] == sync["taskUUID"] and item["imageURL"].startswith(url)
         assert httpx.get(item["imageURL"]).content[:3] == b"\xff\xd8\xff"  # JPG by default
-        time.sleep(0.7)
+        time.sleep(1.1)
         ws.send(json.dumps([{"taskType": "getResponse", "taskUUID": late["taskUUID"]}]))
         polled = recv(ws)["data"]
         assert [i["status"] for i in polled] == ["success", "success"]
