@@ -113,17 +113,14 @@ class Session:
             if self.socket is None or not await self.socket.text(frame):
                 self.waiting.append(frame)
 
-    async def attach(self, socket: _Socket, greeting: str) -> int:
-        """Send `greeting`, then every waiting frame; how many waiting frames went out."""
+    async def attach(self, socket: _Socket, greeting: str) -> None:
+        """Send `greeting`, then the waiting frames in order (those the socket cannot take
+        keep waiting)."""
         async with self.lock:
             self.socket, self.detached_at = socket, None
-            if not await socket.text(greeting):
-                return 0
-            sent = 0
-            while self.waiting and await socket.text(self.waiting[0]):
-                self.waiting.pop(0)
-                sent += 1
-            return sent
+            if await socket.text(greeting):
+                while self.waiting and await socket.text(self.waiting[0]):
+                    self.waiting.pop(0)
 
     def detach(self, socket: _Socket, now: float) -> None:
         if self.socket is socket:
