@@ -34,7 +34,10 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
 
 
 def stats(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/admin/stats", timeout=10) as resp:
+    # the server took its key from RUNWARE_API_KEY (the suite's canary); the ledger needs it
+    request = urllib.request.Request(f"{url}/admin/stats", headers={
+        "Authorization": f"Bearer {os.environ['RUNWARE_API_KEY']}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.load(resp)
 
 
