@@ -12,7 +12,8 @@ and `%2C`. So a message keeps its newlines and no value can end a property early
 
 from __future__ import annotations
 
-from typing import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 from specrunner.errors import Diagnostic
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from specrunner import __version__
 
@@ -78,7 +79,7 @@ def _git(cwd: Path, *args: str) -> str:
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S,
-                              env=env, stdin=subprocess.DEVNULL)
+                              env=env, stdin=subprocess.DEVNULL, check=False)
     except FileNotFoundError:
         raise _GitError("git is not installed") from None
     except (OSError, subprocess.SubprocessError) as exc:

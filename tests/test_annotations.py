@@ -73,13 +73,13 @@ def test_validate_github_exact(folder: Path) -> None:
         MAGIC_ON.format(f="shop.yaml"),
         NO_SEED.format(f="shop.yaml"),
         "shop.yaml: valid (2 tasks)",
-        "::error file=a%2Cb%3Ac.yaml,line=10,col=1,title=specrunner unknown-field::unknown "
-        "field `budjet` [$.budjet] (did you mean `budget`?)",
-        f"::error file=a%2Cb%3Ac.yaml,line=9,col=3,title=specrunner invalid-name::`{key}`: keys "
+        ("::error file=a%2Cb%3Ac.yaml,line=10,col=1,title=specrunner unknown-field::unknown "
+        "field `budjet` [$.budjet] (did you mean `budget`?)"),
+        (f"::error file=a%2Cb%3Ac.yaml,line=9,col=3,title=specrunner invalid-name::`{key}`: keys "
         "must be `input`, `prompt`, a request field (styleType or a dotted path) or a "
-        f"variable name [$.matrix.{key}]",
-        f"::error file=a%2Cb%3Ac.yaml,line=9,col=3,title=specrunner unknown-key::unknown key "
-        f"`{key}`: not a request field, and no template uses {{{key}}} [$.matrix.{key}]",
+        f"variable name [$.matrix.{key}]"),
+        (f"::error file=a%2Cb%3Ac.yaml,line=9,col=3,title=specrunner unknown-key::unknown key "
+        f"`{key}`: not a request field, and no template uses {{{key}}} [$.matrix.{key}]"),
         "2 spec(s) checked: 1 valid, 1 invalid, 3 error(s), 1 warning(s)"]
 
 
@@ -88,8 +88,8 @@ def test_plan_github_exact(folder: Path) -> None:
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         MAGIC_ON.format(f="shop.yaml"), NO_SEED.format(f="shop.yaml"),
-        "::notice file=shop.yaml,title=specrunner plan::plan shop: 2 tasks, 2 images, "
-        "estimated $0.16 (budget $1.00, max 10,000 tasks)"]
+        ("::notice file=shop.yaml,title=specrunner plan::plan shop: 2 tasks, 2 images, "
+        "estimated $0.16 (budget $1.00, max 10,000 tasks)")]
     code, out, err = run("plan", "--format", "github", "shop.yaml", "--max-usd", "0.1")
     assert (code, err) == (2, "")
     assert out == ("::error file=shop.yaml,line=10,col=12,title=specrunner plan-limit::plan "

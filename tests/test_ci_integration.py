@@ -98,7 +98,8 @@ def test_workflow_scripts_are_valid_bash() -> None:
     for job, name, script in scripts():
         # GitHub substitutes ${{ expressions }} before bash reads the script
         text = re.sub(r"\$\{\{.*?\}\}", "X", script)
-        done = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
+        done = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True,
+                              check=False)
         assert done.returncode == 0, (job, name, done.stderr)
 
 
@@ -169,7 +170,8 @@ def test_the_check_job_runs_as_bash_would_run_it(tmp_path: Path) -> None:
         if "run" not in step or "gh pr comment" in step["run"] or "pip install" in step["run"]:
             continue
         done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
-                               step["run"]], cwd=ROOT, env=env, capture_output=True, text=True)
+                               step["run"]], cwd=ROOT, env=env, capture_output=True, text=True,
+                              check=False)
         assert done.returncode == 0, (step["name"], done.stdout, done.stderr)
     assert (tmp_path / "specs.txt").read_text().splitlines() == EXAMPLES
     body = (tmp_path / "plan.md").read_text()
@@ -254,51 +256,61 @@ def git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def try_repo(hooks_from: Path, repo: Path, home: Path, hook: str) -> tuple[int, str]:
-    """`pre-commit try-repo HOOKS_FROM HOOK --all-files --verbose` in `repo`."""
+def try_repo(hooks_from: Path, repo: Path, home: Path) -> tuple[int, str]:
+    """`pre-commit try-repo HOOKS_FROM --all-files --verbose` (every hook) in `repo`."""
     env = {**os.environ, "PRE_COMMIT_HOME": str(home), "PRE_COMMIT_COLOR": "never"}
     env.pop("RUNWARE_API_KEY", None)
-    done = subprocess.run([sys.executable, "-m", "pre_commit", "try-repo", str(hooks_from), hook,
+    done = subprocess.run([sys.executable, "-m", "pre_commit", "try-repo", str(hooks_from),
                            "--all-files", "--verbose"], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
     output = done.stdout + done.stderr
-    if "Installing environment" in output and "An unexpected error has occurred" in output:
-        log = (home / "pre-commit.log")
+    if "An unexpected error has occurred" in output:
+        log = home / "pre-commit.log"
         pytest.fail("pre-commit could not build the hooks' virtualenv (pip needs PyPI, or the "
                     "wheels of specrunner's build and runtime dependencies):\n"
                     + (log.read_text()[-3000:] if log.exists() else output))
     return done.returncode, output
 
 
+def outcome(output: str, hook: str) -> str:
+    """"Passed" or "Failed" from pre-commit's line for `hook` (its name, dots, outcome)."""
+    match = re.search(rf"^{re.escape(hook)}\.+(Passed|Failed)$", output, re.MULTILINE)
+    assert match, output
+    return match.group(1)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_pre_commit_hooks_pass_then_catch_problems(hook_repo: Path, team_repo: Path,
                                                    pre_commit_home: Path) -> None:
-    code, output = try_repo(hook_repo, team_repo, pre_commit_home, "specrunner-validate")
+    code, output = try_repo(hook_repo, team_repo, pre_commit_home)
     assert code == 0, output
+    assert (outcome(output, "specrunner validate"), outcome(output, "specrunner lock --check")
+            ) == ("Passed", "Passed")
     # only the spec was passed: not the workflow, not the compose file
     assert "specs/shop.yaml: valid (1 tasks)" in output
     assert "1 spec(s) checked: 1 valid, 0 invalid, 0 error(s), 0 warning(s)" in output
-    code, output = try_repo(hook_repo, team_repo, pre_commit_home, "specrunner-lock")
-    assert code == 0, output
     assert "specs/shop.lock: up to date (1 tasks, $0.08)" in output
 
     # a prompt edit without `specrunner lock`: the lock hook fails, naming the task
     spec = team_repo / "specs" / "shop.yaml"
     spec.write_text(SPEC.replace("warm pink", "cold blue"), encoding="utf-8")
     git(team_repo, "add", "-A")
-    code, output = try_repo(hook_repo, team_repo, pre_commit_home, "specrunner-lock")
-    assert code == 1 and "- exit code: 1" in output, output
+    code, output = try_repo(hook_repo, team_repo, pre_commit_home)
+    assert code == 1, output
+    assert (outcome(output, "specrunner validate"), outcome(output, "specrunner lock --check")
+            ) == ("Passed", "Failed")
+    assert "- exit code: 1" in output
     assert "specs/shop.lock: stale (1 changed); update it with `specrunner lock " \
            "specs/shop.yaml`" in output
     assert "~ neon-design: key, uuid (the request differs)" in output
 
-    # a broken spec: the validate hook fails with the located error
+    # a broken spec: the validate hook fails with the located error (exit 2, pre-commit's 1)
     spec.write_text(SPEC.replace("styleType: DESIGN", "stlyeType: DESIGN"), encoding="utf-8")
-    (team_repo / "specs" / "shop.lock").unlink()
     git(team_repo, "add", "-A")
-    code, output = try_repo(hook_repo, team_repo, pre_commit_home, "specrunner-validate")
-    assert code == 1 and "- exit code: 2" in output, output  # pre-commit's 1, our 2
+    code, output = try_repo(hook_repo, team_repo, pre_commit_home)
+    assert code == 1, output
+    assert outcome(output, "specrunner validate") == "Failed" and "- exit code: 2" in output
     assert ("specs/shop.yaml:11:23: error: unknown key `stlyeType`: not a request field, and "
             "no template uses {stlyeType} [$.variants[0].stlyeType] (did you mean "
             "`styleType`?)") in output

@@ -16,7 +16,16 @@ from PIL import Image
 from specrunner import __version__, cli
 from specrunner.plan import build_plan
 from specrunner.plan.lock import (
-    Lock, LockedTask, LockFormatError, check_lock, lock_of, lock_path, parse, render, schema_sha256, write_lock,
+    Lock,
+    LockedTask,
+    LockFormatError,
+    check_lock,
+    lock_of,
+    lock_path,
+    parse,
+    render,
+    schema_sha256,
+    write_lock,
 )
 from specrunner.spec import load_spec
 
@@ -96,7 +105,8 @@ cost = "0.32"
 NOTE = ("shop.yaml:1:1: note: ideogram:3@3 takes no seed: every generation is a new image and "
         "none can be regenerated; an identical request is answered from the run record, not "
         "generated again [$.model] (`repeat: N` asks for N different images of each variant)")
-SUMMARY = "1 lock(s) checked: {} up to date, {} stale, {} missing, {} unreadable, {} spec(s) invalid"
+SUMMARY = ("1 lock(s) checked: {} up to date, {} stale, {} missing, {} unreadable, "
+           "{} spec(s) invalid")
 
 
 @pytest.fixture()
@@ -274,10 +284,10 @@ def test_a_comment_only_edit_keeps_the_lock_current_with_a_note(shop: Path) -> N
     code, out, _ = lock_cli("--check", "shop.yaml")
     assert code == 0
     assert out.splitlines()[1:] == [
-        "shop.lock: up to date (4 tasks, $0.32); `specrunner lock shop.yaml` refreshes its "
-        "header",
-        "  note: the spec changed since it was locked, its tasks did not (comments, formatting "
-        "or settings that change nothing sent)",
+        ("shop.lock: up to date (4 tasks, $0.32); `specrunner lock shop.yaml` refreshes its "
+        "header"),
+        ("  note: the spec changed since it was locked, its tasks did not (comments, formatting "
+        "or settings that change nothing sent)"),
         SUMMARY.format(1, 0, 0, 0, 0)]
     assert check_lock(build_plan(load_spec(shop))).ok  # run --locked accepts it
     assert lock_cli("shop.yaml")[1].splitlines()[-1] == (
@@ -304,8 +314,8 @@ def test_missing_unreadable_and_invalid_exit_2(shop: Path) -> None:
     lock = shop.parent / "shop.lock"
     for text, problem in [
         ("not toml at all [", "not a TOML lock file ("),  # then tomllib's own words
-        (LOCK.replace("[[task]]", "<<<<<<< HEAD\n[[task]]", 1), "it holds merge conflict "
-                                                                 "markers"),
+        (LOCK.replace("[[task]]", "<<<<<<< HEAD\n[[task]]", 1), ("it holds merge conflict "
+                                                                 "markers")),
         (LOCK.replace("lock-version = 1", "lock-version = 9"),
          "lock-version 9 was written by a newer specrunner (this one reads 1)"),
         (LOCK.replace('cost = "0.08"', "cost = 0.08", 1), "task #1: cost is not a string"),
@@ -341,9 +351,9 @@ def test_worst_exit_code_wins_and_lock_paths_stand_for_their_spec(shop: Path) ->
     assert out.splitlines()[-1] == ("2 lock(s) checked: 1 up to date, 0 stale, 1 missing, "
                                     "0 unreadable, 0 spec(s) invalid")
     assert lock_cli("--check", "gone.lock")[:2] == (
-        2, "error: gone.lock: no spec beside it (gone.yaml)\n"
+        2, ("error: gone.lock: no spec beside it (gone.yaml)\n"
            "1 lock(s) checked: 0 up to date, 0 stale, 0 missing, 0 unreadable, 1 spec(s) "
-           "invalid\n")
+           "invalid\n"))
 
 
 def test_check_github_format_exact(shop: Path) -> None:
@@ -352,14 +362,14 @@ def test_check_github_format_exact(shop: Path) -> None:
     code, out, _ = lock_cli("--check", "--format", "github", "shop.yaml")
     assert code == 1
     assert out.splitlines() == [
-        "::notice file=shop.yaml,line=1,col=1,title=specrunner no-seed::ideogram:3@3 takes no "
+        ("::notice file=shop.yaml,line=1,col=1,title=specrunner no-seed::ideogram:3@3 takes no "
         "seed: every generation is a new image and none can be regenerated; an identical "
         "request is answered from the run record, not generated again [$.model] (`repeat: N` "
-        "asks for N different images of each variant)",
-        "::error file=shop.yaml,line=1,title=specrunner lock::shop.lock: stale (2 removed); "
+        "asks for N different images of each variant)"),
+        ("::error file=shop.yaml,line=1,title=specrunner lock::shop.lock: stale (2 removed); "
         "update it with `specrunner lock shop.yaml`%0A  - diner-DESIGN (no longer planned, "
         "$0.08)%0A  - diner-ANIME (no longer planned, $0.08)%0A  totals: 4 -> 2 tasks, 4 -> 2 "
-        "images, $0.32 -> $0.16",
+        "images, $0.32 -> $0.16"),
         SUMMARY.format(0, 1, 0, 0, 0)]
 
 
@@ -388,3 +398,25 @@ def test_example_locks_are_current(example: Path) -> None:
     specs/examples/*.yaml` after changing an example (or the price table) updates them."""
     status = check_lock(build_plan(load_spec(example)))
     assert status.ok, status.message()
+
+
+def test_the_documented_lock_is_what_lock_writes(tmp_path: Path) -> None:
+    """docs/lock-file.md's example, and the task block the README shows, are real output."""
+    doc = (ROOT / "docs" / "lock-file.md").read_text(encoding="utf-8")
+    spec_text = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    lock_text = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "images").mkdir()
+    for name in ("bakery.jpg", "bakery-mask.png"):
+        shutil.copyfile(IMAGES / name, tmp_path / "images" / name)
+    (tmp_path / "shop.yaml").write_text(spec_text, encoding="utf-8")
+    written = render(lock_of(build_plan(load_spec(tmp_path / "shop.yaml")))).decode()
+    for line in written.splitlines():  # what changes with specrunner itself
+        if line.startswith(("specrunner = ", "request-schema-sha256 = ")):
+            written = written.replace(line, "<version line>")
+            lock_text = lock_text.replace(next(x for x in lock_text.splitlines()
+                                               if x.startswith(line.split(" = ")[0] + " = ")),
+                                          "<version line>")
+    assert written == lock_text
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert block in (ROOT / "specs" / "examples" / "storefront-local.lock").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,18 @@ budget:
 """
 
 
+Found = list[tuple[str, str, int, int, str]]  # severity, JSON path, line, col, message head
+Write = Callable[[str], Found]
+
+
 @pytest.fixture()
-def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write(tmp_path: Path) -> Write:
+    """Write HEAD + a tail as a spec beside the images; its reproducibility diagnostics."""
     (tmp_path / "images").mkdir()
     for name in ("bakery.jpg", "bakery-mask.png"):
         shutil.copyfile(IMAGES / name, tmp_path / "images" / name)
 
-    def _write(tail: str) -> list[tuple[str, str, int, int, str]]:
+    def _write(tail: str) -> Found:
         path = tmp_path / "spec.yaml"
         path.write_text(HEAD + tail, encoding="utf-8")
         diags = reproducibility_diagnostics(build_plan(load_spec(path)))
@@ -43,14 +49,14 @@ def write(tmp_path: Path):  # type: ignore[no-untyped-def]
 NOTE = ("note", "$.model", 1, 1, "ideogram")
 
 
-def test_defaults(write) -> None:  # type: ignore[no-untyped-def]
+def test_defaults(write: Write) -> None:
     assert write("defaults:\n  providerSettings:\n    ideogram: {magicPrompt: \"ON\"}\n"
                  "matrix:\n  styleType: [DESIGN, ANIME]\n") == [
         ("warning", "$.defaults.providerSettings.ideogram.magicPrompt", 11, 29,
          'magicPrompt is "ON" for 2 of 2 tasks'), NOTE]
 
 
-def test_matrix_values_are_located_at_the_list_item_and_counted_with_repeat(write) -> None:  # type: ignore[no-untyped-def]
+def test_matrix_values_are_located_at_the_list_item_and_counted_with_repeat(write: Write) -> None:
     assert write('repeat: 2\nmatrix:\n  magicPrompt: ["AUTO", "OFF", "ON"]\n'
                  "  styleType: [DESIGN, ANIME]\n") == [
         ("warning", "$.matrix.magicPrompt[0]", 11, 17, 'magicPrompt is "AUTO" for 4 of 12 tasks'),
@@ -58,7 +64,7 @@ def test_matrix_values_are_located_at_the_list_item_and_counted_with_repeat(writ
         NOTE]
 
 
-def test_include_entries_and_the_unset_default(write) -> None:  # type: ignore[no-untyped-def]
+def test_include_entries_and_the_unset_default(write: Write) -> None:
     assert write("matrix:\n  styleType: [DESIGN, ANIME]\n  include:\n"
                  '    - {styleType: ANIME, magicPrompt: "ON"}\n'
                  '    - {styleType: REALISTIC, magicPrompt: "OFF"}\n') == [
@@ -69,7 +75,7 @@ def test_include_entries_and_the_unset_default(write) -> None:  # type: ignore[n
          'magicPrompt is "ON" for 1 of 3 tasks'), NOTE]
 
 
-def test_variants_and_the_dotted_alias(write) -> None:  # type: ignore[no-untyped-def]
+def test_variants_and_the_dotted_alias(write: Write) -> None:
     assert write("defaults:\n  providerSettings:\n    ideogram: {magicPrompt: \"OFF\"}\n"
                  "variants:\n  - {id: a}\n  - {id: b, magicPrompt: AUTO}\n"
                  "  - {id: c, providerSettings.ideogram.magicPrompt: \"ON\"}\n") == [
@@ -78,6 +84,6 @@ def test_variants_and_the_dotted_alias(write) -> None:  # type: ignore[no-untype
          'magicPrompt is "ON" for 1 of 3 tasks'), NOTE]
 
 
-def test_off_everywhere_leaves_only_the_note(write) -> None:  # type: ignore[no-untyped-def]
+def test_off_everywhere_leaves_only_the_note(write: Write) -> None:
     assert write("defaults:\n  providerSettings:\n    ideogram: {magicPrompt: \"OFF\"}\n"
                  "matrix:\n  styleType: [DESIGN, ANIME]\n") == [NOTE]

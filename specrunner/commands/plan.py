@@ -33,12 +33,18 @@ import argparse
 import csv
 import json
 import os
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from specrunner.errors import (
-    EXIT_INVALID, EXIT_OK, Diagnostic, PlanLimitError, SpecError, UsageError,
+    EXIT_INVALID,
+    EXIT_OK,
+    Diagnostic,
+    PlanLimitError,
+    SpecError,
+    UsageError,
 )
 
 FORMATS = ("table", "json", "csv", "markdown", "github")

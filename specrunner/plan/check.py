@@ -7,9 +7,9 @@ a spec that plans, the reproducibility warnings and notes (reproducibility.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.plan.build import Plan, build_plan

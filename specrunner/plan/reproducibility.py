@@ -12,7 +12,8 @@ Two facts a reviewer of a campaign needs, both read from the model's request sch
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from specrunner import models
 from specrunner.errors import Diagnostic
