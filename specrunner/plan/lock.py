@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,12 +131,16 @@ def lock_of(plan: Plan) -> Lock:
         "request-schema": model.request_schema, "request-schema-sha256": schema_sha256(model.id),
     }
     tasks = []
+    shown: dict[Path, str] = {}  # a campaign has few input files and many tasks
     for t in plan.tasks:
         inputs, paths = {}, {}
         for name, ref in t.request.get("inputs", {}).items():
             if isinstance(ref, str) and ref.startswith(LOCAL_PREFIX) and name in t.local_inputs:
                 inputs[name] = "sha256:" + ref[len(LOCAL_PREFIX):]
-                paths[name] = _relative(t.local_inputs[name].path, spec.path.parent)
+                path = t.local_inputs[name].path
+                if path not in shown:
+                    shown[path] = _relative(path, spec.path.parent)
+                paths[name] = shown[path]
             else:
                 inputs[name] = str(ref)
         tasks.append(LockedTask(t.variant_id, t.task_key, t.task_uuid, t.number_results,
@@ -157,8 +162,14 @@ _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f
             "\r": "\\r"}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
 def _string(text: str) -> str:
     """A TOML basic string."""
+    if not _NEEDS_ESCAPE.search(text):  # hashes, UUIDs, ids: nearly every string
+        return f'"{text}"'
     out = []
     for ch in text:
         if ch in _ESCAPES:
@@ -188,7 +199,7 @@ def _value(value: Any) -> str:
 
 def _comment(text: str) -> str:
     # a comment ends at the line's end: keep it on one line, control characters escaped
-    return _string(text)[1:-1] if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) else text
+    return _string(text)[1:-1] if _CONTROL.search(text) else text
 
 
 def render(lock: Lock) -> bytes:
