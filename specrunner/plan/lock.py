@@ -5,8 +5,10 @@ order, no timestamps, LF line endings, UTF-8), read back with the standard libra
 Header: lock-version, spec (file name), spec-sha256, specrunner (tool version), model,
 model-name, request-schema and request-schema-sha256 (canonical JSON of the model's request
 schema); then `[prices]` (USD per image of the model used), one `[[task]]` block per task in
-plan order (variant, key, uuid, images, cost, and `inputs.<field>`: "sha256:<hex>" of a local
-file, with its path as a comment, or the URL / image UUID as written), and `[totals]`.
+plan order (variant, key, uuid, images, cost, and `inputs.<field>` for each input of the
+request and any other local file it sends, keyed as Task.local_inputs keys it: "sha256:<hex>"
+of a local file, with its path as a comment, or the URL / image UUID as written), and
+`[totals]`.
 docs/lock-file.md shows one.
 
 `check_lock(plan)` compares the lock on disk with the plan (LockStatus):
@@ -39,7 +41,6 @@ from specrunner.plan.identity import canonical_json
 
 LOCK_VERSION = 1
 SUFFIX = ".lock"
-LOCAL_PREFIX = "local:"  # how a request names a local file (plan/identity.py)
 SHOWN = 20  # changes listed per kind in a message; the rest are counted
 HEADER_NOTES = {  # header fields whose difference alone leaves the tasks current
     "spec": "the spec file was renamed",
@@ -133,16 +134,14 @@ def lock_of(plan: Plan) -> Lock:
     tasks = []
     shown: dict[Path, str] = {}  # a campaign has few input files and many tasks
     for t in plan.tasks:
-        inputs, paths = {}, {}
-        for name, ref in t.request.get("inputs", {}).items():
-            if isinstance(ref, str) and ref.startswith(LOCAL_PREFIX) and name in t.local_inputs:
-                inputs[name] = "sha256:" + ref[len(LOCAL_PREFIX):]
-                path = t.local_inputs[name].path
-                if path not in shown:
-                    shown[path] = _relative(path, spec.path.parent)
-                paths[name] = shown[path]
-            else:
-                inputs[name] = str(ref)
+        # the request's inputs in its order (local or not), then any other local file
+        inputs = {name: str(ref) for name, ref in t.request.get("inputs", {}).items()}
+        paths = {}
+        for name, local in t.local_inputs.items():
+            inputs[name] = "sha256:" + local.sha256
+            if local.path not in shown:
+                shown[local.path] = _relative(local.path, spec.path.parent)
+            paths[name] = shown[local.path]
         tasks.append(LockedTask(t.variant_id, t.task_key, t.task_uuid, t.number_results,
                                 t.est_cost, inputs, paths))
     return Lock(header, {model.id: spec.prices[model.id]}, tuple(tasks), len(plan.tasks),
