@@ -420,3 +420,18 @@ def test_the_documented_lock_is_what_lock_writes(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     assert block in (ROOT / "specs" / "examples" / "storefront-local.lock").read_text()
+
+
+def test_every_local_file_a_task_sends_is_listed(shop: Path) -> None:
+    """A local file outside request.inputs (a style reference image) shows with its hash."""
+    import dataclasses
+
+    from specrunner.plan.task import LocalImage
+
+    plan = build_plan(load_spec(shop))
+    ref = "providerSettings.ideogram.styleReferenceImages[0]"
+    first = dataclasses.replace(plan.tasks[0], local_inputs={
+        **plan.tasks[0].local_inputs, ref: LocalImage(shop.parent / "images" / "diner.jpg", DINER)})
+    data = render(lock_of(dataclasses.replace(plan, tasks=(first, *plan.tasks[1:]))))
+    assert (f'inputs."{ref}" = "sha256:{DINER}"  # images/diner.jpg\n').encode() in data
+    assert parse(data).tasks[0].inputs[ref] == f"sha256:{DINER}"
