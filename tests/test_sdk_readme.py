@@ -130,7 +130,7 @@ def test_the_sdk_snippets_run_against_the_server(monkeypatch: pytest.MonkeyPatch
 
 def test_the_fault_file_example_is_the_documented_one() -> None:
     faults = README[README.index("### Faults"):README.index("### State across restarts")]
-    example = ROOT / "specs" / "faults" / "flaky.yaml"
+    example = ROOT / "docs" / "examples" / "faults.yaml"
     assert blocks(faults, "yaml") == [example.read_text(encoding="utf-8")]
     config = FaultConfig.load(example)
     assert (config.seed, config.capacity, config.hang_s) == (7, 32, 30.0)
