@@ -4,10 +4,12 @@
     ├── UsageError               bad CLI value or environment (exit 2)
     ├── SpecError                invalid spec; holds every Diagnostic found (exit 2)
     ├── PlanLimitError           plan over budget or over the task cap (exit 2 at plan time)
-    ├── RecordError              run record damaged, or locked by another process (exit 2)
-    └── RunStopped               auth/quota failure stopping the whole run (exit 1)
+    └── RecordError              run record damaged, or locked by another process (exit 2)
 
-Expected per-task failures are records, not exceptions.
+Expected per-task failures are records, not exceptions; how a run ended is its status
+(run.RunResult). Exit codes: 0 ok, 1 tasks failed (or the API refused the run), 2 invalid
+spec, usage or record, 3 stopped at the budget, 4 incomplete (tasks in doubt, none failed:
+run again to finish), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_INVALID = 2
 EXIT_BUDGET = 3
+EXIT_INCOMPLETE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -122,9 +125,3 @@ class RecordError(SpecrunnerError):
     """The run record is damaged, incompatible, or locked by another process."""
 
     exit_code = EXIT_INVALID
-
-
-class RunStopped(SpecrunnerError):
-    """The whole run had to stop (auth or quota error from the API)."""
-
-    exit_code = EXIT_TASKS_FAILED

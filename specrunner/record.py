@@ -181,6 +181,7 @@ class TaskState:
     task_uuid: str
     cost: Decimal | None
     est_cost: Decimal
+    error_code: str | None = None
     results: tuple[Result, ...] = ()
 
 
@@ -547,10 +548,15 @@ class Record:
         for r in self._conn.execute(_RESULTS_SQL + " WHERE task_key IN (SELECT task_key FROM "
                                     "tasks WHERE state != 'done') ORDER BY task_key, idx"):
             results.setdefault(r[0], []).append(_result(r))
-        return {r[0]: TaskState(r[1], r[2], r[3], _dec(r[4]), Decimal(r[5]),
+        return {r[0]: TaskState(r[1], r[2], r[3], _dec(r[4]), Decimal(r[5]), r[6],
                                 tuple(results.get(r[0], ())))
                 for r in self._conn.execute("SELECT task_key, state, generation, task_uuid, "
-                                            "cost, est_cost FROM tasks")}
+                                            "cost, est_cost, error_code FROM tasks")}
+
+    def reported_prices(self) -> list[Decimal]:
+        """Every cost per image the server reported in this record (to learn the price)."""
+        return [Decimal(r[0]) for r in self._conn.execute(
+            "SELECT cost FROM results WHERE cost IS NOT NULL")]
 
     def uploads(self) -> dict[tuple[str, bool], tuple[str, float]]:
         """Recorded uploads: (content sha256, inverted) -> (imageUUID, uploaded at)."""

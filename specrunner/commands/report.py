@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from specrunner.errors import EXIT_OK, RecordError, UsageError
+from specrunner.redact import Redactor
 
 FORMATS = ("table", "markdown", "json", "csv", "html")
 
@@ -73,7 +74,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not 16 <= args.thumb <= 2048:
         raise UsageError("--thumb must be between 16 and 2048 pixels")
     run_dir, plan, warnings = locate(args.target)
-    summary = report.summarize(report.load_run(run_dir, plan, warnings), by)
+    redact = Redactor([os.environ.get("RUNWARE_API_KEY", "")])  # a server may have quoted it
+    summary = report.summarize(report.load_run(run_dir, plan, warnings, redact), by)
     if args.format == "html":
         from specrunner.report import html as contact_sheet
 

@@ -81,8 +81,10 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not key and not args.local and not args.dry_run:
         raise UsageError("no API key: set RUNWARE_API_KEY or pass --key-file (or use --local)")
     base_url = args.base_url or os.environ.get("RUNWARE_BASE_URL") or None
-    if base_url is not None and not base_url.startswith(("https://", "http://")):
-        raise UsageError(f"--base-url must be an http(s) URL, not {base_url!r}")
+    if base_url is not None and not args.local:
+        from specrunner.run import check_base_url
+
+        check_base_url(base_url)  # https, or http to this machine; no credentials in it
     faults = None
     if args.faults:
         from specrunner.local import FaultConfig
@@ -91,7 +93,9 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cap = _max_usd(args.max_usd)
     if args.concurrency is not None and not 1 <= args.concurrency <= 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
-    spec = load_spec(Path(args.spec)).with_limits(max_usd=cap, concurrency=args.concurrency)
+    # The same secret scan as validate and plan: a key written in the spec is refused.
+    spec = load_spec(Path(args.spec), secrets=[key or ""]).with_limits(
+        max_usd=cap, concurrency=args.concurrency)
     plan = build_plan(spec)  # full validation before any network call
     if args.locked:
         from specrunner.plan.lock import check_lock

@@ -12,6 +12,7 @@ again. `drain()` stops dispatching (the tasks in flight finish); `cancel()` stop
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import platform
 import random
@@ -26,11 +27,12 @@ import anyio
 import httpx
 
 from specrunner import __version__, runware
-from specrunner.errors import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED,
-                               UsageError)
+from specrunner.errors import (EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK,
+                               EXIT_TASKS_FAILED, UsageError)
 from specrunner.plan.build import Plan
 from specrunner.provenance import Provenance, provenance
 from specrunner.record import RunMeta, open_record, record_dir, record_path
+from specrunner.redact import Redactor
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
 from specrunner.run.executor import STATUSES, Executor
@@ -38,11 +40,12 @@ from specrunner.run.executor import STATUSES, Executor
 if TYPE_CHECKING:
     from specrunner.local import FaultConfig, LocalServer
 
-__all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "local_server",
+__all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "check_base_url",
+           "local_server",
            "set_testing"]
 
 EXIT_CODES = {"complete": EXIT_OK, "failed": EXIT_TASKS_FAILED, "stopped": EXIT_TASKS_FAILED,
-              "incomplete": EXIT_TASKS_FAILED, "budget": EXIT_BUDGET,
+              "incomplete": EXIT_INCOMPLETE, "budget": EXIT_BUDGET,
               "interrupted": EXIT_INTERRUPTED}
 LOCAL_URL = "http://local.specrunner/v1"
 
@@ -59,6 +62,33 @@ class RunResult:
     max_usd: Decimal
     message: str = ""
     provenance: Provenance | None = None  # git commit, uncommitted changes, lock, version
+
+
+def check_base_url(url: str) -> str:
+    """`url` if the key may travel to it: https, or http to this machine only (the local
+    server), and no user:password in it. UsageError otherwise."""
+    try:
+        parts = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise UsageError(f"base URL {url!r} is not a URL") from None
+    if parts.userinfo:
+        raise UsageError("the base URL carries a user name or password: credentials in a "
+                         "URL leak into logs; give the key with RUNWARE_API_KEY or --key-file")
+    if parts.scheme == "https" and parts.host:
+        return url
+    if parts.scheme == "http" and _loopback(parts.host):
+        return url
+    raise UsageError(f"base URL {url!r} refused: the key may travel only over https, or over "
+                     "http to this machine (localhost, 127.0.0.1, ::1)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
@@ -117,7 +147,8 @@ class Runner:
         self.plan, self.spec = plan, spec
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else spec.output.dir
         self.api_key = api_key or ("local" if local else None)
-        self.base_url = LOCAL_URL if local else (base_url or runware.API_URL)
+        self.base_url = LOCAL_URL if local else check_base_url(base_url or runware.API_URL)
+        self.redact = Redactor([self.api_key or ""])
         self.local, self.faults, self.transport = bool(local), faults, transport
         self._server = None if isinstance(local, bool) else local
         self.rng = random.Random(jitter_seed) if jitter_seed is not None else random.Random()
@@ -179,11 +210,15 @@ class Runner:
                     httpx.AsyncClient(transport=transport, limits=limits))
                 client = RunwareClient(http, self.base_url, self.api_key)
                 self.executor = Executor(tasks, record, client, spec.execution,
-                                         spec.budget.max_usd, run_id, sleep=self.sleep,
-                                         rng=self.rng, wall=time.time)
+                                         spec.budget.max_usd, run_id,
+                                         price=spec.prices.get(spec.model), sleep=self.sleep,
+                                         rng=self.rng, wall=time.time, redact=self.redact)
                 outcome = await self.executor.run()
             code = EXIT_CODES[outcome.status]
-            record.end_run(run_id, outcome.status, code, outcome.counters.spent)
+            c = outcome.counters
+            record.end_run(run_id, outcome.status, code, c.spent,
+                           price={"table": str(c.table_price), "learned": str(c.price),
+                                  "source": c.price_source})
         finally:
             record.close()
         return RunResult(outcome.status, code, outcome.counters, self.out_dir,
