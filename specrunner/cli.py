@@ -17,7 +17,7 @@ import sys
 from typing import TextIO
 
 from specrunner import __version__
-from specrunner.errors import EXIT_INTERRUPTED, EXIT_INVALID, SpecrunnerError
+from specrunner.errors import EXIT_INTERRUPTED, EXIT_INVALID, SpecError, SpecrunnerError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -81,8 +81,12 @@ def run(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
         return EXIT_INVALID
     try:
         return int(modules[args.command].execute(args, out, err))  # type: ignore[attr-defined]
+    except SpecError as exc:
+        # Each diagnostic line already says `file:line:col: error: ...`.
+        print(str(exc), file=err)
+        return exc.exit_code
     except SpecrunnerError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=err)
         return exc.exit_code
 
 

@@ -518,10 +518,10 @@ def test_cli_json_is_complete_and_exact(mini: Path) -> None:
 def test_cli_limits_and_overrides(mini: Path) -> None:
     assert run_cli(str(mini), "--max-usd", "0.30") == (
         2, "", "error: plan needs $0.40 for 5 images; budget max_usd is $0.30 (raise "
-        "budget.max_usd, or try this plan with --max-usd X)\n")
+        "budget.max_usd, or override it with --max-usd USD (plan, run))\n")
     assert run_cli(str(mini), "--max-tasks", "2") == (
         2, "", "error: plan has 3 tasks (3 combinations x repeat 1); budget max_tasks is 2 "
-        "(raise budget.max_tasks, or try this plan with --max-tasks N)\n")
+        "(raise budget.max_tasks, or try the plan with `specrunner plan --max-tasks N`)\n")
     code, out, _ = run_cli(str(mini), "--max-usd", "0.40", "--max-tasks", "3")
     assert code == 0 and out.startswith("plan mini: 3 tasks, 5 images, estimated $0.40 "
                                         "(budget $0.40, max 3 tasks)\n")
@@ -556,7 +556,8 @@ def test_cli_invalid_spec_exit_2(mini: Path) -> None:
     code, out, err = run_cli(str(mini))
     assert (code, out) == (2, "")
     where = f"{mini}:3:16: error: variants `bakery-DESIGN-2` and `bakery-ANIME-2` both write"
-    assert err == (f"error: {where} 'bakery-1.jpg' [$.output.name] (put {{variant}} in "
+    # One prefix per line: the diagnostics say `error:` themselves.
+    assert err == (f"{where} 'bakery-1.jpg' [$.output.name] (put {{variant}} in "
                    f"output.name)\n{where} 'bakery-2.jpg' [$.output.name] (put {{variant}} in "
                    "output.name)\n")
 

@@ -37,16 +37,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from specrunner.errors import EXIT_INVALID, EXIT_OK, PlanLimitError, UsageError
+from specrunner.errors import EXIT_INVALID, EXIT_OK, UsageError
 
 FORMATS = ("table", "json", "csv", "markdown")
 EXCERPT = 40
-# What to do about each limit a plan can exceed (PlanLimitError.limit).
-LIMIT_HINTS = {
-    "max_usd": "raise budget.max_usd, or try this plan with --max-usd X",
-    "max_tasks": "raise budget.max_tasks, or try this plan with --max-tasks N",
-    None: "use fewer axis values, or several specs",
-}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -99,11 +93,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     spec = specmod.load_spec(args.spec, secrets=(os.environ.get("RUNWARE_API_KEY", ""),))
     if overrides:
         spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, **overrides))
-    try:
-        plan = planmod.build_plan(spec)
-    except PlanLimitError as exc:
-        raise PlanLimitError(f"{exc} ({LIMIT_HINTS[exc.limit]})", limit=exc.limit,
-                             needed=exc.needed, allowed=exc.allowed) from None
+    plan = planmod.build_plan(spec)  # PlanLimitError carries its hint to the CLI
     if args.explain is not None:
         status, text = planmod.explain(plan, args.explain)
         if status == "unknown":

@@ -63,7 +63,8 @@ def check(path: str, secrets: tuple[str, ...]) -> dict[str, Any]:
     except PlanLimitError as exc:
         where = limit_path(exc, spec)
         result["diagnostics"] = list(warnings) + [
-            Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit")]
+            Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit",
+                       hint=exc.hint)]
         return result
     result.update(valid=True, tasks=len(plan.tasks), planned=True)
     return result

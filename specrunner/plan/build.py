@@ -17,7 +17,6 @@ Nested request mappings are shared between tasks: copy before changing one.
 
 from __future__ import annotations
 
-import difflib
 import gc
 import json
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, t
 )
 from specrunner.plan.outpaths import fold, path_problem
 from specrunner.spec.schema import RUNNER_OWNED
+from specrunner.spec.suggest import did_you_mean
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -160,9 +160,8 @@ def _resolve(kind: str, values: Mapping[str, Scalar], names: Iterable[str], src:
         name = values[kind]
         if isinstance(name, str) and name in pool:
             return name
-        close = difflib.get_close_matches(text_of(name), pool, n=1)
         diags.add(f"unknown {kind} `{text_of(name)}`", f"{src}.{kind}" if "[" in src else src,
-                  f"unknown-{kind}", f"did you mean `{close[0]}`?" if close else
+                  f"unknown-{kind}", did_you_mean(text_of(name), pool) or
                   "declared: " + ", ".join(pool))
         return None
     if len(pool) == 1:
@@ -260,10 +259,9 @@ def _build_plan(spec: Spec) -> Plan:
             if key in BUILTIN_KEYS or key in fields or key in used_vars:
                 known_keys.add(key)
                 continue
-            close = difflib.get_close_matches(key, [*fields, *used_vars], n=1)
             diags.add(f"unknown key `{key}`: not a request field, and no template uses it",
                       _key_path(src, key, spec, exp, ci), "unknown-key",
-                      f"did you mean `{close[0]}`?" if close else None)
+                      did_you_mean(key, [*fields, *used_vars]))
         in_name = _resolve("input", values, spec.inputs, src, diags)
         pr_name = _resolve("prompt", values, spec.prompts, src, diags)
         if in_name is None or pr_name is None or pr_name not in prompts:

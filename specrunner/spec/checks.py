@@ -18,6 +18,7 @@ folder. Other schemes (http:, ftp:, file:, data:) are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +27,7 @@ import jsonschema
 
 from specrunner import models
 
-from specrunner.spec import images
+from specrunner.spec import images, suggest
 
 from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
@@ -71,7 +72,7 @@ def redact(diags: list[Diagnostic], secrets: Sequence[str]) -> list[Diagnostic]:
             if s:
                 message = message.replace(s, "[redacted]")
                 hint = hint.replace(s, "[redacted]") if hint else hint
-        out.append(Diagnostic(message, d.path, d.loc, d.code, hint, d.severity))
+        out.append(dataclasses.replace(d, message=message, hint=hint))
     return out
 
 
@@ -92,7 +93,9 @@ def image_ref(ctx: Any, value: str, path: str, folder: Path,
             cache[full] = exc
     info = cache[full]
     if isinstance(info, images.ImageProblem):
-        ctx.add(GROUP_FILES, f"{value}: {info.message}", path, info.code)
+        hint = (suggest.missing_file_hint(value, full, folder)
+                if info.code == "image-missing" else None)
+        ctx.add(GROUP_FILES, f"{value}: {info.message}", path, info.code, hint=hint)
         return None
     return ImageRef(kind="file", value=str(full), display=value, sha256=info.sha256,
                     size=info.size, format=info.format)

@@ -1,0 +1,56 @@
+"""CLI messages a newcomer meets first: one prefix per line, no made-up positions, and the
+same hint from every command for the same problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.specfiles import BASE_SPEC, run_cli, write_spec
+
+from specrunner.errors import LIMIT_HINTS
+
+OVER_BUDGET = BASE_SPEC.replace("max_usd: 1", "max_usd: 0.1")
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "report"])
+def test_a_missing_spec_is_one_clean_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          command: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([command, "nonexist.yaml"])
+    assert code == 2
+    if command == "validate":
+        assert out == ("nonexist.yaml: error: no such file\n"
+                       "1 spec(s) checked: 0 valid, 1 invalid, 1 error(s)\n")
+    elif command == "plan":
+        assert (out, err) == ("", "nonexist.yaml: error: no such file\n")
+    else:
+        assert err == "error: nonexist.yaml is neither a run folder nor a spec file\n"
+
+
+def test_a_misspelled_spec_name_gets_a_did_you_mean(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    write_spec(tmp_path, name="storefront-local.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["plan", "storefront.yaml"]) == (
+        2, "", "storefront.yaml: error: no such file (did you mean `storefront-local.yaml`?)\n")
+
+
+def test_plan_prints_each_spec_diagnostic_once_prefixed(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, BASE_SPEC.replace("version: 1\n", ""))
+    code, out, err = run_cli(["plan", str(spec)])
+    assert (code, out) == (2, "")
+    assert err == (f"{spec}:2:1: error: missing required field `version` [$.version] "
+                   "(add `version: 1`)\n")
+
+
+def test_validate_and_plan_give_the_same_budget_hint(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, OVER_BUDGET)
+    hint = LIMIT_HINTS["max_usd"]
+    code, out, _ = run_cli(["validate", str(spec)])
+    assert code == 2
+    assert out.splitlines()[0] == (
+        f"{spec}:16:19: error: plan needs $0.16 for 2 images; budget max_usd is $0.10 "
+        f"[$.budget.max_usd] ({hint})")
+    assert run_cli(["plan", str(spec)]) == (
+        2, "", f"error: plan needs $0.16 for 2 images; budget max_usd is $0.10 ({hint})\n")
