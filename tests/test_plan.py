@@ -412,11 +412,11 @@ budget:
 TABLE = """\
 plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
 
-variant          input    prompt                                    style      results    est. cost
----------------  -------  ----------------------------------------  -------  ---------  -----------
-bakery-DESIGN-2  bakery   Neon sign reading "MIRELLE" above the...  DESIGN           2        $0.16
-bakery-ANIME-2   bakery   Neon sign reading "MIRELLE" above the...  ANIME            2        $0.16
-diner-DESIGN     diner    Neon sign reading "SUNRISE" above the...  DESIGN           1        $0.08
+variant          input    prompt    style      results    est. cost
+---------------  -------  --------  -------  ---------  -----------
+bakery-DESIGN-2  bakery   neon      DESIGN           2        $0.16
+bakery-ANIME-2   bakery   neon      ANIME            2        $0.16
+diner-DESIGN     diner    neon      DESIGN           1        $0.08
 
 by axis:
 axis           value        tasks    images    est. cost
@@ -433,9 +433,9 @@ numberResults  (not set)        1         1        $0.08
 MARKDOWN = """\
 ## plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
 
-| variant         | input   | prompt                                   | style   |   results |   est. cost |
-|-----------------|---------|------------------------------------------|---------|-----------|-------------|
-| bakery-DESIGN-2 | bakery  | Neon sign reading "MIRELLE" above the... | DESIGN  |         2 |       $0.16 |
+| variant         | input   | prompt   | style   |   results |   est. cost |
+|-----------------|---------|----------|---------|-----------|-------------|
+| bakery-DESIGN-2 | bakery  | neon     | DESIGN  |         2 |       $0.16 |
 
 (2 more tasks not shown; --all shows them, --format json or csv lists them all)
 
@@ -490,8 +490,23 @@ def test_cli_csv_one_row_per_task(mini: Path) -> None:
         ("bakery-ANIME-2", "2", "0.16", "bakery-ANIME-2-1.jpg;bakery-ANIME-2-2.jpg"),
         ("diner-DESIGN", "", "0.08", "diner-DESIGN.jpg")]
     assert [r["task_uuid"] for r in rows] == [t.task_uuid for t in plan.tasks]
+    assert [r["prompt"] for r in rows] == ["neon"] * 3
     assert rows[2]["positive_prompt"] == ('Neon sign reading "SUNRISE" above the door, '
                                           "warm pink tubes")
+
+
+def test_repeat_counts_from_1_in_csv_and_json_as_in_output_names(mini: Path) -> None:
+    import csv
+
+    mini.write_text(MINI.replace("budget:", 'output: {name: "{variant}-{repeat}"}\nrepeat: 2\n'
+                                 "budget:"), encoding="utf-8")
+    _, out, _ = run_cli(str(mini), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["variant"], r["repeat"], r["outputs"].split(";")[0]) for r in rows][:2] == [
+        ("bakery-DESIGN-2", "1", "bakery-DESIGN-2-1-1.jpg"),
+        ("bakery-DESIGN-2-r2", "2", "bakery-DESIGN-2-r2-2-1.jpg")]
+    _, out, _ = run_cli(str(mini), "--format", "json")
+    assert [t["repeat"] for t in json.loads(out)["tasks"]] == [1, 2] * 3
 
 
 def test_cli_json_is_complete_and_exact(mini: Path) -> None:
@@ -511,8 +526,9 @@ def test_cli_json_is_complete_and_exact(mini: Path) -> None:
         "sha256": hashlib.sha256((IMAGES / "bakery.jpg").read_bytes()).hexdigest()}
     assert first["request"]["inputs"]["seedImage"] == "local:" + first["local_inputs"][
         "seedImage"]["sha256"]
+    # repeat counts from 1, as {repeat} does in output names
     assert (first["variant"], first["repeat"], first["outputs"]) == (
-        "bakery-DESIGN-2", 0, ["bakery-DESIGN-2-1.jpg", "bakery-DESIGN-2-2.jpg"])
+        "bakery-DESIGN-2", 1, ["bakery-DESIGN-2-1.jpg", "bakery-DESIGN-2-2.jpg"])
 
 
 def test_cli_limits_and_overrides(mini: Path) -> None:

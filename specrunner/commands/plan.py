@@ -8,9 +8,10 @@ complete; one task per line):
      "totals": {"tasks": int, "images": int, "est_cost": "0.96", "max_usd": "1.00",
                 "max_tasks": int},
      "breakdown": {axis: [{"value", "tasks", "images", "est_cost"}, ...], ...},
-     "tasks": [{"index", "variant", "input", "prompt", "repeat" (0-based), "axes",
-                "task_key", "task_uuid", "number_results", "est_cost", "outputs" (relative
-                to output_dir), "local_inputs": {field: {"path", "sha256", "invert"}},
+     "tasks": [{"index" (0-based), "variant", "input", "prompt", "repeat" (1-based, as
+                {repeat} in output names), "axes", "task_key", "task_uuid",
+                "number_results", "est_cost", "outputs" (relative to output_dir),
+                "local_inputs": {field: {"path", "sha256", "invert"}},
                 "request" (the body item sent, local files as "local:<sha256>")}, ...],
      "output_dir": path}
 
@@ -40,7 +41,6 @@ from typing import Any, TextIO
 from specrunner.errors import EXIT_INVALID, EXIT_OK, UsageError
 
 FORMATS = ("table", "json", "csv", "markdown")
-EXCERPT = 40
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -119,11 +119,6 @@ def _record_status(plan: Any, out_dir: str | None) -> Any:
     return plan_status.compare(plan, run_dir)  # RecordError (exit 2) if missing or damaged
 
 
-def _excerpt(text: str, width: int = EXCERPT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def _style(request: Any) -> str:
     style = request.get("providerSettings", {}).get("ideogram", {}).get("styleType")
     return "-" if style is None else str(style)
@@ -133,8 +128,8 @@ def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     from specrunner.money import money
 
     tasks = plan.tasks if limit is None else plan.tasks[:limit]
-    rows = [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
-             _style(t.request), t.number_results, money(t.est_cost)] for t in tasks]
+    rows = [[t.variant_id, t.input_name, t.prompt_name, _style(t.request), t.number_results,
+             money(t.est_cost)] for t in tasks]
     if record is not None:
         for row, status in zip(rows, record.statuses):  # statuses: one per task
             row.append(status.text)
@@ -241,7 +236,7 @@ def write_csv(plan: Any, out: TextIO, limit: int | None = None, record: Any = No
                 "est_cost", "outputs", "task_uuid", "task_key", "positive_prompt",
                 *(["status"] if record is not None else [])])
     for i, t in enumerate(plan.tasks):
-        w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat,
+        w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat + 1,
                     *(text_of(t.axes[k]) if k in t.axes else "" for k in axes),
                     t.number_results, str(t.est_cost), ";".join(t.output_paths()),
                     t.task_uuid, t.task_key, t.request["positivePrompt"],
@@ -252,7 +247,7 @@ def task_json(t: Any) -> dict[str, Any]:
     """One task as the JSON format documents it."""
     return {
         "index": t.index, "variant": t.variant_id, "input": t.input_name,
-        "prompt": t.prompt_name, "repeat": t.repeat, "axes": dict(t.axes),
+        "prompt": t.prompt_name, "repeat": t.repeat + 1, "axes": dict(t.axes),
         "task_key": t.task_key, "task_uuid": t.task_uuid, "number_results": t.number_results,
         "est_cost": str(t.est_cost), "outputs": t.output_paths(),
         "local_inputs": {k: {"path": str(v.path), "sha256": v.sha256, "invert": v.invert}

@@ -289,8 +289,12 @@ def _build_plan(spec: Spec) -> Plan:
                                fields[k] == where[:len(fields[k])]), None)
                 jpath = (_key_path(src, origin, spec, exp, ci) if origin else
                          "$.defaults" + "".join(f".{p}" for p in where))
+                created = src.startswith("$.matrix.include") and origin is not None
                 diags.add(f"request field {'.'.join(where) or '(root)'}: {err.message}",
-                          jpath, "request-schema")
+                          jpath, "request-schema",
+                          "this include entry matches no combination of the axes, so it "
+                          "makes a new one and its values are sent as written" if created
+                          else None)
         merged, nres, ext = cached
         inp = input_cache.get(in_name)
         if inp is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jsonschema
 
@@ -185,7 +185,17 @@ def _check_output_name(ctx: Collector, output: dict) -> list[str] | None:
     return names
 
 
-Entry = tuple[str, Any, str, str]  # key, value, path of the value, path of the key
+# key, value, path of the value, path of the key, and whether the value only selects
+# combinations (an exclude entry, or an include entry's axis key) rather than being sent.
+Entry = tuple[str, Any, str, str, bool]
+
+
+def loosely_in(value: Any, choices: Iterable[Any]) -> bool:
+    """Whether `value` equals one of the text `choices` under GitHub's matrix `==`: text
+    compares case-insensitively; a non-text value never equals text that is not a number,
+    which enum values and input/prompt names are not."""
+    return isinstance(value, str) and any(
+        isinstance(c, str) and c.casefold() == value.casefold() for c in choices)
 
 
 def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, set[str]]]]:
@@ -199,21 +209,22 @@ def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, se
     if isinstance(matrix, dict):
         keys: set[str] = set()
         groups: list[dict] = []
-        axes: dict[str, list] = {}
+        axes: dict[str, list] = {k: v for k, v in matrix.items()
+                                 if k not in ("include", "exclude") and isinstance(v, list)}
         for k, v in matrix.items():
             if k in ("include", "exclude") and isinstance(v, list):
                 for i, entry in enumerate(v):
                     if isinstance(entry, dict):
                         base = f"$.matrix.{k}[{i}]"
-                        entries += [(ek, ev, f"{base}.{ek}", f"{base}.{ek}")
+                        entries += [(ek, ev, f"{base}.{ek}", f"{base}.{ek}",
+                                     k == "exclude" or ek in axes)
                                     for ek, ev in entry.items()]
                         if k == "include":
                             keys |= set(entry)
                             groups.append(entry)
             elif isinstance(v, list):
-                axes[k] = v
                 keys.add(k)
-                entries += [(k, item, f"$.matrix.{k}[{i}]", f"$.matrix.{k}")
+                entries += [(k, item, f"$.matrix.{k}[{i}]", f"$.matrix.{k}", False)
                             for i, item in enumerate(v)]
         ax_in = axes.get("input") or [sole_in]
         ax_pr = axes.get("prompt") or [sole_pr]
@@ -228,7 +239,7 @@ def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, se
         for i, entry in enumerate(variants):
             if not isinstance(entry, dict):
                 continue
-            entries += [(k, v, f"$.variants[{i}].{k}", f"$.variants[{i}].{k}")
+            entries += [(k, v, f"$.variants[{i}].{k}", f"$.variants[{i}].{k}", False)
                         for k, v in entry.items() if k != "id"]
             inp, prm = entry.get("input", sole_in), entry.get("prompt", sole_pr)
             contexts.append((f"variants[{i}]", inp, prm, set(entry) - {"id"}))
@@ -239,16 +250,19 @@ def _check_keys(ctx: Collector, entries: list[Entry], fields: dict, used: set[st
                 inputs: dict, prompts: dict) -> None:
     aliases = [a for a in fields if "." not in a]
     seen_keys: set[str] = set()
-    for key, value, vpath, kpath in entries:
+    for key, value, vpath, kpath, selects in entries:
+        # A value that only selects combinations matches as GitHub compares (`BAKERY` selects
+        # `bakery`); the value sent is still the axis's own.
         if key in BUILTIN_KEYS:
             names = inputs if key == "input" else prompts
-            if not isinstance(value, str) or value not in names:
+            if not (isinstance(value, str) and value in names) and not (
+                    selects and loosely_in(value, names)):
                 ctx.add(GROUP_REFS, f"unknown {key} `{value}`", vpath, f"unknown-{key}",
                         hint=did_you_mean(str(value), names) or
                         f"declared: {', '.join(names) or 'none'}")
         elif key in fields:
             errors = list(fields[key].iter_errors(value))
-            if errors:
+            if errors and not (selects and loosely_in(value, fields[key].schema.get("enum", ()))):
                 schema_error(ctx, jsonschema.exceptions.best_match(errors), vpath, GROUP_REFS)
         elif key not in used and kpath not in seen_keys:
             seen_keys.add(kpath)
