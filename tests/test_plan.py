@@ -294,6 +294,20 @@ def test_huge_product_refused_at_once() -> None:
     assert (exc.value.limit, exc.value.needed, exc.value.allowed) == (None, 10**16, 1_000_000)
 
 
+def test_a_matrix_counted_only_from_below_says_at_least(monkeypatch: pytest.MonkeyPatch) -> None:
+    from specrunner.plan import matrix
+
+    monkeypatch.setattr(matrix, "MAX_PROJECTION", 1)  # too many points to count exactly
+    axes = tuple((f"v{i}", tuple(range(10))) for i in range(4))
+    spec = with_matrix(make_spec(prompts={"neon": "".join(f"{{v{i}}}" for i in range(4))},
+                                 max_tasks=100),
+                       Matrix(axes=axes, exclude=({"v0": 0},)))
+    with pytest.raises(PlanLimitError) as exc:
+        build_plan(spec)
+    assert str(exc.value) == ("plan has at least 9,000 tasks (at least 9,000 combinations x "
+                              "repeat 1); budget max_tasks is 100")
+
+
 def test_validate_points_at_the_limit_exceeded(tmp_path: Path) -> None:
     from fixtures.specfiles import BASE_SPEC, validate_json, write_spec
 

@@ -124,8 +124,9 @@ def _combinations(spec: Spec, repeat: int
             raise PlanLimitError(f"matrix product has {exc.size:,} combinations; specrunner "
                                  f"refuses to expand more than {MAX_PRODUCT:,}",
                                  limit=None, needed=exc.size, allowed=MAX_PRODUCT) from None
-        raise PlanLimitError(f"plan has {exc.size * repeat:,} tasks ({exc.size:,} combinations"
-                             f" x repeat {repeat}); budget max_tasks is "
+        more = "at least " if exc.at_least else ""
+        raise PlanLimitError(f"plan has {more}{exc.size * repeat:,} tasks ({more}{exc.size:,} "
+                             f"combinations x repeat {repeat}); budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
     return [(c.values, None, _source(exp, ci)) for ci, c in enumerate(exp.combinations)], exp
