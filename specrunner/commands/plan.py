@@ -181,44 +181,51 @@ def _record_line(record: Any) -> str:
     return f"{record.summary()} (record: {record.record})"
 
 
+def _tabulate(rows: list[list[Any]], headers: list[str], fmt: str, align: Any) -> str:
+    """A table whose every cell is one line, and in Markdown literal text (axis values are
+    the user's: `|`, line breaks or HTML in them must not change the table)."""
+    from tabulate import tabulate  # not at the top: `--help` need not import it
+
+    from specrunner.report.cells import cell
+
+    md = fmt == "github"
+    return tabulate([[cell(x, md) for x in row] for row in rows],
+                    headers=[cell(h, md) for h in headers], tablefmt=fmt,
+                    disable_numparse=True, colalign=align)
+
+
 def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The human view: summary, task rows (up to `limit`), per-axis breakdown; with a run
     record, each task's status and a line counting what is done and what would run."""
-    from tabulate import tabulate  # not at the top: `--help` need not import it
-
     print(_summary(plan), file=out)
     if record is not None:
         print(_record_line(record), file=out)
     print(file=out)
     headers, align = _headers(record)
-    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="simple",
-                   disable_numparse=True, colalign=align), file=out)
+    print(_tabulate(_rows(plan, limit, record), headers, "simple", align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(note, file=out)
     print(file=out)
     print("by axis:", file=out)
-    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="simple",
-                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+    print(_tabulate(_axis_rows(plan), AXIS_HEADERS, "simple", AXIS_ALIGN), file=out)
 
 
 def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The table view as GitHub-flavoured Markdown."""
-    from tabulate import tabulate  # not at the top: `--help` need not import it
+    from specrunner.report.cells import markdown
 
-    print(f"## {_summary(plan)}", file=out)
+    print(f"## {markdown(_summary(plan))}", file=out)
     print(file=out)
     if record is not None:
-        print(f"{_record_line(record)}\n", file=out)
+        print(f"{markdown(_record_line(record))}\n", file=out)
     headers, align = _headers(record)
-    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="github",
-                   disable_numparse=True, colalign=align), file=out)
+    print(_tabulate(_rows(plan, limit, record), headers, "github", align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(f"\n{note}", file=out)
     print("\n### By axis\n", file=out)
-    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="github",
-                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+    print(_tabulate(_axis_rows(plan), AXIS_HEADERS, "github", AXIS_ALIGN), file=out)
 
 
 def _axis_keys(plan: Any) -> list[str]:

@@ -34,7 +34,7 @@ import io
 import json
 import math
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from functools import cached_property
@@ -106,6 +106,8 @@ class TaskInfo:
     latency_s: float | None  # first send -> done
     input_name: str | None = None
     inputs: tuple[InputRef, ...] = ()
+    # The request body as recorded (diff names the fields that changed); None if unknown.
+    request: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def category(self) -> str | None:
@@ -304,7 +306,7 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> R
             images=tuple(results.get(r[0], ())), error_code=r[6], error_message=r[7],
             sends=sends.get(r[0], 0), latency_s=lat,
             input_name=m.input_name if m is not None else None,
-            inputs=inputs.get(m.input_name, ()) if m is not None else ()))
+            inputs=inputs.get(m.input_name, ()) if m is not None else (), request=req))
     wall = 0.0
     for run_id, started, ended, *_ in runs:
         end = ended if ended is not None else last_seen.get(run_id, started)
@@ -508,40 +510,45 @@ def _fmt_total(key: str, value: Any) -> str:
 def _text(s: Summary, fmt: str) -> str:
     d = s.data
     md = fmt == "github"
-    head = (lambda t: f"### {t}") if md else (lambda t: t)
+
+    def table(rows: Any, headers: Sequence[Any], **options: Any) -> str:
+        # Every cell, header included, through _cell: values are data, never markup.
+        return tabulate([[_cell(x, md) for x in row] for row in rows],
+                        headers=[_cell(h, md) for h in headers], tablefmt=fmt,
+                        disable_numparse=True, **options)
+
+    head = (lambda t: f"### {_cell(t, md)}") if md else (lambda t: t)
     title = (f"run {d.name or '(unnamed)'}: {d.status or 'no run recorded'}, {d.runs} run(s), "
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
-    parts = [f"## {title}" if md else title, ""]
+    parts = [f"## {_cell(title, md)}" if md else title, ""]
     budget = [("budget_usd", d.budget)] if d.budget is not None else []
     rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals) + budget]
-    parts.append(tabulate(rows, headers=["total", "value"], tablefmt=fmt,
-                          disable_numparse=True))
+    parts.append(table(rows, ["total", "value"]))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
             "actual USD"]
     for axis, groups in s.breakdown:
         parts += ["", head(f"by {axis}"), ""]
         rows = [(g.value, g.tasks, g.images, *g.counts, usd(g.estimated), usd(g.actual))
                 for g in groups]
-        parts.append(tabulate(rows, headers=[axis, *cols], tablefmt=fmt, disable_numparse=True,
-                              colalign=("left",) + ("right",) * len(cols)))
+        parts.append(table(rows, [axis, *cols], colalign=("left",) + ("right",) * len(cols)))
     if s.errors:
         parts += ["", head("by error code"), ""]
-        parts.append(tabulate(s.errors, headers=["code", "category", "tasks"], tablefmt=fmt,
-                              disable_numparse=True, colalign=("left", "left", "right")))
+        parts.append(table(s.errors, ["code", "category", "tasks"],
+                           colalign=("left", "left", "right")))
     if s.failures:
         parts += ["", head("failures"), ""]
-        rows = [(t.variant_id, t.status, t.error_code or "-",
-                 _cell(t.error_message or "-", md)) for t in s.failures]
-        parts.append(tabulate(rows, headers=["variant", "status", "code", "message"],
-                              tablefmt=fmt, disable_numparse=True))
+        rows = [(t.variant_id, t.status, t.error_code or "-", t.error_message or "-")
+                for t in s.failures]
+        parts.append(table(rows, ["variant", "status", "code", "message"]))
     for w in d.warnings:
-        parts += ["", f"note: {w}"]
+        parts += ["", f"note: {_cell(w, md)}"]
     return "\n".join(parts) + "\n"
 
 
-def _cell(text: str, md: bool) -> str:
-    text = " ".join(text.split())
-    return text.replace("|", "\\|") if md else text
+def _cell(value: Any, md: bool) -> str:
+    from specrunner.report import cells  # here, so this file's imports stay as they are
+
+    return cells.cell(value, md)
 
 
 def to_csv(s: Summary) -> str:
