@@ -91,6 +91,11 @@ class SpecrunnerError(Exception):
     exit_code: int = EXIT_INVALID
     hint: str | None = None
 
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
+
 
 class UsageError(SpecrunnerError):
     """A bad command-line value or environment setting."""

@@ -54,3 +54,36 @@ def test_validate_and_plan_give_the_same_budget_hint(tmp_path: Path) -> None:
         f"[$.budget.max_usd] ({hint})")
     assert run_cli(["plan", str(spec)]) == (
         2, "", f"error: plan needs $0.16 for 2 images; budget max_usd is $0.10 ({hint})\n")
+
+
+def test_a_bare_report_in_the_spec_folder_names_the_spec_and_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_spec(tmp_path, BASE_SPEC.replace("name: demo", "name: demo\noutput: {dir: runs/demo}"),
+               name="demo.yaml")
+    (tmp_path / "notes.yaml").write_text("just: notes\n")  # not a spec: not suggested
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["report"])
+    assert (code, out) == (2, "")
+    assert err == ("error: no run record in . (expected .specrunner/run.db) (spec files here: "
+                   "demo.yaml (output runs/demo, not run yet); run one first: "
+                   "`specrunner run demo.yaml`)\n")
+    (tmp_path / "runs" / "demo" / ".specrunner").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / ".specrunner" / "run.db").touch()
+    code, _, err = run_cli(["report"])
+    assert err == ("error: no run record in . (expected .specrunner/run.db) (spec files here: "
+                   "demo.yaml (output runs/demo, has a run record); try "
+                   "`specrunner report demo.yaml`)\n")
+
+
+def test_a_bare_report_above_run_folders_names_them(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("b", "a"):
+        (tmp_path / "out" / name / ".specrunner").mkdir(parents=True)
+        (tmp_path / "out" / name / ".specrunner" / "run.db").touch()
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["report"])[2] == (
+        "error: no run record in . (expected .specrunner/run.db) (run folders below: out/a, "
+        "out/b; try `specrunner report out/a`)\n")
+    assert run_cli(["report", "out"])[2] == (
+        "error: no run record in out (expected out/.specrunner/run.db) (run folders below: "
+        "out/a, out/b; try `specrunner report out/a`)\n")
