@@ -15,8 +15,9 @@ from specrunner import cli
 FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
 
 # Run B: diner-DESIGN produced another image, remote-DESIGN sent another request (another
-# prompt and seed image, and cost more), bakery-REALISTIC succeeded this time, diner-REALISTIC is gone and the spec dropped its
-# exclude, so remote-REALISTIC was added (and failed).
+# prompt and seed image, and cost more), bakery-REALISTIC succeeded this time,
+# diner-REALISTIC is gone and the spec dropped its exclude, so remote-REALISTIC was added
+# (and failed).
 EDITS = """
 UPDATE results SET sha256='00'||substr(sha256,3) WHERE output_path='diner-DESIGN.png';
 UPDATE tasks SET task_key='k-remote-2', cost='0.09',

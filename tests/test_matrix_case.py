@@ -61,7 +61,8 @@ def test_exclude_an_input_name_in_another_case(tmp_path: Path) -> None:
 
 
 def test_include_joins_in_another_case_and_the_axis_value_is_sent(tmp_path: Path) -> None:
-    extra = '  include:\n    - {styleType: design, magicPrompt: "OFF"}\n    - {input: DINER, magicPrompt: "ON"}\n'
+    extra = ('  include:\n    - {styleType: design, magicPrompt: "OFF"}\n'
+             '    - {input: DINER, magicPrompt: "ON"}\n')
     assert plan_of(tmp_path, extra) == [
         ("bakery", "DESIGN", "OFF"), ("bakery", "REALISTIC", None),
         ("diner", "DESIGN", "ON"), ("diner", "REALISTIC", "ON")]

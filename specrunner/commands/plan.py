@@ -11,7 +11,9 @@ complete; one task per line):
      "tasks": [{"index" (0-based), "variant", "input", "prompt", "repeat" (1-based, as
                 {repeat} in output names), "axes", "task_key", "task_uuid",
                 "number_results", "est_cost", "outputs" (relative to output_dir),
-                "local_inputs": {field: {"path", "sha256", "invert"}},
+                "local_inputs": {key: {"path", "sha256", "invert"}} (key: seedImage,
+                maskImage, or the request path of a style reference image, e.g.
+                providerSettings.ideogram.styleReferenceImages[0]),
                 "request" (the body item sent, local files as "local:<sha256>")}, ...],
      "output_dir": path}
 

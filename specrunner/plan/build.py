@@ -17,6 +17,7 @@ Nested request mappings are shared between tasks: copy before changing one.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from specrunner.plan import matrix
 
 from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
-from specrunner.plan.task import LocalImage, Task
+from specrunner.plan.task import LocalImage, Task, local_input_path
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.money import money
 from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
@@ -130,6 +131,23 @@ def _combinations(spec: Spec, repeat: int
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
     return [(c.values, None, _source(exp, ci)) for ci, c in enumerate(exp.combinations)], exp
+
+
+def _reference_images(spec: Spec) -> tuple[Mapping[str, Any], dict[str, LocalImage]]:
+    """spec.defaults with "local:<sha256>" in place of each local file of its image lists
+    (styleReferenceImages), and those files by local input key; unchanged without any."""
+    local = {key: LocalImage(Path(ref.value), ref.sha256 or "")
+             for key, ref in spec.images.items() if ref.kind == "file"}
+    if not local:
+        return spec.defaults, {}
+    defaults = copy.deepcopy(dict(spec.defaults))
+    for key, img in local.items():
+        path = local_input_path(key)
+        node: Any = defaults
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = f"local:{img.sha256}"
+    return defaults, local
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -239,6 +257,7 @@ def _build_plan(spec: Spec) -> Plan:
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=len(combos) * repeat, allowed=spec.budget.max_tasks)
     delivery = spec.execution.delivery
+    defaults, reference_local = _reference_images(spec)
     ext_default = "jpg"
     sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
     input_cache: dict[str, tuple[dict[str, str], dict[str, LocalImage]]] = {}
@@ -272,7 +291,7 @@ def _build_plan(spec: Spec) -> Plan:
         sig = tuple((fields[k], type(v), v) for k, v in values.items() if k in fields)
         cached = sig_cache.get(sig)
         if cached is None:
-            merged: dict[str, Any] = {k: v for k, v in spec.defaults.items()}
+            merged: dict[str, Any] = {k: v for k, v in defaults.items()}
             for path, _t, v in sig:
                 _set_path(merged, path, v)
             nres = merged.get("numberResults", 1)
@@ -311,7 +330,7 @@ def _build_plan(spec: Spec) -> Plan:
                 if not ins[fieldname]:
                     diags.add(f"input `{in_name}`: {fieldname} is empty",
                               f"$.inputs.{in_name}", "request-schema")
-            input_cache[in_name] = inp = (ins, local)
+            input_cache[in_name] = inp = (ins, {**local, **reference_local})
         ins, local = inp
         ns: dict[str, str] = {**spec.vars, **pair.vars}
         for k, v in values.items():

@@ -180,10 +180,10 @@ def count(
         if survivors == 0 or not all(any(m) for _, m in masks):
             created += 1  # no original combination to join
             continue
-        allowed = [range(len(axes[p][1])) for p in named]
+        allowed: list[Sequence[int]] = [range(len(axes[p][1])) for p in named]
         for pos, m in masks:
             if pos in where:
-                allowed[where[pos]] = [i for i, ok in enumerate(m) if ok]  # type: ignore[call-overload]
+                allowed[where[pos]] = [i for i, ok in enumerate(m) if ok]
         if all(idx in removed for idx in itertools.product(*allowed)):
             created += 1  # every combination it would join was excluded
     return survivors + created, True

@@ -183,8 +183,8 @@ def _text(d: RunDiff, fmt: str) -> str:
              f"({b['status']}, {b['tasks']} tasks): {len(d.added)} added, {len(d.removed)} "
              f"removed, {len(d.changed)} changed, {d.unchanged} unchanged")
     parts = [f"## {cell(title, md)}" if md else title, ""]
-    rows = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
-            for k, (x, y, z) in doc["totals"].items()]
+    rows: list[tuple[Any, ...]] = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
+                                   for k, (x, y, z) in doc["totals"].items()]
     parts.append(table(rows, ["total", "A", "B", "delta"],
                        colalign=("left", "right", "right", "right")))
     variants = ([(v, "added", "", "") for v in d.added]

@@ -522,7 +522,8 @@ def _text(s: Summary, fmt: str) -> str:
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
     parts = [f"## {_cell(title, md)}" if md else title, ""]
     budget = [("budget_usd", d.budget)] if d.budget is not None else []
-    rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals) + budget]
+    rows: list[tuple[Any, ...]] = [(LABELS.get(k, k), _fmt_total(k, v))
+                                   for k, v in list(s.totals) + budget]
     parts.append(table(rows, ["total", "value"]))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
             "actual USD"]

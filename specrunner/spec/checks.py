@@ -9,7 +9,8 @@ positives. `redact` removes every secret from messages before they leave.
 Cross-references (`check_references`): templates parse (templates.py) and use only defined
 variables; every combination key is `input`, `prompt`, a request field (with a valid value)
 or a variable some template uses; `input`/`prompt` are named when there are several; inputs
-are checked as images (images.py): seed and mask exist, same size, mask not empty.
+are checked as images (images.py): seed and mask exist, same size, mask not empty; so are
+the images of list fields in `defaults` (styleReferenceImages), without the mask checks.
 
 Image references: `https://` URLs (no user:password@, no credential-like query parameters),
 Runware image UUIDs (8-4-4-4-12 hex), anything else is a local path relative to the spec's
@@ -34,7 +35,7 @@ from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
 from specrunner.spec.schema import (
     GROUP_FILES, GROUP_REFS, GROUP_SECRET, RUNNER_SET, Collector, did_you_mean,
-    field_validators, schema_error,
+    field_validators, image_list_fields, schema_error,
 )
 
 SECRET_KEYS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
@@ -95,7 +96,8 @@ def image_ref(ctx: Any, value: str, path: str, folder: Path,
     if isinstance(info, images.ImageProblem):
         hint = (suggest.missing_file_hint(value, full, folder)
                 if info.code == "image-missing" else None)
-        ctx.add(GROUP_FILES, f"{value}: {info.message}", path, info.code, hint=hint)
+        shown = value if len(value) <= 120 else f"{value[:60]}... ({len(value):,} characters)"
+        ctx.add(GROUP_FILES, f"{shown}: {info.message}", path, info.code, hint=hint)
         return None
     return ImageRef(kind="file", value=str(full), display=value, sha256=info.sha256,
                     size=info.size, format=info.format)
@@ -299,6 +301,28 @@ def _check_implied(ctx: Collector, data: dict, inputs: dict, prompts: dict) -> N
                         f"$.variants[{i}].id", "duplicate-id")
             elif isinstance(vid, str):
                 ids[vid] = i
+
+
+def check_reference_images(ctx: Collector, data: dict, model: str,
+                           folder: Path) -> dict[str, ImageRef]:
+    """The images of `defaults` fields that hold image lists (styleReferenceImages), checked
+    like a seed (exists, PNG/JPEG/WEBP, size caps; no mask checks), keyed by request path
+    with the list index: `providerSettings.ideogram.styleReferenceImages[0]`."""
+    cache: dict[Path, images.ImageInfo | images.ImageProblem] = {}
+    refs: dict[str, ImageRef] = {}
+    for path in image_list_fields(model):
+        node: Any = data.get("defaults")
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, list):
+            continue  # absent, or the schema error says what is wrong
+        dotted = ".".join(path)
+        for i, value in enumerate(node):
+            if isinstance(value, str) and value:
+                ref = image_ref(ctx, value, f"$.defaults.{dotted}[{i}]", folder, cache)
+                if ref is not None:
+                    refs[f"{dotted}[{i}]"] = ref
+    return refs
 
 
 def _check_inputs(ctx: Collector, inputs: dict, folder: Path) -> dict[str, InputPair]:

@@ -83,6 +83,22 @@ def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]
 
 
 @lru_cache(maxsize=None)
+def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
+    """Request paths of the fields that hold a list of images (the request schema says
+    `items: {$ref: #/$defs/imageInput}`), e.g. providerSettings.ideogram.styleReferenceImages."""
+    request = models.load_schema(models.get_model(model_id).request_schema)
+    out = []
+    for path in dict.fromkeys(models.field_paths(model_id).values()):
+        sub: Any = request
+        for part in path:
+            sub = sub["properties"][part]
+        if sub.get("type") == "array" and sub.get("items", {}).get("$ref", "").endswith(
+                "/imageInput"):
+            out.append(path)
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
 def integer_fields(model_id: str) -> dict[str, tuple[str, ...]]:
     """alias -> request path of every field whose schema type is integer."""
     request = models.load_schema(models.get_model(model_id).request_schema)
