@@ -47,12 +47,12 @@ FORMATS = ("table", "json", "csv", "markdown")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the options of `plan`."""
-    parser.add_argument("spec", help="the campaign spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", help="the campaign spec (YAML)")
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="output format (default: table)")
     parser.add_argument("--explain", metavar="VARIANT",
                         help="show which matrix values and include/exclude rules made VARIANT")
-    parser.add_argument("--max-usd", metavar="X",
+    parser.add_argument("--max-usd", metavar="USD",
                         help="budget for this plan, overriding the spec's")
     parser.add_argument("--max-tasks", metavar="N", help="task cap, overriding the spec's")
     parser.add_argument("--limit", metavar="N", default="50",
