@@ -63,6 +63,15 @@ COMMANDS: dict[str, Command] = {
         ((0, "plan printed"),
          (2, "invalid spec, over the budget or task cap, unknown variant, damaged record")),
         (KEY_IN_SPEC,)),
+    "lock": Command(
+        "specrunner.commands.lock", "write or check the lock file beside each spec",
+        (("specrunner lock spec.yaml", "write spec.lock: every task, reviewable in a diff"),
+         ("specrunner lock --check specs/*.yaml", "in CI: fail when a lock is stale"),
+         ("specrunner lock --check --format github spec.yaml",
+          "the same, as GitHub workflow annotations")),
+        ((0, "every lock written or current"), (1, "a lock is stale (--check)"),
+         (2, "invalid spec, or a lock missing, unreadable or not writable")),
+        (KEY_IN_SPEC,)),
     "run": Command(
         "specrunner.commands.run", "run a campaign (Runware or --local)",
         (("specrunner run spec.yaml --local", "run on the built-in local server (no key)"),

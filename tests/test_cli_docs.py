@@ -132,7 +132,7 @@ printf '%s\n' "${COMPREPLY[@]}" | sort
     (["specrunner", "pl"], ["plan"]),
     (["specrunner", ""], sorted(NAMES)),
     (["specrunner", "plan", "--fo"], ["--format"]),
-    (["specrunner", "plan", "--format", ""], ["csv", "json", "markdown", "table"]),
+    (["specrunner", "plan", "--format", ""], ["csv", "github", "json", "markdown", "table"]),
     (["specrunner", "validate", "s"], ["spec.yaml", "specs"]),  # files and folders
     (["specrunner", "init", ""], ["specs"]),  # folders only
     (["specrunner", "completion", ""], ["bash", "fish", "zsh"]),

@@ -13,6 +13,16 @@ from specrunner.errors import LIMIT_HINTS
 OVER_BUDGET = BASE_SPEC.replace("max_usd: 1", "max_usd: 0.1")
 
 
+def test_a_missing_spec_annotates_the_file_in_github_format(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["validate", "--format", "github", "nonexist.yaml"])
+    assert code == 2
+    assert out.splitlines()[0] == ("::error file=nonexist.yaml,title=specrunner file-missing::"
+                                   "no such file")
+
+
 @pytest.mark.parametrize("command", ["validate", "plan", "report"])
 def test_a_missing_spec_is_one_clean_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           command: str) -> None:
@@ -21,7 +31,7 @@ def test_a_missing_spec_is_one_clean_line(tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 2
     if command == "validate":
         assert out == ("nonexist.yaml: error: no such file\n"
-                       "1 spec(s) checked: 0 valid, 1 invalid, 1 error(s)\n")
+                       "1 spec(s) checked: 0 valid, 1 invalid, 1 error(s), 0 warning(s)\n")
     elif command == "plan":
         assert (out, err) == ("", "nonexist.yaml: error: no such file\n")
     else:

@@ -4,10 +4,13 @@ keyed by its request path with the list index); URLs and UUIDs are sent as writt
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fixtures.specfiles import BASE_SPEC, write_spec
 from PIL import Image
@@ -123,3 +126,58 @@ def test_with_local_inputs_copies_what_it_changes() -> None:
                     "inputs": {"seedImage": "S"}}
     assert shared["ideogram"]["styleReferenceImages"] == ["local:a", "local:b"]
     assert request["inputs"] == {"seedImage": "local:s"}
+
+
+def test_the_runner_substitutes_as_the_plan_says(tmp_path: Path) -> None:
+    from specrunner.run.inputs import substitute
+
+    task = build_plan(load_spec(spec_with(tmp_path, ["seed.jpg", UUID, "black.png"]))).tasks[0]
+    values = {k: f"uuid-of-{k}" for k in task.local_inputs}
+    assert substitute(task, "the-uuid", values) == {**task.request_with(values),
+                                                    "taskUUID": "the-uuid"}
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The local server in-process, keeping every request body and answer it saw."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.seen: list[tuple[Any, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        body = await response.aread()
+        if request.method == "POST":
+            self.seen.append((json.loads(request.content), json.loads(body)))
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+
+def test_a_local_run_uploads_reference_images_and_sends_their_uuids(tmp_path: Path) -> None:
+    from specrunner.local.app import create_app
+    from specrunner.run import LOCAL_URL, Runner
+
+    plan = build_plan(load_spec(spec_with(tmp_path, ["seed.jpg", UUID, "black.png"])))
+    server = create_app()
+    transport = Recording(server)
+    result = Runner(plan, out_dir=tmp_path / "out", transport=transport, api_key="k",
+                    base_url=LOCAL_URL).run_sync()
+    assert result.status == "complete", result
+    uploaded: dict[str, str] = {}  # data URI -> imageUUID the server gave it
+    sent = []
+    for tasks, answer in transport.seen:
+        for task in tasks:
+            if task["taskType"] == "imageUpload":
+                item = next(d for d in answer["data"] if d["taskUUID"] == task["taskUUID"])
+                uploaded[task["image"]] = item["imageUUID"]
+            elif task["taskType"] == "imageInference":
+                sent.append(task)
+    by_file = {name: uploaded[next(uri for uri in uploaded if uri.endswith(
+        base64.b64encode((tmp_path / name).read_bytes()).decode()))]
+        for name in ("seed.jpg", "black.png")}
+    assert len(sent) == len(plan.tasks) == 2
+    for task in sent:
+        assert task["providerSettings"]["ideogram"]["styleReferenceImages"] == [
+            by_file["seed.jpg"], UUID, by_file["black.png"]]
+    # uploaded once per content: seed, mask and the two references
+    assert len(uploaded) == 4
+    assert server.stats().requests_by_type["imageUpload"] == 4

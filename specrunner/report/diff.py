@@ -79,7 +79,7 @@ def _hashes(t: TaskInfo) -> tuple[str | None, ...]:
 def _fields(x: TaskInfo, y: TaskInfo) -> tuple[str, ...]:
     """The request fields that differ between two recorded tasks (none when either request
     is unknown or they are equal: then only the task key says it changed)."""
-    if x.task_key == y.task_key or x.request is None or y.request is None:
+    if x.task_key == y.task_key or not x.request or not y.request:
         return ()
     from specrunner.plan.status import changed_fields  # the one definition, shared with plan
 
