@@ -15,7 +15,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TextIO
+from typing import Any, TextIO
 
 from specrunner import __version__
 from specrunner.errors import EXIT_INTERRUPTED, EXIT_INVALID, SpecError, SpecrunnerError
@@ -133,7 +133,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _ArgError(f"{self.prog}: {message}")
 
-    def _print_message(self, message: str, file: TextIO | None = None) -> None:
+    def _print_message(self, message: str, file: Any = None) -> None:
         if message:
             (self.out or file or sys.stdout).write(message)
 
