@@ -32,7 +32,7 @@ def test_canary_key_appears_nowhere(tmp_path, monkeypatch, caplog, capfd, server
     faults = FaultConfig(seed=5, rates={"drop": 0.1, "non_json": 0.1, "http_500": 0.1,
                                         "truncated_body": 0.1, "provider_timeout": 0.1})
     app = create_app(LocalConfig(api_key=server_key, render=False, faults=faults))
-    monkeypatch.setattr(specrunner.run, "local_server", lambda f: app)
+    monkeypatch.setattr(specrunner.run, "local_server", lambda f, state_dir=None: app)
     caplog.set_level(logging.DEBUG)
     spec = write_spec(tmp_path)
     out, err = io.StringIO(), io.StringIO()

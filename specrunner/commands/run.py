@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and plan, show what would run, send nothing")
     parser.add_argument("--key-file", help="read the API key from this file")
+    parser.add_argument("--locked", action="store_true",
+                        help="refuse a missing or stale lock file (exit 2) before any request")
     parser.add_argument("--faults", help="fault-injection config for --local (JSON or YAML)")
     parser.add_argument("--progress", choices=["auto", "live", "plain", "none"], default="auto",
                         help="progress display (default: live on a terminal, plain otherwise)")
@@ -91,6 +93,12 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("--concurrency must be between 1 and 1024")
     spec = load_spec(Path(args.spec)).with_limits(max_usd=cap, concurrency=args.concurrency)
     plan = build_plan(spec)  # full validation before any network call
+    if args.locked:
+        from specrunner.plan.lock import check_lock
+
+        status = check_lock(plan, args.spec)
+        if not status.ok:  # missing, unreadable or stale: the lines `lock --check` prints
+            raise UsageError(status.message())
     if args.dry_run:
         return _dry_run(plan, args, out)
     runner = Runner(plan, out_dir=args.out, api_key=key, base_url=base_url, local=args.local,
@@ -101,6 +109,12 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(summary_table(result.counters, result.max_usd, result.status), file=out)
     if result.message:
         print(result.message, file=err)
+    if result.provenance is not None:
+        where = result.provenance
+        print(f"provenance: {where.summary()}", file=out)
+        if where.dirty:
+            print("note: this run was made from a dirty tree: the commit alone does not "
+                  "reproduce it", file=err)
     print(f"record: {result.record}", file=out)
     print(f"report: specrunner report {shlex.quote(str(result.out_dir))}", file=out)
     return result.exit_code

@@ -323,7 +323,7 @@ class Summary:
 
     data: RunData
     by: tuple[str, ...]
-    totals: tuple[tuple[str, Any], ...]
+    totals: Mapping[str, Any]  # in the order reports show them
     breakdown: tuple[tuple[str, tuple[Group, ...]], ...]
     errors: tuple[tuple[str, str, int], ...]  # (code, category, tasks)
     failures: tuple[TaskInfo, ...]
@@ -393,7 +393,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     images, actual = whole.images, whole.actual
     done, n_failed, pending, in_doubt = whole.counts
     task_lat = [t.latency_s for t in tasks if t.latency_s is not None]
-    totals = (
+    totals = dict((
         ("tasks", whole.tasks),
         ("images", images),
         ("images_refused", sum(max(0, t.number_results - len(t.images)) for t in tasks
@@ -412,7 +412,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
         ("wall_s", round(data.wall_s, 3)),
         ("request_latency_s", _lat(data.request_latencies)),
         ("task_latency_s", _lat(task_lat)),
-    )
+    ))
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
     problems = [t for t in tasks if t.status != "done" and t.status != "pending"
                 or t.error_code]
@@ -443,7 +443,7 @@ LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in d
 def to_json(s: Summary) -> dict[str, Any]:
     """The documented JSON shape (see the module docstring)."""
     d = s.data
-    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
+    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals.items()}
     return {
         "format": "specrunner.report/1",
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
@@ -505,7 +505,7 @@ def _text(s: Summary, fmt: str) -> str:
     parts = [f"## {_cell(title, md)}" if md else title, ""]
     budget = [("budget_usd", d.budget)] if d.budget is not None else []
     rows: list[tuple[Any, ...]] = [(LABELS.get(k, k), _fmt_total(k, v))
-                                   for k, v in list(s.totals) + budget]
+                                   for k, v in list(s.totals.items()) + budget]
     parts.append(table(rows, ["total", "value"]))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
             "actual USD"]

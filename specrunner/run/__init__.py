@@ -11,11 +11,11 @@ again. `drain()` stops dispatching (the tasks in flight finish); `cancel()` stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import random
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,7 +29,8 @@ from specrunner import __version__, runware
 from specrunner.errors import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED,
                                UsageError)
 from specrunner.plan.build import Plan
-from specrunner.record import RunMeta, open_record, record_path
+from specrunner.provenance import Provenance, provenance
+from specrunner.record import RunMeta, open_record, record_dir, record_path
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
 from specrunner.run.executor import STATUSES, Executor
@@ -57,6 +58,7 @@ class RunResult:
     record: Path
     max_usd: Decimal
     message: str = ""
+    provenance: Provenance | None = None  # git commit, uncommitted changes, lock, version
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
@@ -74,25 +76,15 @@ def _single(group: BaseExceptionGroup) -> BaseException:
     return leaves[0] if len(kinds) == 1 else group
 
 
-def local_server(faults: FaultConfig | None = None) -> LocalServer:
-    """The built-in Runware-compatible server a `local=True` run talks to, in-process."""
+def local_server(faults: FaultConfig | None = None,
+                 state_dir: Path | None = None) -> LocalServer:
+    """The built-in Runware-compatible server a `local=True` run talks to, in-process.
+    With `state_dir` it keeps its uploads, tasks and ledger there across runs, as Runware
+    keeps them across a campaign's runs."""
     from specrunner import local
 
-    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig()))
-
-
-def _git(folder: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the git work tree holding `folder`; (None, None) outside one."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=folder,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, None
+    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig(),
+                                              state_dir=state_dir))
 
 
 class Runner:
@@ -164,20 +156,27 @@ class Runner:
         spec, tasks = self.spec, list(self.plan.tasks)
         record = open_record(self.out_dir)
         try:
-            commit, dirty = _git(spec.path.parent)
+            where = provenance(spec.path, {img.path for t in tasks
+                                           for img in t.local_inputs.values()})
             run_id = record.begin_run(RunMeta(
                 spec_path=str(spec.path), spec_text=spec.path.read_text(encoding="utf-8"),
                 spec_sha256=spec.source_sha256,
                 plan_json=json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
                                        "task_uuid": t.task_uuid, "est_cost": str(t.est_cost)}
                                       for t in tasks]),
-                max_usd=spec.budget.max_usd, git_commit=commit, git_dirty=dirty,
+                max_usd=spec.budget.max_usd, git_commit=where.commit, git_dirty=where.dirty,
+                lock_sha256=where.lock_sha256, provenance=where.to_json(),
                 versions={"specrunner": __version__, "python": platform.python_version(),
                           "sqlite": sqlite3.sqlite_version}))
             record.plan(run_id, tasks)
             conc = spec.execution.concurrency
             limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
-            async with httpx.AsyncClient(transport=self._transport(), limits=limits) as http:
+            transport, server = self._transport()
+            async with contextlib.AsyncExitStack() as stack:
+                if server is not None:  # ours: released (its state journal) when the run ends
+                    stack.callback(server.close)
+                http = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, limits=limits))
                 client = RunwareClient(http, self.base_url, self.api_key)
                 self.executor = Executor(tasks, record, client, spec.execution,
                                          spec.budget.max_usd, run_id, sleep=self.sleep,
@@ -188,12 +187,16 @@ class Runner:
         finally:
             record.close()
         return RunResult(outcome.status, code, outcome.counters, self.out_dir,
-                         record_path(self.out_dir), spec.budget.max_usd, outcome.message)
+                         record_path(self.out_dir), spec.budget.max_usd, outcome.message, where)
 
-    def _transport(self) -> httpx.AsyncBaseTransport:
+    def _transport(self) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
+        """How the run reaches its backend, and the local server it started (to close)."""
         if self.transport is not None:
-            return self.transport
+            return self.transport, None
         if self.local:
-            app: Any = self._server or local_server(self.faults)
-            return httpx.ASGITransport(app=app)
-        return httpx.AsyncHTTPTransport(retries=0)
+            if self._server is not None:
+                return httpx.ASGITransport(app=self._server), None
+            # Beside the record: a rerun finds its uploads and tasks, as it would on Runware.
+            mine = local_server(self.faults, record_dir(self.out_dir) / "local-server")
+            return httpx.ASGITransport(app=mine), mine
+        return httpx.AsyncHTTPTransport(retries=0), None
