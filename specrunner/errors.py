@@ -48,7 +48,11 @@ def nearest_loc(locs: Mapping[str, Loc], path: str) -> Loc | None:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem found in a spec: where (file:line:col and JSON path), what, and a hint."""
+    """One problem found in a spec: where (file:line:col and JSON path), what, and a hint.
+
+    A problem of the whole file (missing, a folder, too large, empty) has no `loc` but its
+    `file`, and prints as `file: error: message`, with no made-up position.
+    """
 
     message: str
     path: str = "$"
@@ -56,17 +60,23 @@ class Diagnostic:
     code: str = "invalid"
     hint: str | None = None
     severity: str = "error"
+    file: str | None = None  # the file when there is no `loc` (a problem of the whole file)
 
     def format(self) -> str:
-        where = str(self.loc) if self.loc else "<unknown>"
-        text = f"{where}: {self.severity}: {self.message} [{self.path}]"
+        """`file:line:col: severity: message [json.path] (hint)`; without a position,
+        `file: severity: message (hint)`."""
+        where = str(self.loc) if self.loc else (self.file or "<unknown>")
+        text = f"{where}: {self.severity}: {self.message}"
+        if self.loc or self.path != "$":
+            text += f" [{self.path}]"
         if self.hint:
             text += f" ({self.hint})"
         return text
 
     def to_json(self) -> dict:
+        """The JSON form of `validate --format json` (line and column null without a loc)."""
         return {
-            "file": self.loc.file if self.loc else None,
+            "file": self.loc.file if self.loc else self.file,
             "line": self.loc.line if self.loc else None,
             "column": self.loc.col if self.loc else None,
             "path": self.path,
@@ -78,9 +88,16 @@ class Diagnostic:
 
 
 class SpecrunnerError(Exception):
-    """Root of specrunner's exceptions; `exit_code` is what the CLI exits with."""
+    """Root of specrunner's exceptions; `exit_code` is what the CLI exits with, `hint` (when
+    not None) what to do about it, printed after the message."""
 
     exit_code: int = EXIT_INVALID
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
 
 class UsageError(SpecrunnerError):
@@ -119,6 +136,16 @@ class PlanLimitError(SpecrunnerError):
         self.limit = limit
         self.needed = needed
         self.allowed = allowed
+        # One hint per limit, shared by every command that plans (validate, plan, run).
+        self.hint = LIMIT_HINTS.get(limit, LIMIT_HINTS[None])
+
+
+# What to do about each limit a plan can exceed (PlanLimitError.limit).
+LIMIT_HINTS: dict[str | None, str] = {
+    "max_usd": "raise budget.max_usd, or override it with --max-usd USD (plan, run)",
+    "max_tasks": "raise budget.max_tasks, or try the plan with `specrunner plan --max-tasks N`",
+    None: "use fewer axis values, or several specs",
+}
 
 
 class RecordError(SpecrunnerError):

@@ -585,16 +585,23 @@ def _fmt_total(key: str, value: Any) -> str:
 def _text(s: Summary, fmt: str) -> str:
     d = s.data
     md = fmt == "github"
-    head = (lambda t: f"### {t}") if md else (lambda t: t)
+
+    def table(rows: Any, headers: Sequence[Any], **options: Any) -> str:
+        # Every cell, header included, through _cell: values are data, never markup.
+        return tabulate([[_cell(x, md) for x in row] for row in rows],
+                        headers=[_cell(h, md) for h in headers], tablefmt=fmt,
+                        disable_numparse=True, **options)
+
+    head = (lambda t: f"### {_cell(t, md)}") if md else (lambda t: t)
     title = (f"run {d.name or '(unnamed)'}: {d.status or 'no run recorded'}, {d.runs} run(s), "
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
-    parts = [f"## {title}" if md else title, ""]
+    parts = [f"## {_cell(title, md)}" if md else title, ""]
     extra: list[tuple[str, Any]] = [("budget_usd", d.budget)] if d.budget is not None else []
     price, prov = _price_text(price_of(d)), _provenance_text(_provenance(d))
     extra += [("price", price)] if price else []
     extra += [("provenance", prov)] if prov else []
     t = s.totals
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for k, v in list(t.items()) + extra:
         if k in ("images_extra", "actual_unreported_images") and not v:
             continue  # only when there is something to say
@@ -607,41 +614,38 @@ def _text(s: Summary, fmt: str) -> str:
         else:
             text = _fmt_total(k, v)
         rows.append((LABELS.get(k, k), text))
-    parts.append(tabulate(rows, headers=["total", "value"], tablefmt=fmt,
-                          disable_numparse=True))
+    parts.append(table(rows, ["total", "value"]))
     if len(d.run_rows) > 1:
         parts += ["", head("runs"), ""]
         rows = [(r.run_id, _iso(r.started_at) or "-", r.status or "-", r.shard or "-",
                  f"${usd(r.spent_usd)}" if r.spent_usd is not None else "-",
                  (r.git_commit or "-")[:12]) for r in d.run_rows]
-        parts.append(tabulate(rows, headers=["run", "started", "status", "shard", "spent",
-                                             "commit"], tablefmt=fmt, disable_numparse=True))
+        parts.append(table(rows, ["run", "started", "status", "shard", "spent", "commit"]))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
             "actual USD"]
     for axis, groups in s.breakdown:
         parts += ["", head(f"by {axis}"), ""]
         rows = [(g.value, g.tasks, g.images, *g.counts, usd(g.estimated), usd(g.actual))
                 for g in groups]
-        parts.append(tabulate(rows, headers=[axis, *cols], tablefmt=fmt, disable_numparse=True,
-                              colalign=("left",) + ("right",) * len(cols)))
+        parts.append(table(rows, [axis, *cols], colalign=("left",) + ("right",) * len(cols)))
     if s.errors:
         parts += ["", head("by error code"), ""]
-        parts.append(tabulate(s.errors, headers=["code", "category", "tasks"], tablefmt=fmt,
-                              disable_numparse=True, colalign=("left", "left", "right")))
+        parts.append(table(s.errors, ["code", "category", "tasks"],
+                           colalign=("left", "left", "right")))
     if s.failures:
         parts += ["", head("failures"), ""]
-        rows = [(t.variant_id, t.status, t.error_code or "-",
-                 _cell(t.error_message or "-", md)) for t in s.failures]
-        parts.append(tabulate(rows, headers=["variant", "status", "code", "message"],
-                              tablefmt=fmt, disable_numparse=True))
+        rows = [(t.variant_id, t.status, t.error_code or "-", t.error_message or "-")
+                for t in s.failures]
+        parts.append(table(rows, ["variant", "status", "code", "message"]))
     for w in notes(s):
-        parts += ["", f"note: {w}"]
+        parts += ["", f"note: {_cell(w, md)}"]
     return "\n".join(parts) + "\n"
 
 
-def _cell(text: str, md: bool) -> str:
-    text = " ".join(text.split())
-    return text.replace("|", "\\|") if md else text
+def _cell(value: Any, md: bool) -> str:
+    from specrunner.report import cells  # here, so this file's imports stay as they are
+
+    return cells.cell(value, md)
 
 
 def to_csv(s: Summary) -> str:

@@ -147,7 +147,12 @@ class Runner:
         self.plan, self.spec = plan, spec
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else spec.output.dir
         self.api_key = api_key or ("local" if local else None)
-        self.base_url = LOCAL_URL if local else check_base_url(base_url or runware.API_URL)
+        if local:
+            self.base_url = LOCAL_URL
+        elif transport is not None:  # it decides where the bytes go: no network to check
+            self.base_url = base_url or runware.API_URL
+        else:
+            self.base_url = check_base_url(base_url or runware.API_URL)
         self.redact = Redactor([self.api_key or ""])
         self.local, self.faults, self.transport = bool(local), faults, transport
         self._server = None if isinstance(local, bool) else local
