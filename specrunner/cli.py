@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("specrunner.commands.run", "run a campaign (Runware or --local)"),
     "report": ("specrunner.commands.report", "summarise a run: tables, JSON, CSV, HTML"),
     "diff": ("specrunner.commands.diff", "compare two runs"),
+    "review": ("specrunner.commands.review", "approve and reject a run's images in the browser"),
+    "export": ("specrunner.commands.export", "copy the approved (or other) images, with a manifest"),
     "serve": ("specrunner.commands.serve", "start the local Runware-compatible server"),
 }
 
