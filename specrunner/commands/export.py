@@ -38,7 +38,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Export the chosen images; return the exit code."""
     from specrunner import report
     from specrunner.report.export import export
-    from specrunner.report.review import load, review_path
+    from specrunner.report.review import load, review_path, shown
 
     states = [s for s in STATES if getattr(args, s)] or ["approved"]
     run_dir, plan, warnings, spec = open_review(args.target, args.spec)
@@ -47,5 +47,5 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     done = export(data, run_dir, load(file), Path(args.dest), states)
     print(f"exported {done.selected} {'/'.join(states)} image(s) to {args.dest} "
           f"({done.copied} copied, {done.unchanged} already there); manifest: {done.manifest}; "
-          f"decisions: {file}", file=out)
+          f"decisions: {shown(file)}", file=out)
     return EXIT_OK

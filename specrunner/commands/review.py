@@ -93,7 +93,7 @@ def build_source(target: str, spec_option: str | None) -> Any:
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Serve the review page until Ctrl-C; return the exit code."""
     from specrunner.local.server import bind, uvicorn_server
-    from specrunner.report.review import count
+    from specrunner.report.review import count, shown
     from specrunner.review import create_app
 
     source = build_source(args.target, args.spec)
@@ -110,8 +110,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     url = f"http://127.0.0.1:{port}/"
     c = count(state.images)
     counts = f"{c.approved} approved, {c.rejected} rejected, {c.pending} pending, {c.stale} stale"
-    print(f"review of {source.run_dir}: {url}\n{len(state.images)} images ({counts}); decisions go "
-          f"to {source.review_file}\nCtrl-C stops it.", file=out, flush=True)
+    print(f"review of {shown(source.run_dir)}: {url}\n{len(state.images)} images ({counts}); "
+          f"decisions go to {shown(source.review_file)}\nCtrl-C stops it.", file=out, flush=True)
     if not args.no_open and _has_gui():
         import webbrowser
 

@@ -89,8 +89,10 @@ def export(data: RunData, run_dir: Path, decisions: Mapping[Key, Decision], dest
     run_dir, dest = Path(run_dir), Path(dest)
     if dest.exists() and not dest.is_dir():
         raise ExportConflict(f"{dest} exists and is not a folder")
-    sha_of = ShaCache()
-    items = [r for r in review_images(data.tasks, run_dir, decisions, sha_of, hash_all=True)
+    # Decided images are always hashed (their state depends on it); undecided ones only when
+    # pending ones are exported (the manifest lists every copy's sha256).
+    items = [r for r in review_images(data.tasks, run_dir, decisions, ShaCache(),
+                                      hash_all="pending" in states)
              if r.state in states]
     for r in items:
         if r.image.path is None or not _safe(r.image.path):

@@ -22,7 +22,6 @@ file, fsync, rename, fsync of the folder).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from specrunner.errors import SpecError, SpecrunnerError
+from specrunner.spec.images import sha256_file
 
 VERSION = 1
 VERDICTS = ("approved", "rejected")
@@ -100,6 +100,12 @@ def check_decision(d: Decision) -> None:
 def review_path(spec_path: Path) -> Path:
     """The review file of a spec: `<stem>.review.yaml` in the spec's folder."""
     return spec_path.with_name(spec_path.stem + SUFFIX)
+
+
+def shown(path: Path) -> str:
+    """A path as a person reads it: relative to the current folder when inside it."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def recorded_spec(run_dir: Path, recorded: str | None) -> Path | None:
@@ -329,13 +335,7 @@ def update(path: Path, key: Key, new: Decision | None, expect: Decision | None,
 
 
 # -- images on disk --------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    """The sha256 hex of a file's bytes (OSError if it cannot be read)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the sha256 hex of a file's bytes; OSError if it cannot be read
 
 
 @dataclass
@@ -370,13 +370,14 @@ class ShaCache:
 class Reviewed:
     """One result image of a run with its review state.
 
-    `state`: approved | rejected | pending | stale | missing (no file on disk). `sha256` is
-    the file's hash when it was read (always for decided images), else the recorded one.
+    `state`: approved | rejected | pending | stale | missing (no file on disk; only known
+    where the file was looked at). `sha256` is the file's hash when it was read (always for
+    decided images), else the recorded one.
     """
 
     task: Any  # summary.TaskInfo
     image: Any  # summary.Image
-    path: Path | None
+    run_dir: Path
     sha256: str | None
     state: str
     decision: Decision | None
@@ -385,6 +386,11 @@ class Reviewed:
     def key(self) -> Key:
         """(variant, index) of the image."""
         return (self.task.variant_id, self.image.index)
+
+    @property
+    def path(self) -> Path | None:
+        """The image file (None: the record has no path for it)."""
+        return Path(self.run_dir, self.image.path) if self.image.path else None
 
 
 def current_images(tasks: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -403,17 +409,17 @@ def review_images(tasks: Sequence[Any], run_dir: Path, decisions: Mapping[Key, D
     """The review state of every current result image of `tasks`.
 
     Decided images are always hashed on disk (a decision holds only for the bytes it names);
-    undecided ones only with `hash_all` (the review page, which must send the hash it shows).
+    undecided ones only with `hash_all` (the review page, which must send the hash it shows):
+    without it they are pending, unread (a report over 10,000 images touches no file then).
     """
     out = []
     for t, img in current_images(tasks):
-        path = Path(run_dir) / img.path if img.path else None
         d = decisions.get((t.variant_id, img.index))
         sha = img.sha256
-        if path is None:
+        if not img.path:
             state, sha = "missing", None
         elif d is not None or hash_all:
-            sha = sha_of(path)
+            sha = sha_of(Path(run_dir, img.path))
             if sha is None:
                 state = "missing"
             elif d is None:
@@ -421,8 +427,8 @@ def review_images(tasks: Sequence[Any], run_dir: Path, decisions: Mapping[Key, D
             else:
                 state = d.verdict if d.sha256 == sha else "stale"
         else:
-            state = "pending" if path.is_file() else "missing"
-        out.append(Reviewed(t, img, path, sha, state, d))
+            state = "pending"
+        out.append(Reviewed(t, img, run_dir, sha, state, d))
     return out
 
 

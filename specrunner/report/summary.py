@@ -56,7 +56,7 @@ from tabulate import tabulate
 from specrunner import runware
 
 from specrunner.plan import identity
-from specrunner.report.review import ReviewSummary
+from specrunner.report.review import ReviewSummary, shown
 from specrunner.errors import RecordError, UsageError
 from specrunner.money import usd
 from specrunner.store import APP_ID, DB_NAME, IN_DOUBT_STATES, RECORD_DIR
@@ -608,7 +608,7 @@ def _review_text(s: Summary, fmt: str, head: Callable[[str], str]) -> list[str]:
     extra = [f"{r.missing} image(s) missing on disk"] if r.missing else []
     if r.orphans:
         extra.append(f"{r.orphans} decision(s) for images this run does not have")
-    parts = ["", head(f"review ({r.file})"), "", line + "".join(f"; {e}" for e in extra)]
+    parts = ["", head(f"review ({shown(r.file)})"), "", line + "".join(f"; {e}" for e in extra)]
     cols = ["approved", "rejected", "pending", "stale", "approval rate"]
     for axis, groups in r.by:
         if axis not in s.by:

@@ -369,3 +369,16 @@ def test_the_review_command_serves_until_interrupted(fx: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_page_ships_in_the_wheel_as_package_data() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = config["package-data"]["specrunner.review"]
+    static = root / "specrunner" / "review"
+    on_disk = {str(p.relative_to(static)) for p in (static / "static").iterdir()}
+    listed = {str(p.relative_to(static)) for pat in patterns for p in static.glob(pat)}
+    assert on_disk == listed == {"static/index.html", "static/review.css", "static/review.js"}
+    assert "specrunner.review" in config["packages"]
