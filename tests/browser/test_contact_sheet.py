@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import watch
 from PIL import Image
 
+from browser.conftest import watch
 from specrunner import cli, report
 from specrunner.commands.report import locate
 from specrunner.report import html as contact_sheet

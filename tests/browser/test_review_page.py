@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import watch
 from PIL import Image
 
+from browser.conftest import watch
 from specrunner import cli
 from specrunner.commands.review import build_source
 from specrunner.local.server import running
