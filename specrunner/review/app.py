@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 
 from specrunner.errors import SpecrunnerError
+from specrunner.local.server import is_loopback
 from specrunner.report.review import Conflict, ReviewFileError
 from specrunner.review import media
 from specrunner.review.source import Source, task_json
@@ -35,7 +36,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_BODY = 64 * 1024
 STATIC = {"review.js": "text/javascript; charset=utf-8",
           "review.css": "text/css; charset=utf-8"}
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class HttpError(Exception):
@@ -51,8 +51,9 @@ def _static(name: str) -> bytes:
 
 
 def _host_ok(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return name in LOOPBACK_NAMES or name.startswith("127.")
+    """True for a Host header naming a loopback address or localhost (any port)."""
+    name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+    return is_loopback(name.strip("[]"))
 
 
 class ReviewApp:

@@ -314,7 +314,10 @@ def test_the_server_answers_only_loopback_hosts_and_same_origin_json_posts(
     import httpx
 
     with httpx.Client(base_url=server) as c:
-        assert c.get("/api/state", headers={"Host": "attacker.example"}).status_code == 403
+        for host in ("attacker.example", "127.0.0.1.attacker.example:80", "10.0.0.1"):
+            assert c.get("/api/state", headers={"Host": host}).status_code == 403, host
+        for host in ("127.0.0.1:8766", "localhost:8766", "[::1]:8766", "localhost"):
+            assert c.get("/api/state", headers={"Host": host}).status_code == 200, host
         body = {"variant": "diner-DESIGN", "index": 0, "expect": None,
                 "entry": {"sha256": SHA["diner-DESIGN"], "verdict": "approved"}}
         form = c.post("/api/decision", content=json.dumps(body),
