@@ -179,6 +179,8 @@ def test_arrows_and_auto_advance_review_a_whole_run_from_the_keyboard(
     assert {k: d.verdict for k, d in review.load(review_file(fx)).items()} == {
         ("bakery-DESIGN-2", 0): "approved", ("diner-DESIGN", 0): "rejected",
         ("remote-DESIGN", 0): "approved"}
+    # the file is written before the page has the answer: wait for the page to show it
+    until(lambda: dict(tiles(page))["remote-DESIGN:0"] == "approved", what="the page's mark")
     chip(page, "verdict", "approved").click()
     assert [k for k, _ in tiles(page)] == ["bakery-DESIGN-2:0", "remote-DESIGN:0"]
     assert page_errors == []
@@ -201,7 +203,8 @@ def test_a_changed_image_makes_its_decision_stale_never_applied(
     page.keyboard.press("Enter")
     assert "stale: approved was decided on other bytes" in page.inner_text("#v-decision")
     page.keyboard.press("n")  # a note needs a decision on these bytes first
-    assert "approve (a) or reject (r) first" in page.inner_text("#toast")
+    until(lambda: "approve (a) or reject (r) first" in page.inner_text("#toast"),
+          what="the hint")
     assert file_text(fx) == before  # the old entry stays, unapplied, until a new decision
     page.keyboard.press("r")
     until(lambda: new_sha in file_text(fx), what="the new decision")
@@ -282,7 +285,7 @@ def test_the_page_follows_a_run_that_is_still_writing(
     assert any("(running" in s for s in seen), seen  # the page saw the run going
     until(lambda: sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 5,
           what="the new images without a reload")
-    assert "(complete" in page.inner_text("#where")
+    until(lambda: "(complete" in page.inner_text("#where"), what="the run's end")
     assert page_errors == []
 
 
