@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import bench_report  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import bench_report  # noqa: E402
 from specrunner import cli  # noqa: E402
 
 
@@ -75,8 +75,8 @@ def main() -> int:
     import httpx
 
     from specrunner.commands.review import build_source
-    from specrunner.local.server import running
     from specrunner.review import create_app
+    from specrunner.review.serve import running
 
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,6 +23,7 @@ from specrunner.errors import EXIT_INTERRUPTED, EXIT_INVALID, SpecrunnerError
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("specrunner.commands.validate", "check specs without sending anything"),
     "plan": ("specrunner.commands.plan", "list the exact requests and their cost"),
+    "lock": ("specrunner.commands.lock", "write or check the lock file beside each spec"),
     "run": ("specrunner.commands.run", "run a campaign (Runware or --local)"),
     "report": ("specrunner.commands.report", "summarise a run: tables, JSON, CSV, HTML"),
     "diff": ("specrunner.commands.diff", "compare two runs"),

@@ -55,9 +55,32 @@ class Category(str, enum.Enum):
     NOT_FOUND = "notFound"  # final
     SERVER = "serverError"  # retry same UUID
     UNKNOWN = "unknown"
+    RUNNER = "runner"  # not the API's: specrunner's own reason (RunnerCode)
 
 
-_CODES: dict[str, Category] = {}
+class RunnerCode(str, enum.Enum):
+    """The error codes specrunner itself records, beside the API's (category `runner`)."""
+
+    ATTEMPTS_EXHAUSTED = "attemptsExhausted"  # the task's sends in this run are used up
+    RETRY_BUDGET_EXHAUSTED = "retryBudgetExhausted"  # the run-wide retry budget is used up
+    DEADLINE = "deadline"  # execution.task_deadline_s passed
+    INPUT_CHANGED = "inputChanged"  # a local input's bytes changed since planning
+    UPLOAD_FAILED = "uploadFailed"  # an input upload kept failing
+    NO_OUTPUT = "noOutput"  # a result item carries no image
+    OUTPUT_WRITE_FAILED = "outputWriteFailed"  # an output file could not be written
+    NOT_AN_IMAGE = "notAnImage"  # downloaded bytes are not a complete image
+    TOO_LARGE = "tooLarge"  # an output over execution.max_download_bytes
+    BAD_BASE64 = "badBase64"  # an inline output that is not base64
+    DOWNLOAD_FAILED = "downloadFailed"  # the image GET failed (transport)
+    DOWNLOAD_TIMEOUT = "downloadTimeout"
+    REQUEST_TIMEOUT = "requestTimeout"  # no answer within execution.request_timeout_s
+    CONNECT_ERROR = "connectError"  # the connection could not be made (nothing was sent)
+    CONNECT_TIMEOUT = "connectTimeout"
+    CONNECTION_LOST = "connectionLost"  # the connection failed after the request was sent
+    UNREADABLE_BODY = "unreadableBody"  # an answer that is not a Runware envelope
+
+
+_CODES: dict[str, Category] = {c.value: Category.RUNNER for c in RunnerCode}
 for _cat, _codes in {
     Category.AUTH: "invalidApiKey missingApiKey unauthorized forbidden accountSuspended",
     Category.QUOTA: "insufficientCredits paymentRequired quotaExceeded",
@@ -71,12 +94,15 @@ for _cat, _codes in {
 }.items():
     for _c in _codes.split():
         _CODES[_c] = _cat
+_HTTP_CODE = re.compile(r"^http[0-9]{3}$")  # the runner's name for an HTTP status without an envelope
 
 
 def classify(code: str | None, http_status: int | None = None) -> Category:
     """Classify an error by its code, falling back to the HTTP status for unknown codes."""
     if code in _CODES:
         return _CODES[code]
+    if code and _HTTP_CODE.match(code):
+        return Category.RUNNER
     if code and re.match(r"^(invalid|missing|unsupported|unknown[A-Z]|valueToo)", code):
         return Category.VALIDATION
     if http_status in (401,):
@@ -94,9 +120,30 @@ def classify(code: str | None, http_status: int | None = None) -> Category:
     return Category.UNKNOWN
 
 
-RETRY_SAME_UUID = frozenset({Category.RATE_LIMIT, Category.SERVER, Category.UNKNOWN})
-RETRY_NEW_UUID = frozenset({Category.PROVIDER, Category.TIMEOUT})
-STOP_RUN = frozenset({Category.AUTH, Category.QUOTA})
+class Action(str, enum.Enum):
+    """What the runner does with a task after an error of a category (docs/DESIGN.md has the
+    rule table with the reasons)."""
+
+    FINAL = "final"  # the task failed in this run; the error is documented as not charged
+    FETCH = "fetch"  # the server already has this UUID: poll it, never send it again
+    STOP = "stop"  # auth or quota: the whole run stops
+    RETRY = "retry"  # transient: send the SAME UUID again after a backoff
+    NEW_UUID = "new_uuid"  # the provider failed this UUID (not charged): a fresh one
+
+
+ACTIONS: dict[Category, Action] = {
+    Category.VALIDATION: Action.FINAL, Category.SAFETY: Action.FINAL,
+    Category.NOT_FOUND: Action.FINAL, Category.RUNNER: Action.FINAL,
+    Category.CONFLICT: Action.FETCH,
+    Category.AUTH: Action.STOP, Category.QUOTA: Action.STOP,
+    Category.RATE_LIMIT: Action.RETRY, Category.SERVER: Action.RETRY,
+    Category.UNKNOWN: Action.RETRY,
+    Category.PROVIDER: Action.NEW_UUID, Category.TIMEOUT: Action.NEW_UUID,
+}
+# Errors that may come after the task ran and was billed: a task that ends on one is left in
+# doubt (the next run asks the server about its UUID), never failed (which would mint a new
+# UUID without asking).
+MAY_FOLLOW_BILLING = frozenset({Category.SERVER, Category.UNKNOWN})
 
 
 class UnreadableBody(Exception):
@@ -149,6 +196,22 @@ def parse_envelope(body: bytes | str) -> Envelope:
             kept.append(item)
     env.data = kept
     return env
+
+
+def errors_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
+    """Errors addressed to `task_uuid` (or to nobody in particular: a one-task request)."""
+    return [e for e in env.errors if e.get("taskUUID") in (task_uuid, None, "")]
+
+
+def items_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
+    """Data items addressed to `task_uuid`."""
+    return [d for d in env.data if d.get("taskUUID") == task_uuid]
+
+
+def category(err: dict[str, Any], status: int | None) -> Category:
+    """The category of one error object of an envelope answered with HTTP `status`."""
+    code = err.get("code")
+    return classify(code if isinstance(code, str) else None, status)
 
 
 def error_object(

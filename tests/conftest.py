@@ -19,17 +19,15 @@ import pytest
 @pytest.fixture()
 def no_waiting():
     """Backoff and polling waits switched off for one test (reset after it, below)."""
-    from specrunner import client
+    from specrunner.run import set_testing
 
-    client.set_testing(True)
+    set_testing(True)
 
 
 @pytest.fixture(autouse=True)
 def _reset_retry_waits():
     """Whatever a test switched in the client's testing mode, the next test starts clean."""
     yield
-    try:
-        from specrunner import client
-    except ImportError:  # pragma: no cover
-        return
-    client.set_testing(False)
+    from specrunner.run import set_testing
+
+    set_testing(False)

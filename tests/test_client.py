@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from specrunner.client import (RETRY_AFTER_CAP_S, Backoff, DownloadError, Fault, RetryBudget,
-                               RunwareClient, check_image, inline_output)
+from specrunner.run.client import DownloadError, Fault, RunwareClient, check_image, inline_output
+from specrunner.run.context import RETRY_AFTER_CAP_S, Backoff, RetryBudget
 from test_run_support import IMAGE
 
 KEY = "client-test-key-0123456789"
@@ -51,10 +51,10 @@ def fault_of(handler) -> Fault:
 @pytest.mark.parametrize("exc, code, ambiguous", [
     (httpx.ConnectError, "connectError", False),
     (httpx.ConnectTimeout, "connectTimeout", False),  # nothing was sent: not ambiguous
-    (httpx.ReadTimeout, "timeout", True),
-    (httpx.WriteTimeout, "timeout", True),
-    (httpx.ReadError, "transportError", True),
-    (httpx.RemoteProtocolError, "transportError", True),
+    (httpx.ReadTimeout, "requestTimeout", True),
+    (httpx.WriteTimeout, "requestTimeout", True),
+    (httpx.ReadError, "connectionLost", True),
+    (httpx.RemoteProtocolError, "connectionLost", True),
 ])
 def test_transport_errors_become_faults(exc, code, ambiguous) -> None:
     def handler(request):
@@ -86,7 +86,7 @@ def test_a_hung_transport_is_cut_by_the_client_deadline() -> None:
 
     with pytest.raises(Fault) as info:
         call(handler, go)
-    assert (info.value.code, info.value.ambiguous) == ("timeout", True)
+    assert (info.value.code, info.value.ambiguous) == ("requestTimeout", True)
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
@@ -202,7 +202,7 @@ def download_error(handler, **kw) -> DownloadError:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_download_returns_the_exact_bytes_of_an_image(fmt: str) -> None:
     data = image_bytes(fmt)
-    assert download(lambda r: httpx.Response(200, content=data)) == data
+    assert download(lambda r: httpx.Response(200, content=data)) == (data, fmt)
 
 
 def test_download_over_the_cap_is_refused_declared_or_not() -> None:
@@ -251,13 +251,14 @@ def test_download_transport_errors_are_transient() -> None:
         raise httpx.ReadError("reset", request=request)
 
     err = download_error(handler)
-    assert err.code == "transportError" and err.transient
+    assert err.code == "downloadFailed" and err.transient
 
 
 def test_inline_outputs_are_decoded_capped_and_checked() -> None:
     b64 = base64.b64encode(IMAGE).decode()
-    assert inline_output({"imageBase64Data": b64}, 10_000) == IMAGE
-    assert inline_output({"imageDataURI": f"data:image/png;base64,{b64}"}, 10_000) == IMAGE
+    assert inline_output({"imageBase64Data": b64}, 10_000) == (IMAGE, "PNG")
+    assert inline_output({"imageDataURI": f"data:image/png;base64,{b64}"}, 10_000) == (IMAGE,
+                                                                                       "PNG")
     assert inline_output({"imageURL": "https://x"}, 10_000) is None
     with pytest.raises(DownloadError) as info:
         inline_output({"imageBase64Data": b64}, len(IMAGE) // 2)

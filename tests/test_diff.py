@@ -28,10 +28,12 @@ INSERT INTO results (task_key, idx, task_uuid, cost, output_path, sha256, bytes,
   SELECT task_key, 0, task_uuid, '0.08', 'bakery-REALISTIC.png', 'ab', 10, 1767225700
   FROM tasks WHERE variant_id='bakery-REALISTIC';
 INSERT INTO tasks (task_key, idx, variant_id, state, generation, task_uuid, est_cost,
-                   request_json, outputs_json, updated_at, error_code, error_message)
+                   request_json, outputs_json, updated_at, error_code, error_message,
+                   axes_json, input_name, prompt_name, inputs_json)
   SELECT 'k-new', 5, 'remote-REALISTIC', 'failed', 0, task_uuid, '0.08',
          replace(request_json, 'DESIGN', 'REALISTIC'), '[]', 1767225700, 'timeoutProvider',
-         'provider timed out' FROM tasks WHERE variant_id='remote-DESIGN';
+         'provider timed out', replace(axes_json, 'DESIGN', 'REALISTIC'), input_name,
+         prompt_name, inputs_json FROM tasks WHERE variant_id='remote-DESIGN';
 """
 
 

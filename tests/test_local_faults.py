@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -20,22 +21,13 @@ from specrunner import cli
 from specrunner.commands import serve
 from specrunner.errors import UsageError
 from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
-from specrunner.local.faults import REQUEST_FAULTS, FaultInjector
-from specrunner.local.server import running
-from specrunner.local.testing import FakeClock, client, inference_task
+from specrunner.local.faults import REQUEST_FAULTS
+from specrunner.local.server import running, serving, uvicorn_server
+from specrunner.local.testing import FakeClock, client, inference_task, seed_for
 from specrunner.runware import Category, UnreadableBody, classify, parse_envelope
 
 AUTH = {"Authorization": "Bearer test-key"}
 
-
-def seed_for(config: FaultConfig, pattern: list[str | None]) -> FaultConfig:
-    """The config with the first seed (of a bounded search) whose request faults start so."""
-    for seed in range(2000):
-        candidate = FaultConfig.from_mapping({"seed": seed, "rates": dict(config.rates)})
-        injector = FaultInjector(candidate)
-        if [injector.next_request()[0] for _ in pattern] == pattern:
-            return candidate
-    raise AssertionError(f"no seed below 2000 gives {pattern}")
 
 
 def poll(uuid: str) -> list[dict[str, Any]]:
@@ -68,6 +60,18 @@ def test_config_loads_from_yaml_and_json_files_and_flags(tmp_path: Path) -> None
     assert "from-env" not in repr(serve.build_config(env_args, {"RUNWARE_API_KEY": "from-env"}))
 
 
+def test_fault_names_at_the_top_level_are_rates(tmp_path: Path) -> None:
+    top = tmp_path / "top.yaml"
+    top.write_text("seed: 3\ncontent_policy: 0.4\ndrop: 0.02\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("seed: 3\nrates:\n  content_policy: 0.4\n  drop: 0.02\n")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("seed: 3\ncontent_policy: 0.4\nrates: {drop: 0.02}\n")
+    configs = [FaultConfig.load(f) for f in (top, nested, mixed)]
+    assert configs[0] == configs[1] == configs[2]
+    assert dict(configs[0].rates) == {"content_policy": 0.4, "drop": 0.02}
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"rates": {"http_418": 0.1}}, "unknown fault"),
     ({"rates": {"drop": 1.5}}, "within 0..1"),
@@ -75,7 +79,14 @@ def test_config_loads_from_yaml_and_json_files_and_flags(tmp_path: Path) -> None
     ({"latency": "gaussian:1"}, "unknown latency"),
     ({"latency": {"dist": "uniform", "low": 2, "high": 1}}, "low <= high"),
     ({"capacity": 0}, "capacity"),
-    ({"retries": 3}, "unknown fault settings"),
+    ({"retries": 3}, r"^unknown fault setting\(s\) retries; valid keys: seed, latency, "
+                     r"processing, capacity, hang_s, oversize_bytes, rates, and the fault "
+                     r"names http_429, .*, oversized_image \(a rate in 0..1 each\)$"),
+    ({"content_policy": 0.4, "rates": {"content_policy": 0.1}},
+     "content_policy given both at the top level and under rates"),
+    ({"drop": "often"}, "rate of drop: 'often' is not a number"),
+    ({"http_418": 0.1}, "unknown fault setting"),
+    ({"hang": 2}, "within 0..1"),
 ])
 def test_bad_fault_settings_are_usage_errors(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -372,7 +383,13 @@ def test_serve_command_runs_uvicorn_and_never_prints_the_key() -> None:
             r = c.post("/v1", json=[inference_task()], headers={"Authorization":
                                                                f"Bearer {canary}"})
             assert r.status_code == 503
-            assert c.get("/admin/stats").json()["faultsInjected"] == {"http_503": 1}
+            refused = c.get("/admin/stats")  # the ledger needs the key, as /v1 does
+            assert refused.status_code == 401 and refused.json()["errors"][0]["code"] == \
+                "invalidApiKey"
+            assert c.get("/admin/stats", headers={"Authorization": "Bearer wrong"}
+                         ).status_code == 401
+            stats = c.get("/admin/stats", headers={"Authorization": f"Bearer {canary}"})
+            assert stats.json()["faultsInjected"] == {"http_503": 1}
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=15)
@@ -385,3 +402,20 @@ def test_serve_refuses_non_loopback_hosts() -> None:
     assert "not a loopback address" in err.getvalue() and out.getvalue() == ""
     assert cli.run(["serve", "--fault", "http_999=0.1"], out, err) == 2
     assert "unknown fault" in err.getvalue()
+
+
+def test_accepted_connections_have_nodelay_and_stay_alive() -> None:
+    # Without TCP_NODELAY each response waited ~40 ms for a delayed ACK (bench/
+    # bench_sequential.py: 22 req/s before, ~800 after); read it on the server's own socket
+    server = create_app(LocalConfig(api_key="k", render=False))
+    with serving(server) as (url, uv), httpx.Client(
+            base_url=url, headers={"Authorization": "Bearer k"}) as c:
+        for _ in range(3):
+            assert c.post("/v1", json=[inference_task()]).status_code == 200
+        (conn,) = uv.server_state.connections  # three requests, one kept-alive connection
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert uv.server_state.total_requests == 3
+    # the server keeps idle connections longer than clients do (httpx 5 s, aiohttp 15 s), so
+    # it never closes one under a request the client is sending at that moment
+    assert uvicorn_server(server).config.timeout_keep_alive >= 60

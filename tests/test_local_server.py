@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
@@ -393,6 +394,27 @@ def test_admin_stats_endpoint_reports_the_ledger() -> None:
     assert doc["simulator"] == "specrunner local simulator"
 
 
+@pytest.mark.parametrize("configured, header, status", [
+    (None, None, 401), (None, "Bearer", 401), (None, "Basic any-key", 401),
+    (None, "Bearer any-key", 200),  # any-key mode: some Bearer key, as POST /v1 wants
+    ("the-key", None, 401), ("the-key", "Bearer wrong", 401), ("the-key", "Bearer the-key", 200),
+])
+def test_admin_stats_needs_the_key_that_v1_needs(configured: str | None, header: str | None,
+                                                 status: int) -> None:
+    server = create_app(LocalConfig(api_key=configured))
+
+    async def main() -> httpx.Response:
+        headers = {"Authorization": header} if header else {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server),
+                                     base_url="http://local.runware") as c:
+            return await c.get("/admin/stats", headers=headers)
+    r = run(main)
+    assert r.status_code == status
+    if status == 401:
+        assert r.json()["errors"][0]["code"] == "invalidApiKey" and "charges" not in r.json()
+        assert "the-key" not in r.text
+
+
 def test_webhook_and_upload_endpoint_are_accepted_but_said_not_called() -> None:
     server = create_app()
     task = inference_task(webhookURL="https://hooks.example.invalid/rw",
@@ -416,3 +438,49 @@ def test_a_taskuuid_in_other_letter_case_is_the_same_task() -> None:
     stats = server.stats()
     assert stats.charges == {task["taskUUID"]: Decimal("0.08")}
     assert stats.duplicate_attempts == {task["taskUUID"]: 1}
+
+
+def documented_default(name: str) -> str:
+    """The `**Default**` the model page gives a top-level request parameter."""
+    text = (REFERENCE if REFERENCE.exists() else FALLBACK).read_text(encoding="utf-8")
+    m = re.search(rf"### \[{name}\]\(.*?\)\n\n(?:- .*\n)*?- \*\*Default\*\*: `([^`]+)`", text)
+    assert m, name
+    return m.group(1)
+
+
+PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
+MIME = {"JPG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+@pytest.mark.parametrize("render", [True, False])
+@pytest.mark.parametrize("output_type", [None, "URL", "base64Data", "dataURI"])
+@pytest.mark.parametrize("fmt", [None, "JPG", "PNG", "WEBP"])
+def test_served_bytes_are_always_the_format_announced(render: bool, output_type: str | None,
+                                                      fmt: str | None) -> None:
+    # left out, outputType and outputFormat take Runware's documented defaults (URL, JPG)
+    assert (documented_default("outputType"), documented_default("outputFormat")) == \
+        ("URL", "JPG")
+    expect_type = output_type or documented_default("outputType")
+    expect_fmt = fmt or documented_default("outputFormat")
+    server = create_app(LocalConfig(render=render))
+    task = inference_task(numberResults=2)
+    if output_type:
+        task["outputType"] = output_type
+    if fmt:
+        task["outputFormat"] = fmt
+    for item in post(server, [task])[1]["data"]:
+        if expect_type == "URL":
+            ext = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}[expect_fmt]
+            assert item["imageURL"].endswith(f".{ext}")
+            code, data, ctype = get(server, item["imageURL"])
+            assert code == 200 and ctype == MIME[expect_fmt]
+            for other in {"jpg", "png", "webp"} - {ext}:  # never served under another format
+                assert get(server, item["imageURL"][: -len(ext)] + other)[0] == 404
+        elif expect_type == "dataURI":
+            head, b64 = item["imageDataURI"].split(",", 1)
+            assert head == f"data:{MIME[expect_fmt]};base64"
+            data = base64.b64decode(b64)
+        else:
+            data = base64.b64decode(item["imageBase64Data"])
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == PIL_FORMAT[expect_fmt]

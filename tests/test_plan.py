@@ -468,12 +468,33 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+# MINI leaves magicPrompt unset (Runware's default AUTO): plan warns on stderr, and notes
+# once that the model takes no seed; stdout stays the plan.
+MAGIC = ("magicPrompt is not set for 3 of 3 tasks, so Runware's default \"AUTO\" applies: the "
+         "provider may rewrite each prompt before generating, so the image follows a prompt "
+         "the plan does not show")
+MAGIC_HINT = 'set providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts as written'
+
+
+def mini_stderr(mini: Path) -> str:
+    return (f"{mini}:1:1: warning: {MAGIC} [$.defaults.providerSettings.ideogram] "
+            f"({MAGIC_HINT})\n"
+            f"{mini}:1:1: note: ideogram:3@3 takes no seed: every generation is a new image "
+            "and none can be regenerated; an identical request is answered from the run "
+            "record, not generated again [$.model] (`repeat: N` asks for N different images of "
+            "each variant)\n")
+
+
 def test_cli_table_exact(mini: Path) -> None:
-    assert run_cli(str(mini)) == (0, TABLE, "")
+    assert run_cli(str(mini)) == (0, TABLE, mini_stderr(mini))
 
 
 def test_cli_markdown_exact_with_limit(mini: Path) -> None:
-    assert run_cli(str(mini), "--format", "markdown", "--limit", "1") == (0, MARKDOWN, "")
+    # the warning also heads the Markdown (a pull-request comment), in a GitHub alert
+    head, rest = MARKDOWN.split("\n\n", 1)
+    expected = (f"{head}\n\n> [!WARNING]\n> - `{mini}:1:1` {MAGIC} ({MAGIC_HINT})\n\n{rest}")
+    assert run_cli(str(mini), "--format", "markdown", "--limit", "1") == (
+        0, expected, mini_stderr(mini))
 
 
 def test_cli_csv_one_row_per_task(mini: Path) -> None:

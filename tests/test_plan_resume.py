@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from specrunner import cli
-from specrunner.client import set_testing
+from specrunner.run import set_testing
+from test_run_support import force_states
 from specrunner.plan.status import changed_fields
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,14 +171,7 @@ def test_mask_polarity_is_named_though_the_request_is_the_same(camp: Path) -> No
 
 
 def set_states(spec: Path, **states: tuple[str, str | None]) -> None:
-    db = spec.parent / "out" / ".specrunner" / "run.db"
-    conn = sqlite3.connect(db)
-    with conn:
-        for variant, (state, code) in states.items():
-            n = conn.execute("UPDATE tasks SET state=?, error_code=? WHERE variant_id=?",
-                             (state, code, variant.replace("_", "-"))).rowcount
-            assert n == 1, variant
-    conn.close()
+    force_states(spec.parent / "out", {v.replace("_", "-"): st for v, st in states.items()})
 
 
 def test_recorded_states_become_reasons(camp: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from specrunner import cli, report
-from specrunner.store import open_store
+from specrunner.record import open_record
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
 
@@ -37,7 +37,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 TABLE = """\
-run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:31Z
+run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:34Z
 
 total                            value
 -------------------------------  --------------------------------
@@ -54,9 +54,9 @@ actual spend                     $0.24
 spend per image                  $0.08
 retries                          4
 fresh UUIDs (provider failures)  4
-wall time                        31.250 s
-request latency                  p50 0.500 s, p95 0.500 s (n=12)
-task latency (send->done)        p50 10.500 s, p95 10.500 s (n=3)
+wall time                        33.750 s
+request latency                  p50 0.500 s, p95 0.750 s (n=19)
+task latency (send->done)        p50 11.250 s, p95 11.250 s (n=3)
 budget                           $1.00
 
 by input
@@ -96,7 +96,7 @@ bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the conten
 """
 
 MARKDOWN = """\
-## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:31Z
+## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:34Z
 
 | total                           | value                            |
 |---------------------------------|----------------------------------|
@@ -113,9 +113,9 @@ MARKDOWN = """\
 | spend per image                 | $0.08                            |
 | retries                         | 4                                |
 | fresh UUIDs (provider failures) | 4                                |
-| wall time                       | 31.250 s                         |
-| request latency                 | p50 0.500 s, p95 0.500 s (n=12)  |
-| task latency (send->done)       | p50 10.500 s, p95 10.500 s (n=3) |
+| wall time                       | 33.750 s                         |
+| request latency                 | p50 0.500 s, p95 0.750 s (n=19)  |
+| task latency (send->done)       | p50 11.250 s, p95 11.250 s (n=3) |
 | budget                          | $1.00                            |
 
 ### by input
@@ -186,9 +186,8 @@ def test_spec_target_finds_the_run_through_output_dir(fixture_run: Path) -> None
     assert run_cli(str(fixture_run / "spec.yaml")) == (0, TABLE, "")
 
 
-def test_tasks_are_matched_to_the_plan_by_variant_when_identity_changed(
-        fixture_run: Path) -> None:
-    """A record made before a change of task identity (other task_keys) keeps its axes."""
+def test_axes_come_from_the_record_whatever_the_task_keys(fixture_run: Path) -> None:
+    """Tasks recorded under other keys (a change of task identity) keep their axes."""
     db = fixture_run / "run" / ".specrunner" / "run.db"
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE tasks SET task_key = 'old-' || task_key")
@@ -251,34 +250,51 @@ def test_in_doubt_tasks_are_counted_as_such(fixture_run: Path) -> None:
 
 
 def test_report_reads_a_run_that_is_still_writing(fixture_run: Path) -> None:
-    """The runner holds the lock and an open write transaction: report reads the last commit."""
-    store = open_store(fixture_run / "run")
+    """A runner holds the lock and is in the middle of a commit: report reads the last one."""
+    record = open_record(fixture_run / "run")
+    writer = sqlite3.connect(fixture_run / "run" / ".specrunner" / "run.db", isolation_level=None)
     try:
-        store.conn.execute("BEGIN IMMEDIATE")
-        store.conn.execute("UPDATE tasks SET state='sending' WHERE variant_id='diner-REALISTIC'")
-        store.conn.execute("UPDATE runs SET status='running', ended_at=NULL")
+        writer.execute("BEGIN IMMEDIATE")  # (what the record's commit thread does)
+        writer.execute("UPDATE tasks SET state='sending' WHERE variant_id='diner-REALISTIC'")
+        writer.execute("UPDATE runs SET status='running', ended_at=NULL")
         code, text, err = run_cli(str(fixture_run / "run"))
         assert (code, text, err) == (0, TABLE, "")  # uncommitted: not visible yet
-        store.conn.execute("COMMIT")
+        writer.execute("COMMIT")
         code, text, err = run_cli(str(fixture_run / "run"), "--format", "json")
         doc = json.loads(text)
         assert (doc["run"]["status"], doc["run"]["ended_at"]) == ("running", None)
         assert (doc["totals"]["pending"], doc["totals"]["in_doubt"]) == (0, 1)
         # wall time of an unfinished run: up to its last recorded transition
-        assert doc["totals"]["wall_s"] == 31.0
+        assert doc["totals"]["wall_s"] == 33.5
     finally:
-        store.close()
+        writer.close()
+        record.close()
 
 
-def test_without_the_spec_axes_come_from_the_requests(tmp_path: Path) -> None:
+def test_without_the_spec_the_record_still_gives_the_axes_and_inputs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)  # the recorded ../spec.yaml is not there
-    code, text, err = run_cli(str(run), "--format", "json")
+    assert run_cli(str(run)) == (0, TABLE, "")  # nothing is planned again: no spec needed
+    data = report.load_run(run)
+    bakery = next(t for t in data.tasks if t.variant_id == "bakery-DESIGN-2")
+    assert [(i.field, i.kind, Path(i.value).name) for i in bakery.inputs] == [
+        ("maskImage", "file", "bakery-mask.png"), ("seedImage", "file", "bakery.png")][::-1]
+    assert bakery.prompt == 'Replace the masked sign with a neon sign reading "MIRELLE"'
+
+
+def test_a_record_made_before_axes_were_recorded_takes_them_from_the_requests(
+        tmp_path: Path) -> None:
+    """A schema-1 record (tests/fixtures/legacy) is read as it is, never rewritten."""
+    db = tmp_path / ".specrunner" / "run.db"
+    db.parent.mkdir()
+    shutil.copy(FIXTURE.parent / "legacy" / "record-v1.db", db)
+    before = db.read_bytes()
+    code, text, err = run_cli(str(tmp_path), "--format", "json")
     assert (code, err) == (0, "")
+    assert db.read_bytes() == before
     doc = json.loads(text)
-    assert doc["run"]["name"] is None
-    assert doc["run"]["notes"] == ["the recorded spec ../spec.yaml is gone; axes come from "
-                                   "the requests"]
+    assert doc["run"]["notes"] == ["this record predates recorded axes: they come from the "
+                                   "requests"]
     assert list(doc["breakdown"]) == ["seedImage", "numberResults", "styleType"]
     assert [t["axes"] for t in doc["tasks"][:2]] == [
         {"seedImage": "local:a7b845aba86f", "numberResults": "2", "styleType": "DESIGN"},
@@ -289,8 +305,8 @@ def test_without_the_spec_axes_come_from_the_requests(tmp_path: Path) -> None:
          "in_doubt": 0, "estimated_usd": "0.32", "actual_usd": "0.24"},
         {"value": "REALISTIC", "tasks": 2, "images": 0, "succeeded": 0, "failed": 1,
          "pending": 1, "in_doubt": 0, "estimated_usd": "0.16", "actual_usd": "0.00"}]
-    code, text, _ = run_cli(str(run))
-    assert text.endswith("note: the recorded spec ../spec.yaml is gone; axes come from the "
+    code, text, _ = run_cli(str(tmp_path))
+    assert text.endswith("note: this record predates recorded axes: they come from the "
                          "requests\n")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from specrunner.spec.types import Execution
-from specrunner.adaptive import AdaptiveLimit
-from specrunner.executor import Executor
+from specrunner.run.limit import AdaptiveLimit
+from specrunner.run.executor import Executor
 from test_run_support import Fake, make_tasks, run_executor
 
 pytestmark = pytest.mark.usefixtures("no_waiting")
@@ -137,11 +137,11 @@ def test_executor_backs_off_on_overload_replies(tmp_path: Path, fault: str) -> N
                 else None)
     ex = run_with(tmp_path, fake, 12, concurrency=10)
     assert ex.limit.cuts == 1  # the clock never moves: one congestion event, one cut
-    assert ex.limit.limit < 10 and ex.c.limit == ex.limit.limit  # the progress line's
+    assert ex.limit.limit < 10 and ex.counters.limit == ex.limit.limit  # the progress line's
 
 
 def test_executor_keeps_full_concurrency_without_overload(tmp_path: Path) -> None:
     fake = Fake(script=lambda kind, uuid, n: "http500" if kind == "imageInference" and n == 1
                 else None)  # a plain 500 is a fault to retry, not a capacity signal
     ex = run_with(tmp_path, fake, 12, concurrency=10)
-    assert ex.limit.cuts == 0 and ex.limit.limit == 10 == ex.c.limit
+    assert ex.limit.cuts == 0 and ex.limit.limit == 10 == ex.counters.limit

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import specrunner.run
 from specrunner import cli
-from specrunner.client import set_testing
+from specrunner.run import set_testing
 from specrunner.commands import run as run_cmd
 from specrunner.local import LocalConfig, create_app
-from specrunner.store import open_store
+from specrunner.errors import RecordError
+from specrunner.record import open_record, read_snapshot
 
 SPEC = """\
 version: 1
@@ -64,7 +66,7 @@ def server(monkeypatch):
     """The in-process local server used by --local, kept so the test can read its ledger."""
     set_testing(True)
     app = create_app(LocalConfig(render=False))
-    monkeypatch.setattr(run_cmd, "_local_app", lambda faults: app)
+    monkeypatch.setattr(specrunner.run, "local_server", lambda faults, state_dir=None: app)
     yield app
     set_testing(False)
 
@@ -101,10 +103,26 @@ def test_local_run_then_resume_makes_zero_calls(tmp_path, server) -> None:
     spec2 = write_spec(tmp_path, repeat=4)
     code, out, _ = call(str(spec2), "--local", "--out", str(outdir))
     assert code == 0 and len(server.stats().charges) == 8  # only the two new repeats
-    conn = sqlite3.connect(outdir / ".specrunner" / "run.db")
-    spec_text, sha = conn.execute("SELECT spec_text, spec_sha256 FROM runs ORDER BY run_id DESC"
-                                  ).fetchone()
-    assert "repeat: 4" in spec_text and len(sha) == 64
+    snap = read_snapshot(outdir)
+    assert "repeat: 4" in (snap.spec_text or "") and len(snap.runs[-1].spec_sha256 or "") == 64
+
+
+def test_a_local_rerun_after_an_edit_finds_its_uploads_like_runware_would(tmp_path) -> None:
+    """--local keeps the server's state beside the record: the second run reuses the uploads
+    recorded by the first (no invalidSeedImage, no fresh UUID, no retry) and sends only the
+    changed tasks, each once."""
+    set_testing(True)
+    out = tmp_path / "o"
+    assert call(str(write_spec(tmp_path, repeat=1)), "--local", "--out", str(out))[0] == 0
+    code, text, err = call(str(write_spec(tmp_path, repeat=1, word="WORLD")), "--local",
+                           "--out", str(out))
+    assert (code, err) == (0, "")
+    assert "requests sent (imageInference)  2" in text and "retries                         0" \
+        in text
+    snap = read_snapshot(out)
+    assert snap.new_uuids == 0 and snap.uploads == 2
+    assert sorted(t.state for t in snap.tasks) == ["done"] * 4
+    assert (out / ".specrunner" / "local-server").is_dir()
 
 
 def test_dry_run_sends_nothing(tmp_path, server) -> None:
@@ -116,7 +134,7 @@ def test_dry_run_sends_nothing(tmp_path, server) -> None:
 
 def test_second_process_on_the_same_folder_is_refused(tmp_path, server) -> None:
     spec = write_spec(tmp_path)
-    holder = open_store(tmp_path / "o")
+    holder = open_record(tmp_path / "o")
     try:
         code, _, err = call(str(spec), "--local", "--out", str(tmp_path / "o"))
     finally:
@@ -155,13 +173,13 @@ def _spawn(spec: Path, out: Path, faults: Path, *extra: str) -> subprocess.Popen
 
 def _states(out: Path) -> dict[str, int]:
     try:
-        conn = sqlite3.connect(out / ".specrunner" / "run.db", timeout=5)
-        try:
-            return dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        tasks = read_snapshot(out).tasks
+    except RecordError:  # not created yet
         return {}
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return counts
 
 
 def _wait_for(pred, limit: int = 600) -> None:
@@ -180,7 +198,7 @@ def test_ctrl_c_drains_then_cancels_and_exits_130(tmp_path, presses) -> None:
     out = tmp_path / "o"
     proc = _spawn(spec, out, faults)
     try:
-        # "accepted": the server has both requests ("sending" is recorded ahead of dispatch)
+        # "accepted": the server has both requests
         _wait_for(lambda: _states(out).get("accepted", 0) >= 2)
         proc.send_signal(signal.SIGINT)
         if presses == 2:
@@ -196,9 +214,8 @@ def test_ctrl_c_drains_then_cancels_and_exits_130(tmp_path, presses) -> None:
         assert states == {"done": 2, "planned": 4}  # in-flight finished, nothing new started
     else:
         assert "cancelling" in stderr and states.get("planned") == 4 and "done" not in states
-    conn = sqlite3.connect(out / ".specrunner" / "run.db")
-    assert conn.execute("SELECT status, exit_code FROM runs").fetchone() == ("interrupted", 130)
-    conn.close()
+    [run] = read_snapshot(out).runs
+    assert (run.status, run.exit_code) == ("interrupted", 130)
     # the record is consistent: a resume finishes the campaign
     (tmp_path / "none.json").write_text("{}")
     proc = _spawn(spec, out, tmp_path / "none.json")

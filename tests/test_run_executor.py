@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
 from specrunner import runware
+from specrunner.record import read_attempts, read_snapshot
+from specrunner.run.executor import RunOutcome
 from specrunner.spec.types import Execution
-from specrunner.executor import RunOutcome
-from specrunner.store import open_store
-from test_run_support import IMAGE, Fake, local_image, make_tasks, run_executor
+from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_record, run_executor
 
 KEY = "test-key-not-secret"
 
@@ -27,11 +27,7 @@ def run(tmp: Path, fake: Fake, tasks, *, max_usd: str = "1000", **ex) -> RunOutc
 
 
 def states(tmp: Path) -> dict[str, str]:
-    conn = sqlite3.connect(tmp / ".specrunner" / "run.db")
-    try:
-        return dict(conn.execute("SELECT task_key, state FROM tasks"))
-    finally:
-        conn.close()
+    return {r.task_key: r.state for r in read_snapshot(tmp).tasks}
 
 
 def test_async_run_writes_every_image_and_records_results(tmp_path: Path) -> None:
@@ -44,15 +40,12 @@ def test_async_run_writes_every_image_and_records_results(tmp_path: Path) -> Non
     for t in tasks:
         for rel in t.output_paths():
             assert (tmp_path / rel).read_bytes() == IMAGE
-    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
-    rows = conn.execute("SELECT seed, cost, sha256, output_path FROM results").fetchall()
+    snap = read_snapshot(tmp_path)
+    rows = [r for rs in snap.results.values() for r in rs]
     assert len(rows) == 10
-    assert {r[0] for r in rows} == {str(2**60), str(2**60 + 1)}  # exact beyond 2^53
-    assert {r[2] for r in rows} == {hashlib.sha256(IMAGE).hexdigest()}
-    assert conn.execute("SELECT sum(cost) FROM tasks").fetchone()[0] == pytest.approx(0.8)
-    # every UUID was recorded before it was sent: the first transition out of planned
-    assert conn.execute("SELECT count(*) FROM transitions WHERE to_state='sending'"
-                        ).fetchone()[0] == 5
+    assert {r.seed for r in rows} == {str(2**60), str(2**60 + 1)}  # exact beyond 2^53
+    assert {r.sha256 for r in rows} == {hashlib.sha256(IMAGE).hexdigest()}
+    assert sum(t.cost or 0 for t in snap.tasks) == Decimal("0.80")
 
 
 def test_sync_delivery_and_base64_output(tmp_path: Path) -> None:
@@ -93,9 +86,9 @@ def test_provider_failure_gets_a_fresh_recorded_uuid(tmp_path: Path) -> None:
     assert out.status == "complete"
     gen1 = runware.task_uuid(t0.task_key, 1)
     assert [u for k, u in fake.log if k == "imageInference"] == [t0.task_uuid, gen1]
-    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
-    assert conn.execute("SELECT task_uuid, generation FROM tasks").fetchone() == (gen1, 1)
-    assert {r[0] for r in conn.execute("SELECT task_uuid FROM task_uuids")} == {t0.task_uuid, gen1}
+    snap = read_snapshot(tmp_path)
+    assert (snap.tasks[0].task_uuid, snap.tasks[0].generation) == (gen1, 1)
+    assert set(snap.uuids) == {t0.task_uuid, gen1}
 
 
 def test_validation_error_is_final_for_that_task_only(tmp_path: Path) -> None:
@@ -124,28 +117,20 @@ def test_budget_is_never_overshot_and_stops_dispatch(tmp_path: Path) -> None:
     assert out.counters.spent == Decimal("0.48")
 
 
-def _unsent_back_to_planned(tmp: Path, sent: set[str]) -> dict[str, str]:
-    """Every task whose UUID never reached the server is "planned" again after a clean stop
-    (the send window records "sending" ahead of dispatch), and says why in its history."""
-    conn = sqlite3.connect(tmp / ".specrunner" / "run.db")
-    try:
-        rows = conn.execute("SELECT task_key, task_uuid, state FROM tasks").fetchall()
-        back = {k for (k,) in conn.execute(
-            "SELECT task_key FROM transitions WHERE from_state='sending' AND to_state='planned' "
-            "AND detail='not sent'")}
-    finally:
-        conn.close()
-    unsent = {k for k, u, _ in rows if u not in sent}
-    assert unsent and {k for k, _, state in rows if state == "planned"} == unsent
-    assert back <= unsent and back  # the window had run ahead of the stop
-    return {k: state for k, _, state in rows}
+def _unsent_stay_planned(tmp: Path, sent: set[str]) -> dict[str, str]:
+    """Every task whose UUID never reached the server is still "planned" after a clean stop:
+    "sending" is recorded just before a task's request leaves, never ahead."""
+    rows = read_snapshot(tmp).tasks
+    unsent = {r.task_key for r in rows if r.task_uuid not in sent}
+    assert unsent and {r.task_key for r in rows if r.state == "planned"} == unsent
+    return {r.task_key: r.state for r in rows}
 
 
 def test_budget_stop_leaves_unsent_tasks_planned_not_in_doubt(tmp_path: Path) -> None:
     fake = Fake()
     out = run(tmp_path, fake, make_tasks(200), max_usd="0.50", concurrency=8)
     assert out.status == "budget" and len(fake.charges) == 6
-    found = _unsent_back_to_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
+    found = _unsent_stay_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
     assert sorted(set(found.values())) == ["done", "planned"]
 
 
@@ -153,61 +138,30 @@ def test_stopping_error_leaves_unsent_tasks_planned(tmp_path: Path) -> None:
     fake = Fake(script=lambda kind, uuid, n: "auth" if len(fake.log) > 5 else None)
     out = run(tmp_path, fake, make_tasks(200), concurrency=4)
     assert out.status == "stopped"
-    _unsent_back_to_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
+    _unsent_stay_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
 
 
-def test_a_run_gives_back_the_garbage_collector_settings_it_changed(tmp_path: Path) -> None:
+def _children() -> list[str]:
+    import os
+
+    pids: list[str] = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as fh:
+            pids += fh.read().split()
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_run_starts_no_child_process_and_leaves_the_garbage_collector_alone(
+        tmp_path: Path) -> None:
     import gc
 
-    before = gc.get_threshold(), gc.get_freeze_count()
-    seen: list[tuple[int, ...]] = []
-    fake = Fake(script=lambda kind, uuid, n: seen.append(gc.get_threshold()))
-    out = run(tmp_path, fake, make_tasks(3))
-    assert out.status == "complete"
-    assert seen and all(t[0] >= 20_000 for t in seen)  # fewer young collections while running
-    assert (gc.get_threshold(), gc.get_freeze_count()) == before
-
-
-def test_a_freeze_made_by_the_program_itself_survives_a_run(tmp_path: Path) -> None:
-    import gc
-
-    kept = [object() for _ in range(3)]  # noqa: F841 (alive while frozen)
-    gc.freeze()
-    try:
-        frozen = gc.get_freeze_count()
-        assert run(tmp_path, Fake(), make_tasks(2)).status == "complete"
-        # gc.unfreeze() would have emptied it (a few frozen objects may die meanwhile)
-        assert gc.get_freeze_count() > frozen // 2 > 0
-    finally:
-        gc.unfreeze()
-
-
-def test_runs_in_two_threads_restore_the_gc_settings_once_both_end(tmp_path: Path) -> None:
-    import gc
-    import threading
-
-    before = gc.get_threshold(), gc.get_freeze_count()
-    first_in = threading.Event()
-    second_done = threading.Event()
-    outcomes: dict[str, str] = {}
-
-    def slow(kind: str, uuid: str, n: int) -> None:
-        first_in.set()
-        second_done.wait(10)  # the first run is still going when the second one ends
-
-    def one(name: str, fake: Fake) -> None:
-        outcomes[name] = run(tmp_path / name, fake, make_tasks(2, prompt=name)).status
-
-    t = threading.Thread(target=one, args=("a", Fake(script=slow)))
-    t.start()
-    assert first_in.wait(10)
-    one("b", Fake())
-    during = gc.get_threshold()
-    second_done.set()
-    t.join(10)
-    assert outcomes == {"a": "complete", "b": "complete"}
-    assert during[0] >= 20_000  # b ended, a still running: a's setting stays
-    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    before = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())
+    seen: list[tuple[object, ...]] = []
+    fake = Fake(script=lambda kind, uuid, n: seen.append(
+        (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count(), tuple(_children()))))
+    assert run(tmp_path, fake, make_tasks(5)).status == "complete"
+    assert seen and set(seen) == {(*before, ())}
 
 
 def test_unknown_cost_counts_as_the_estimate(tmp_path: Path) -> None:
@@ -237,12 +191,20 @@ def test_changed_prompt_reruns_only_changed_tasks(tmp_path: Path) -> None:
 def test_in_doubt_task_is_reconciled_before_any_resend(tmp_path: Path) -> None:
     tasks = make_tasks(2)
     fake = Fake()
-    store = open_store(tmp_path)
-    run_id = store.begin_run({})
-    store.plan_tasks(run_id, tasks)
-    # simulate a crash after the send of task 0 landed (the server has it) and before task 1's
-    store.conn.execute("UPDATE tasks SET state='sending'")
-    store.close()
+    record, run_id = planned_record(tmp_path, tasks)
+
+    async def crash_after_sending() -> None:  # "sending" durable, then the process died
+        log = record.run_log(run_id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.serve)
+            for t in tasks:
+                log.sending(t.task_key, "planned", t.task_uuid, 0, 1)
+            await log.close()
+
+    try:
+        anyio.run(crash_after_sending)
+    finally:
+        record.close()
     fake.charges[tasks[0].task_uuid] = 1
     fake.results[tasks[0].task_uuid] = fake._items(tasks[0].task_uuid, tasks[0].request)
     fake.polls[tasks[0].task_uuid] = 0
@@ -314,11 +276,10 @@ def test_retry_of_a_failed_task_records_its_fresh_uuid_before_sending(tmp_path: 
     out = run(tmp_path, fake, [t0])
     gen1 = runware.task_uuid(t0.task_key, 1)
     assert out.status == "complete" and [u for k, u in fake.log if k == "imageInference"] == [gen1]
-    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
-    assert conn.execute("SELECT task_uuid, generation, state FROM tasks").fetchone() == (
-        gen1, 1, "done")
-    assert conn.execute("SELECT generation FROM task_uuids WHERE task_uuid=?", (gen1,)
-                        ).fetchone() == (1,)
+    snap = read_snapshot(tmp_path)
+    row = snap.tasks[0]
+    assert (row.task_uuid, row.generation, row.state) == (gen1, 1, "done")
+    assert snap.uuids[gen1] == t0.task_key and snap.new_uuids == 1
 
 
 def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
@@ -328,12 +289,8 @@ def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
     tasks = make_tasks(3)
     out = run(tmp_path, fake, tasks)
     assert out.status == "complete"
-    conn = sqlite3.connect(tmp_path / ".specrunner" / "run.db")
-    try:
-        rows = conn.execute("SELECT task_uuid, kind, outcome, started_at <= ended_at "
-                            "FROM attempts").fetchall()
-    finally:
-        conn.close()
+    rows = [(a.task_uuid, a.kind, a.outcome, a.started_at <= a.ended_at)
+            for a in read_attempts(tmp_path)]
     assert all(r[3] for r in rows)
     for t in tasks:
         mine = [(k, o) for u, k, o, _ in rows if u == t.task_uuid]
@@ -346,23 +303,15 @@ def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
     assert sorted(o for _, k, o, _ in rows if k == "download") == ["fault"] * 3 + ["ok"] * 3
 
 
-def test_every_send_finds_its_uuid_and_sending_state_already_durable(tmp_path: Path) -> None:
-    """Read by another connection at the moment each imageInference request arrives (the
-    send window records chunks of fresh tasks ahead of dispatch, one commit per chunk)."""
-    db = tmp_path / ".specrunner" / "run.db"
+def test_every_send_finds_its_uuid_already_durable(tmp_path: Path) -> None:
+    """Read by another connection at the moment each imageInference request arrives."""
     seen: list[tuple[str, str | None, str | None]] = []
 
     def check(kind: str, uuid: str, n: int) -> str | None:
         if kind == "imageInference":
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                owner = conn.execute("SELECT task_key FROM task_uuids WHERE task_uuid=?",
-                                     (uuid,)).fetchone()
-                state = conn.execute("SELECT state FROM tasks WHERE task_uuid=?",
-                                     (uuid,)).fetchone()
-            finally:
-                conn.close()
-            seen.append((uuid, owner and owner[0], state and state[0]))
+            snap = read_snapshot(tmp_path)  # another connection, at the moment it arrives
+            state = next((r.state for r in snap.tasks if r.task_uuid == uuid), None)
+            seen.append((uuid, snap.uuids.get(uuid), state))
             if n == 1 and len(seen) % 7 == 0:
                 return "provider"  # some fresh generations too, recorded by the send loop
         return None
@@ -371,5 +320,4 @@ def test_every_send_finds_its_uuid_and_sending_state_already_durable(tmp_path: P
     out = run(tmp_path, Fake(script=check), tasks, concurrency=8)
     assert out.status == "complete"
     keys = {t.task_key for t in tasks}
-    assert len(seen) >= 40 and all(owner in keys and state == "sending"
-                                   for _, owner, state in seen), seen
+    assert len(seen) >= 40 and all(owner in keys for _, owner, _ in seen), seen

@@ -15,6 +15,7 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
+from specrunner.record import read_attempts, read_snapshot
 from test_run_cli import write_spec
 from test_run_support import audit
 
@@ -33,7 +34,10 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
 
 
 def stats(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/admin/stats", timeout=10) as resp:
+    # the server took its key from RUNWARE_API_KEY (the suite's canary); the ledger needs it
+    request = urllib.request.Request(f"{url}/admin/stats", headers={
+        "Authorization": f"Bearer {os.environ['RUNWARE_API_KEY']}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.load(resp)
 
 
@@ -92,14 +96,9 @@ def kill_and_resume(tmp: Path, kills: int, repeat: int, seed: int) -> dict:
         return fig  # the caller reports the final run's own error, not a later symptom
     images = {u: int(Decimal(str(v)) / Decimal("0.08") + Decimal("0.5"))
               for u, v in s["charges"].items()}
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{out / '.specrunner' / 'run.db'}?mode=ro", uri=True)
-    mid_run = conn.execute(  # killed runs that had an answer to a send: kills landed mid-work
-        # ("sending" alone no longer proves a send: the send window records it ahead)
-        "SELECT count(DISTINCT r.run_id) FROM runs r JOIN attempts a ON a.run_id = r.run_id "
-        "WHERE r.ended_at IS NULL AND a.kind = 'send'").fetchone()[0]
-    conn.close()
+    sent = {a.run_id for a in read_attempts(out) if a.kind == "send"}
+    # killed runs that had sent something: the kills landed mid-work
+    mid_run = sum(r.ended_at is None and r.run_id in sent for r in read_snapshot(out).runs)
     return {**fig, "killed_mid_run": mid_run, "audit": audit(images, out)}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +10,8 @@ import httpx
 import pytest
 
 from specrunner.spec.types import Execution
-from specrunner.executor import RunOutcome
+from specrunner.record import read_attempts, read_snapshot
+from specrunner.run.executor import RunOutcome
 from specrunner.local import FaultConfig, LocalConfig, create_app
 from test_run_support import audit, local_image, make_tasks, run_executor
 
@@ -101,11 +101,7 @@ def test_hung_requests_end_at_their_timeout_and_tasks_at_their_deadline(
     took = time.monotonic() - t0
     assert took < 10  # not the 600 s the server holds each answer
     assert outcome.status == "failed" and outcome.counters.in_doubt == 4
-    with sqlite3.connect(tmp_path / ".specrunner" / "run.db") as conn:
-        rows = conn.execute("SELECT state, error_code FROM tasks").fetchall()
-        timeouts = conn.execute("SELECT count(*) FROM attempts WHERE error_code='timeout'"
-                                ).fetchone()[0]
+    rows = [(t.state, t.error_code) for t in read_snapshot(tmp_path).tasks]
+    timeouts = sum(a.error_code == "requestTimeout" for a in read_attempts(tmp_path))
     assert rows == [(state, code)] * 4
     assert timeouts == (8 if code == "attemptsExhausted" else 0)
-    # the run's one watcher enforced them, and nothing is left on its books
-    assert ex.client.deadlines.wakeups >= 1 and not ex.client.deadlines._live

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import specrunner.run
+
 import io
 from decimal import Decimal
 
-from specrunner.executor import Counters
-from specrunner.progress import Progress, status_line, summary_table
+from specrunner.run.context import Counters
+from specrunner.run.progress import Progress, status_line, summary_table
 
 
 class FakeClock:
@@ -113,13 +115,13 @@ def test_summary_table_rows() -> None:
 
 def test_run_command_draws_the_live_line_on_a_terminal(tmp_path, monkeypatch) -> None:
     from specrunner import cli
-    from specrunner.client import set_testing
+    from specrunner.run import set_testing
     from specrunner.commands import run as run_cmd
     from specrunner.local import LocalConfig, create_app
     from test_run_cli import write_spec
 
     app = create_app(LocalConfig(render=False))
-    monkeypatch.setattr(run_cmd, "_local_app", lambda faults: app)
+    monkeypatch.setattr(specrunner.run, "local_server", lambda faults, state_dir=None: app)
     spec = write_spec(tmp_path)
     out, err = io.StringIO(), FakeTTY()
     set_testing(True)

@@ -16,15 +16,18 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable  # noqa: F401
 
 import anyio
 import httpx
 from PIL import Image
 
 from specrunner import runware
-from specrunner.spec.types import Execution
 from specrunner.plan.task import LocalImage, Task
+from specrunner.record import Record, RunMeta, open_record, read_snapshot
+from specrunner.run.client import RunwareClient
+from specrunner.run.executor import Executor
+from specrunner.spec.types import Execution
 def png_bytes(color: int = 128, size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, color).save(buf, "PNG")
@@ -190,36 +193,35 @@ class Audit:
 
 def audit(images_billed: dict[str, int], out_dir: Path) -> Audit:
     """Compare the ledger (taskUUID -> images billed) with the record and the files on disk."""
-    import sqlite3
-
-    conn = sqlite3.connect(out_dir / ".specrunner" / "run.db")
-    try:
-        owner = dict(conn.execute("SELECT task_uuid, task_key FROM task_uuids"))
-        rows = {r[0]: r[1:] for r in conn.execute("SELECT task_key, state, task_uuid FROM tasks")}
-        results: dict[str, list[tuple[str, str, str]]] = {}
-        for key, uuid, path, sha in conn.execute(
-                "SELECT task_key, task_uuid, output_path, sha256 FROM results"):
-            results.setdefault(key, []).append((uuid, path, sha))
-        done = conn.execute("SELECT count(*) FROM tasks WHERE state='done'").fetchone()[0]
-    finally:
-        conn.close()
+    snap = read_snapshot(out_dir)
+    rows = {r.task_key: r for r in snap.tasks}
     per_key: dict[str, int] = {}
     unknown = lost = 0
     for uuid, images in images_billed.items():
-        key = owner.get(uuid)
+        key = snap.uuids.get(uuid)
         if key is None:
             unknown += 1
             continue
         per_key[key] = per_key.get(key, 0) + 1
-        state, current = rows[key]
-        got = [r for r in results.get(key, []) if r[0] == uuid and r[1]]
-        ok = state == "done" and current == uuid and len(got) == images and all(
-            (out_dir / p).is_file()
-            and hashlib.sha256((out_dir / p).read_bytes()).hexdigest() == sha
-            for _, p, sha in got)
+        row = rows[key]
+        got = [r for r in snap.results.get(key, ()) if r.task_uuid == uuid and r.output_path]
+        ok = row.state == "done" and row.task_uuid == uuid and len(got) == images and all(
+            (out_dir / r.output_path).is_file()
+            and hashlib.sha256((out_dir / r.output_path).read_bytes()).hexdigest() == r.sha256
+            for r in got if r.output_path)
         lost += not ok
+    done = sum(r.state == "done" for r in snap.tasks)
     return Audit(len(images_billed), sum(1 for n in per_key.values() if n > 1), unknown, lost,
                  done)
+
+
+def planned_record(out: Path, tasks: list[Task]) -> tuple[Record, int]:
+    """A run record in `out` with `tasks` planned by a new run: (record, run id)."""
+    record = open_record(out)
+    run_id = record.begin_run(RunMeta(spec_path="spec.yaml", spec_text="", spec_sha256="0",
+                                      plan_json="[]", max_usd=Decimal(1000)))
+    record.plan(run_id, tasks)
+    return record, run_id
 
 
 def run_executor(out: Path, transport: httpx.AsyncBaseTransport, tasks: list[Task],
@@ -228,47 +230,38 @@ def run_executor(out: Path, transport: httpx.AsyncBaseTransport, tasks: list[Tas
                  **kwargs: Any) -> tuple[Any, Any]:
     """Record `tasks` as planned in `out` and run them through an Executor over `transport`:
     (how the run ended, the Executor)."""
-    from specrunner.client import RunwareClient
-    from specrunner.executor import Executor
-    from specrunner.store import open_store
-
-    store = open_store(out)
+    record, run_id = planned_record(out, tasks)
     try:
-        run_id = store.begin_run({"status": "running"})
-        store.plan_tasks(run_id, tasks)
-
         async def main() -> tuple[Any, Any]:
             async with httpx.AsyncClient(transport=transport) as http:
-                ex = Executor(tasks, store, RunwareClient(http, url, key), execution,
-                              Decimal(max_usd), out, run_id, rng=random.Random(seed), **kwargs)
+                ex = Executor(tasks, record, RunwareClient(http, url, key), execution,
+                              Decimal(max_usd), run_id, rng=random.Random(seed), **kwargs)
                 return await ex.run(), ex
 
         return anyio.run(main)
     finally:
-        store.close()
+        record.close()
 
 
-def planned_store(out: Path, n: int) -> tuple[Any, list[Task]]:
-    """A new run record in `out` with `n` tasks (make_tasks) planned by run 1."""
-    from specrunner.store import open_store
-
-    store = open_store(out)
-    tasks = make_tasks(n)
-    store.plan_tasks(1, tasks)
-    return store, tasks
-
-
-def to_state(task: Task, new: str) -> list[Any]:
-    """The record ops moving a planned `task` to `new` in run 1."""
-    from specrunner.store import op_state
-
-    return op_state(task.task_key, 1, "planned", new, now=1.0)
-
-
-def states_after(store: Any, main: Callable[[], Any], tasks: list[Task]) -> list[str]:
-    """anyio.run(main), then the recorded state of each of `tasks`; the store is closed."""
+def force_states(out: Path, states: dict[str, tuple[str, str | None]]) -> None:
+    """Move recorded tasks (by variant id) to a state, as a run that stopped there would have
+    left them: through the record's own events, in a run of their own."""
+    record = open_record(out)
     try:
+        run_id = record.begin_run(RunMeta(spec_path="", spec_text="", spec_sha256="",
+                                          plan_json="[]", max_usd=Decimal(0)))
+        rows = {r.variant_id: r for r in record.snapshot().tasks}
+
+        async def main() -> None:
+            log = record.run_log(run_id)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(log.serve)
+                for variant, (state, code) in states.items():
+                    row = rows[variant]
+                    await log.ended(row.task_key, row.state, state, code, code)
+                await log.close()
+
         anyio.run(main)
-        return [store.task_rows()[t.task_key].state for t in tasks]
+        record.end_run(run_id, "stopped", 1, Decimal(0))
     finally:
-        store.close()
+        record.close()

@@ -3,6 +3,8 @@ including a run full of faults, a failed run, and an auth failure."""
 
 from __future__ import annotations
 
+import specrunner.run
+
 import io
 import json
 import logging
@@ -13,7 +15,7 @@ import pytest
 
 from conftest import CANARY_KEY
 from specrunner import cli
-from specrunner.client import set_testing
+from specrunner.run import set_testing
 from specrunner.commands import run as run_cmd
 from specrunner.local import FaultConfig, LocalConfig, create_app
 from test_run_cli import write_spec
@@ -30,7 +32,7 @@ def test_canary_key_appears_nowhere(tmp_path, monkeypatch, caplog, capfd, server
     faults = FaultConfig(seed=5, rates={"drop": 0.1, "non_json": 0.1, "http_500": 0.1,
                                         "truncated_body": 0.1, "provider_timeout": 0.1})
     app = create_app(LocalConfig(api_key=server_key, render=False, faults=faults))
-    monkeypatch.setattr(run_cmd, "_local_app", lambda f: app)
+    monkeypatch.setattr(specrunner.run, "local_server", lambda f, state_dir=None: app)
     caplog.set_level(logging.DEBUG)
     spec = write_spec(tmp_path)
     out, err = io.StringIO(), io.StringIO()

@@ -208,19 +208,30 @@ def test_validate_text_output(tmp_path: Path) -> None:
     good = write_spec(tmp_path)
     bad = write_spec(tmp_path, BASE_SPEC.replace("budget:", "budjet:"), "bad.yaml")
     code, out, _ = run_cli(["validate", str(good), str(bad)])
-    lines = out.splitlines()
     assert code == 2
-    assert lines[0].startswith(f"{good}: valid (")
-    assert lines[1] == (f"{bad}:16:1: error: unknown field `budjet` [$.budjet] "
-                        "(did you mean `budget`?)")
-    assert lines[-1] == "2 spec(s) checked: 1 valid, 1 invalid, 1 error(s)"
+    assert out.splitlines() == [
+        # the valid spec leaves magicPrompt to Runware's default AUTO: a warning, and once a
+        # note that the model takes no seed
+        f"{good}:5:3: warning: magicPrompt is not set for 2 of 2 tasks, so Runware's default "
+        '"AUTO" applies: the provider may rewrite each prompt before generating, so the image '
+        "follows a prompt the plan does not show [$.defaults.providerSettings.ideogram] (set "
+        'providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts as written)',
+        f"{good}:2:1: note: ideogram:3@3 takes no seed: every generation is a new image and "
+        "none can be regenerated; an identical request is answered from the run record, not "
+        "generated again [$.model] (`repeat: N` asks for N different images of each variant)",
+        f"{good}: valid (2 tasks)",
+        f"{bad}:16:1: error: unknown field `budjet` [$.budjet] (did you mean `budget`?)",
+        "2 spec(s) checked: 1 valid, 1 invalid, 1 error(s), 1 warning(s)"]
 
 
 def test_validate_json_output(tmp_path: Path) -> None:
     code, result = validate_json(write_spec(tmp_path))
     assert code == 0 and result["valid"] is True
     (entry,) = result["specs"]
-    assert entry["file"] == str(tmp_path / "spec.yaml") and entry["diagnostics"] == []
+    assert entry["file"] == str(tmp_path / "spec.yaml")
+    assert [(d["severity"], d["code"], d["path"], d["line"]) for d in entry["diagnostics"]] == [
+        ("warning", "magic-prompt", "$.defaults.providerSettings.ideogram", 5),
+        ("note", "no-seed", "$.model", 2)]
     assert entry["planned"] is True and entry["tasks"] == 2
     code, result = validate_json(tmp_path / "missing.yaml")
     assert code == 2 and result["valid"] is False

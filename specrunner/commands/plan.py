@@ -33,13 +33,21 @@ import argparse
 import csv
 import json
 import os
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from specrunner.errors import EXIT_INVALID, EXIT_OK, PlanLimitError, UsageError
+from specrunner.errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    Diagnostic,
+    PlanLimitError,
+    SpecError,
+    UsageError,
+)
 
-FORMATS = ("table", "json", "csv", "markdown")
+FORMATS = ("table", "json", "csv", "markdown", "github")
 EXCERPT = 40
 # What to do about each limit a plan can exceed (PlanLimitError.limit).
 LIMIT_HINTS = {
@@ -84,11 +92,15 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Load, plan and print; SpecError/PlanLimitError propagate to the CLI (exit 2)."""
+    """Load, plan and print; SpecError/PlanLimitError propagate to the CLI (exit 2), except
+    with --format github, which prints them as workflow commands."""
     import dataclasses
 
     from specrunner import plan as planmod
     from specrunner import spec as specmod
+    from specrunner.annotations import DiagnosticWriter
+    from specrunner.plan.check import limit_diagnostic
+    from specrunner.plan.reproducibility import reproducibility_diagnostics
 
     limit = None if args.all else _positive_int(args.limit, "--limit")
     overrides: dict[str, Any] = {}
@@ -96,14 +108,27 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         overrides["max_usd"] = _positive_decimal(args.max_usd, "--max-usd")
     if args.max_tasks is not None:
         overrides["max_tasks"] = _positive_int(args.max_tasks, "--max-tasks")
-    spec = specmod.load_spec(args.spec, secrets=(os.environ.get("RUNWARE_API_KEY", ""),))
-    if overrides:
-        spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, **overrides))
+    secrets = (os.environ.get("RUNWARE_API_KEY", ""),)
+    github = args.format == "github"
+    # Warnings go where they do not spoil the output: stderr, except as workflow commands.
+    writer = DiagnosticWriter(out if github else err, "github" if github else "text",
+                              redact=secrets)
     try:
+        spec, warnings = specmod.load_spec_checked(args.spec, secrets=secrets)
+        if overrides:
+            spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, **overrides))
         plan = planmod.build_plan(spec)
+    except SpecError as exc:
+        if not github:
+            raise
+        writer.write(exc.diagnostics)
+        return EXIT_INVALID
     except PlanLimitError as exc:
-        raise PlanLimitError(f"{exc} ({LIMIT_HINTS[exc.limit]})", limit=exc.limit,
-                             needed=exc.needed, allowed=exc.allowed) from None
+        if not github:
+            raise PlanLimitError(f"{exc} ({LIMIT_HINTS[exc.limit]})", limit=exc.limit,
+                                 needed=exc.needed, allowed=exc.allowed) from None
+        writer.write([limit_diagnostic(exc, spec, LIMIT_HINTS[exc.limit])])
+        return EXIT_INVALID
     if args.explain is not None:
         status, text = planmod.explain(plan, args.explain)
         if status == "unknown":
@@ -111,9 +136,18 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_INVALID
         print(text, file=out)
         return EXIT_OK
-    record = _record_status(plan, args.out)
-    {"table": write_table, "markdown": write_markdown, "csv": write_csv,
-     "json": write_json}[args.format](plan, out, limit, record)
+    record = _record_status(plan, args.out)  # RecordError before any other output
+    diagnostics = [*warnings, *reproducibility_diagnostics(plan)]
+    writer.write(diagnostics)
+    if github:
+        write_github(plan, out, record)
+        return EXIT_OK
+    if args.format == "markdown":
+        write_markdown(plan, out, limit, record, diagnostics)
+    elif args.format == "json":
+        write_json(plan, out, limit, record, diagnostics)
+    else:
+        {"table": write_table, "csv": write_csv}[args.format](plan, out, limit, record)
     return EXIT_OK
 
 
@@ -121,7 +155,7 @@ def _record_status(plan: Any, out_dir: str | None) -> Any:
     """The plan against the run record of `out_dir` (given: it must hold one) or of the
     spec's output folder (when it holds one); None without a record to compare."""
     from specrunner.plan import status as plan_status
-    from specrunner.report import record_path
+    from specrunner.record import record_path
 
     run_dir = Path(out_dir).resolve() if out_dir else plan.spec.output.dir
     if out_dir is None and not record_path(run_dir).exists():
@@ -217,12 +251,20 @@ def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -
                    disable_numparse=True, colalign=AXIS_ALIGN), file=out)
 
 
-def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
-    """The table view as GitHub-flavoured Markdown."""
+def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None,
+                   diagnostics: Sequence[Diagnostic] = ()) -> None:
+    """The table view as GitHub-flavoured Markdown; warnings first, in a GitHub alert."""
     from tabulate import tabulate  # not at the top: `--help` need not import it
 
     print(f"## {_summary(plan)}", file=out)
     print(file=out)
+    warnings = [d for d in diagnostics if d.severity == "warning"]
+    if warnings:
+        print("> [!WARNING]", file=out)
+        for d in warnings:
+            hint = f" ({d.hint})" if d.hint else ""
+            print(f"> - `{d.loc or d.path}` {d.message}{hint}", file=out)
+        print(file=out)
     if record is not None:
         print(f"{_record_line(record)}\n", file=out)
     headers, align = _headers(record)
@@ -271,7 +313,8 @@ def task_json(t: Any) -> dict[str, Any]:
     }
 
 
-def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = None) -> None:
+def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = None,
+               diagnostics: Sequence[Diagnostic] = ()) -> None:
     """The whole plan as one JSON document (always all tasks), streamed one task a line."""
     spec = plan.spec
     head = {
@@ -284,6 +327,7 @@ def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = N
         "breakdown": {k: [{"value": av.value, "tasks": av.tasks, "images": av.images,
                            "est_cost": str(av.cost)} for av in vals]
                       for k, vals in plan.breakdown},
+        "diagnostics": [d.to_json() for d in diagnostics],
     }
     if record is not None:
         head["record"] = {"path": str(record.record), **record.counts(),
@@ -298,3 +342,13 @@ def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = N
             item["status"] = record.statuses[i].text
         out.write(("\n" if i == 0 else ",\n") + json.dumps(item, ensure_ascii=False))
     out.write("\n]}\n")
+
+
+def write_github(plan: Any, out: TextIO, record: Any = None) -> None:
+    """The plan's summary (and record status) as a GitHub notice on the spec, for CI logs;
+    the diagnostics were written before it."""
+    from specrunner.annotations import workflow_command
+
+    text = _summary(plan) + (f"\n{_record_line(record)}" if record is not None else "")
+    print(workflow_command("notice", text, file=plan.spec.loc("$").file,
+                           title="specrunner plan"), file=out)

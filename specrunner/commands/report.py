@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from specrunner.errors import EXIT_OK, SpecrunnerError, UsageError
+from specrunner.errors import EXIT_OK, RecordError, UsageError
 
 FORMATS = ("table", "markdown", "json", "csv", "html")
 
@@ -46,42 +46,23 @@ def parse_by(value: str | None) -> list[str] | None:
     return by
 
 
-def _plan_of(spec_path: Path) -> Any:
-    from specrunner.plan import build_plan
-    from specrunner.spec import load_spec
-
-    return build_plan(load_spec(spec_path, secrets=[os.environ.get("RUNWARE_API_KEY", "")]))
-
-
 def locate(target: str) -> tuple[Path, Any, list[str]]:
-    """(run folder, the spec's Plan or None, warnings) for a RUN_DIR or SPEC argument.
-
-    A SPEC that does not validate raises; a recorded spec that no longer does is a warning.
+    """(run folder, None, warnings) for a RUN_DIR or SPEC argument: a SPEC names its
+    output.dir (it must validate; the report itself reads only the record). The middle item
+    is a Plan whose tasks are the current ones, for callers that have one (load_run's `plan`).
     """
-    from specrunner.report import connect_ro
+    from specrunner.record import record_path
+    from specrunner.spec import load_spec
 
     path = Path(target)
     if path.is_file():
-        plan = _plan_of(path)
-        return plan.spec.output.dir, plan, []
+        spec = load_spec(path, secrets=[os.environ.get("RUNWARE_API_KEY", "")])
+        return spec.output.dir, None, []
     if not path.is_dir():
         raise UsageError(f"{target} is neither a run folder nor a spec file")
-    conn = connect_ro(path)
-    try:
-        row = conn.execute("SELECT spec_path FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()
-    finally:
-        conn.close()
-    if not row or not row[0]:
-        return path, None, []
-    spec = Path(row[0]) if Path(row[0]).is_absolute() else path / row[0]
-    if not spec.is_file():
-        return path, None, [f"the recorded spec {row[0]} is gone; axes come from the requests"]
-    try:
-        return path, _plan_of(spec), []
-    except SpecrunnerError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return path, None, [f"the recorded spec {row[0]} no longer plans ({first}); "
-                            "axes come from the requests"]
+    if not record_path(path).is_file():
+        raise RecordError(f"no run record in {target} (expected {record_path(path)})")
+    return path, None, []
 
 
 def review_state(run_dir: Path, data: Any, target: str, plan: Any) -> Any:

@@ -92,9 +92,10 @@ def build_source(target: str, spec_option: str | None) -> Any:
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Serve the review page until Ctrl-C; return the exit code."""
-    from specrunner.local.server import bind, uvicorn_server
+    from specrunner.local.server import bind
     from specrunner.report.review import count, shown
     from specrunner.review import create_app
+    from specrunner.review.serve import uvicorn_server
 
     source = build_source(args.target, args.spec)
     state = source.state()  # a damaged review file or record fails here, before serving
@@ -116,7 +117,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         import webbrowser
 
         threading.Timer(0.5, webbrowser.open, (url,)).start()
-    server = uvicorn_server(create_app(source))  # type: ignore[arg-type]
+    server = uvicorn_server(create_app(source))
     try:
         server.run(sockets=[sock])
     finally:

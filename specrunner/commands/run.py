@@ -9,27 +9,16 @@ put in the Authorization header.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import platform
-import random
 import shlex
 import signal
-import sqlite3
-import subprocess
 import sys
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from specrunner import __version__, runware
-from specrunner.errors import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED,
-                               UsageError)
-
-EXIT_FOR = {"complete": EXIT_OK, "failed": EXIT_TASKS_FAILED, "stopped": EXIT_TASKS_FAILED,
-            "budget": EXIT_BUDGET, "interrupted": EXIT_INTERRUPTED}
+from specrunner.errors import EXIT_OK, UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and plan, show what would run, send nothing")
     parser.add_argument("--key-file", help="read the API key from this file")
+    parser.add_argument("--locked", action="store_true",
+                        help="refuse a missing or stale lock file (exit 2) before any request")
     parser.add_argument("--faults", help="fault-injection config for --local (JSON or YAML)")
     parser.add_argument("--progress", choices=["auto", "live", "plain", "none"], default="auto",
                         help="progress display (default: live on a terminal, plain otherwise)")
@@ -66,160 +57,125 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get("RUNWARE_API_KEY") or None
 
 
-def _git(spec_dir: Path) -> tuple[str | None, int | None]:
+def _max_usd(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=spec_dir, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=spec_dir,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip(), int(bool(dirty.stdout.strip()))
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from specrunner.plan import build_plan
-    from specrunner.spec import load_spec
-
-    spec = load_spec(Path(args.spec))
-    if args.concurrency is not None:
-        if not 1 <= args.concurrency <= 1024:
-            raise UsageError("--concurrency must be between 1 and 1024")
-        spec = dataclasses.replace(spec, execution=dataclasses.replace(
-            spec.execution, concurrency=args.concurrency))
-    if args.max_usd is not None:
-        try:
-            cap = Decimal(args.max_usd)
-        except InvalidOperation:
-            raise UsageError(f"--max-usd must be a number, not {args.max_usd!r}") from None
-        if not cap.is_finite() or cap <= 0:
-            raise UsageError("--max-usd must be a positive number")
-        spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, max_usd=cap))
-    return spec, build_plan(spec)
-
-
-def _local_app(faults: Any) -> Any:
-    from specrunner import local
-
-    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig()))
+        cap = Decimal(text)
+    except InvalidOperation:
+        raise UsageError(f"--max-usd must be a number, not {text!r}") from None
+    if not cap.is_finite() or cap <= 0:
+        raise UsageError("--max-usd must be a positive number")
+    return cap
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run the campaign; return the exit code."""
+    from specrunner.plan import build_plan
+    from specrunner.run import Runner
+    from specrunner.spec import load_spec
+
     if args.faults and not args.local:
         raise UsageError("--faults only applies to --local")
     key = _api_key(args)
     if not key and not args.local and not args.dry_run:
         raise UsageError("no API key: set RUNWARE_API_KEY or pass --key-file (or use --local)")
-    base_url = args.base_url or os.environ.get("RUNWARE_BASE_URL") or runware.API_URL
-    if not base_url.startswith(("https://", "http://")):
+    base_url = args.base_url or os.environ.get("RUNWARE_BASE_URL") or None
+    if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise UsageError(f"--base-url must be an http(s) URL, not {base_url!r}")
-    if args.local and not key:
-        key = "local"  # the local server wants some key; any will do
     faults = None
     if args.faults:
         from specrunner.local import FaultConfig
 
         faults = FaultConfig.load(args.faults)  # a bad fault file is a usage error, up front
-    spec, plan = _load(args)  # full validation before any network call
-    out_dir = Path(args.out).resolve() if args.out else spec.output.dir
-    tasks = list(plan.tasks)
+    cap = _max_usd(args.max_usd)
+    if args.concurrency is not None and not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    spec = load_spec(Path(args.spec)).with_limits(max_usd=cap, concurrency=args.concurrency)
+    plan = build_plan(spec)  # full validation before any network call
+    if args.locked:
+        from specrunner.plan.lock import check_lock
+
+        status = check_lock(plan, args.spec)
+        if not status.ok:  # missing, unreadable or stale: the lines `lock --check` prints
+            raise UsageError(status.message())
     if args.dry_run:
-        from specrunner.plan import status as plan_status
-        from specrunner.money import money
-        from specrunner.report import record_path
+        return _dry_run(plan, args, out)
+    runner = Runner(plan, out_dir=args.out, api_key=key, base_url=base_url, local=args.local,
+                    faults=faults, jitter_seed=args.jitter_seed)
+    result = _run(runner, args, err)
+    from specrunner.run.progress import summary_table
 
-        if record_path(out_dir).exists():  # why each task would run: the one definition
-            what = plan_status.compare(plan, out_dir).summary()
-        else:
-            what = f"{len(tasks):,} would run (est. {money(plan.total_cost)})"
-        print(f"dry run: {len(tasks):,} tasks planned; {what}; budget "
-              f"{money(spec.budget.max_usd)}; nothing sent", file=out)
-        return EXIT_OK
-    from specrunner.store import open_store
-
-    store = open_store(out_dir)
-    try:
-        commit, dirty = _git(spec.path.parent)
-        run_id = store.begin_run({
-            "spec_path": str(spec.path), "spec_text": spec.path.read_text(encoding="utf-8"),
-            "spec_sha256": spec.source_sha256, "git_commit": commit, "git_dirty": dirty,
-            "plan_json": json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
-                                      "task_uuid": t.task_uuid, "est_cost": str(t.est_cost)}
-                                     for t in tasks]),
-            "versions_json": json.dumps({"specrunner": __version__,
-                                         "python": platform.python_version(),
-                                         "sqlite": sqlite3.sqlite_version}),
-            "max_usd": str(spec.budget.max_usd), "status": "running"})
-        store.plan_tasks(run_id, tasks)
-        outcome = _run(args, spec, tasks, store, run_id, key, base_url, faults, out_dir, err)
-        code = EXIT_FOR[outcome.status]
-        store.end_run(run_id, outcome.status, code, outcome.counters.spent)
-    finally:
-        store.close()
-    from specrunner.progress import summary_table
-
-    print(summary_table(outcome.counters, spec.budget.max_usd, outcome.status), file=out)
-    if outcome.message:
-        print(outcome.message, file=err)
-    print(f"record: {store.path}", file=out)
-    print(f"report: specrunner report {shlex.quote(str(out_dir))}", file=out)
-    return code
+    print(summary_table(result.counters, result.max_usd, result.status), file=out)
+    if result.message:
+        print(result.message, file=err)
+    if result.provenance is not None:
+        where = result.provenance
+        print(f"provenance: {where.summary()}", file=out)
+        if where.dirty:
+            print("note: this run was made from a dirty tree: the commit alone does not "
+                  "reproduce it", file=err)
+    print(f"record: {result.record}", file=out)
+    print(f"report: specrunner report {shlex.quote(str(result.out_dir))}", file=out)
+    return result.exit_code
 
 
-def _run(args: argparse.Namespace, spec: Any, tasks: list, store: Any, run_id: int,
-         key: str | None, base_url: str, faults: Any, out_dir: Path, err: TextIO) -> Any:
+def _dry_run(plan: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from specrunner.money import money
+    from specrunner.plan import status as plan_status
+    from specrunner.record import record_path
+
+    out_dir = Path(args.out).resolve() if args.out else plan.spec.output.dir
+    if record_path(out_dir).exists():  # why each task would run: the one definition
+        what = plan_status.compare(plan, out_dir).summary()
+    else:
+        what = f"{len(plan.tasks):,} would run (est. {money(plan.total_cost)})"
+    print(f"dry run: {len(plan.tasks):,} tasks planned; {what}; budget "
+          f"{money(plan.spec.budget.max_usd)}; nothing sent", file=out)
+    return EXIT_OK
+
+
+def _run(runner: Any, args: argparse.Namespace, err: TextIO) -> Any:
     import anyio
-    import httpx
 
-    from specrunner.client import RunwareClient
-    from specrunner.executor import Executor
-    from specrunner.progress import Progress
+    from specrunner.run.progress import Progress
 
     mode = args.progress
     tty = mode == "live" or (mode == "auto" and err.isatty())
-    progress = Progress(err, spec.budget.max_usd, time.monotonic, tty=tty,
+    progress = Progress(err, runner.spec.budget.max_usd, time.monotonic, tty=tty,
                         every_s=args.progress_every)
 
     async def main() -> Any:
-        if args.local:
-            transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=_local_app(faults))
-            url = "http://local.specrunner/v1"
-        else:
-            transport = httpx.AsyncHTTPTransport(retries=0)
-            url = base_url
-        conc = spec.execution.concurrency
-        limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
-        async with httpx.AsyncClient(transport=transport, limits=limits) as http:
-            client = RunwareClient(http, url, key)
-            rng = random.Random(args.jitter_seed) if args.jitter_seed is not None else None
-            ex = Executor(tasks, store, client, spec.execution, spec.budget.max_usd, out_dir,
-                          run_id, rng=rng)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_signals, ex, progress)
-                if mode != "none":
-                    tg.start_soon(_ticker, ex, progress)
-                outcome = await ex.run()
-                tg.cancel_scope.cancel()
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_signals, runner, progress)
             if mode != "none":
-                progress.tick(ex.c, force=True)
+                tg.start_soon(_ticker, runner, progress)
+            try:
+                result = await runner.run()
+            except Exception as exc:  # raised here, outside the group: one clean error
+                failed = exc
+            tg.cancel_scope.cancel()
+        if failed is not None:
             progress.close()
-            return outcome
+            raise failed
+        if mode != "none":
+            progress.tick(runner.counters, force=True)
+        progress.close()
+        return result
 
     return anyio.run(main)
 
 
-async def _ticker(ex: Any, progress: Any) -> None:
+async def _ticker(runner: Any, progress: Any) -> None:
     import anyio
 
     while True:
-        progress.tick(ex.c)
+        progress.tick(runner.counters)
         await anyio.sleep(0.5 if progress.tty else 1.0)
 
 
-async def _signals(ex: Any, progress: Any) -> None:
+async def _signals(runner: Any, progress: Any) -> None:
     import anyio
 
     if sys.platform == "win32":
@@ -229,10 +185,11 @@ async def _signals(ex: Any, progress: Any) -> None:
         async for _sig in received:
             count += 1
             if count == 1:
-                ex.drain()
-                progress.message(f"interrupted: no new tasks; waiting for {ex.c.in_flight} in "
-                                 "flight (Ctrl-C again to cancel them)")
+                runner.drain()
+                progress.message(f"interrupted: no new tasks; waiting for "
+                                 f"{runner.counters.in_flight} in flight (Ctrl-C again to "
+                                 "cancel them)")
             else:
-                progress.message(f"cancelling {ex.c.in_flight} tasks in flight; they stay in "
-                                 "doubt and the next run reconciles them")
-                ex.cancel()
+                progress.message(f"cancelling {runner.counters.in_flight} tasks in flight; they "
+                                 "stay in doubt and the next run reconciles them")
+                runner.cancel()

@@ -1,7 +1,8 @@
 """`specrunner serve`: the local Runware-compatible server on a real socket (uvicorn).
 
-Loopback only unless --allow-remote. The accepted API key comes from --api-key, else
-RUNWARE_API_KEY, else any non-empty key is accepted; it is never printed.
+REST (POST /v1) and WebSocket (ws://HOST:PORT/v1) on one port. Loopback only unless
+--allow-remote. The accepted API key comes from --api-key, else RUNWARE_API_KEY, else any
+non-empty key is accepted (GET /admin/stats then wants some Bearer key); it is never printed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, TextIO
 
 from specrunner.errors import UsageError
@@ -50,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hang-s", type=float, help="how long a 'hang' fault holds a response")
     parser.add_argument("--ttl", type=float, default=3600.0,
                         help="default lifetime of output image URLs, seconds")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="keep uploads, accepted tasks and the ledger in DIR, so a "
+                        "restart (even after kill -9) remembers them (default: memory only)")
     parser.add_argument("--no-render", action="store_true",
                         help="skip the edit engine; answer a tiny fixed image (benchmarks)")
     parser.add_argument("--log-level", default="warning",
@@ -84,7 +89,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfi
     if args.api_key is not None and not args.api_key:
         raise UsageError("--api-key must not be empty")
     return LocalConfig(api_key=key, faults=faults, render=not args.no_render,
-                       default_ttl_s=args.ttl)
+                       default_ttl_s=args.ttl,
+                       state_dir=Path(args.state_dir) if args.state_dir else None)
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -93,15 +99,23 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     config = build_config(args, os.environ)
     sock = bind(args.host, args.port, allow_remote=args.allow_remote)
+    try:
+        app = create_app(config)  # opens (and locks) the state directory, if any
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     auth = "the configured key" if config.api_key else "any non-empty key"
     active = {k: v for k, v in config.faults.rates.items() if v}
-    print(f"specrunner local simulator on http://{shown}:{port}  (POST /v1, "
-          f"GET /admin/stats; accepts {auth}; faults: {active or 'none'})", file=out, flush=True)
-    server = uvicorn_server(create_app(config), log_level=args.log_level)
+    state = f"; state: {config.state_dir}" if config.state_dir else ""
+    print(f"specrunner local simulator on http://{where}  (POST /v1, WebSocket "
+          f"ws://{where}/v1, GET /admin/stats; accepts {auth}; "
+          f"faults: {active or 'none'}{state})", file=out, flush=True)
+    server = uvicorn_server(app, log_level=args.log_level)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        app.close()
     return 0

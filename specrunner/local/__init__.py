@@ -8,7 +8,11 @@ In-process (what `specrunner run --local` uses)::
         r = await client.post("/v1", json=[task], headers={"Authorization": "Bearer k"})
     server.stats().total_billed_usd
 
-On a socket: `specrunner serve` or `specrunner.local.server.running(server)` (tests).
+On a socket: `specrunner serve` or `specrunner.local.server.running(server)` (tests), where
+the same address also speaks Runware's WebSocket API (`ws://HOST:PORT/v1`, ws.py).
+`LocalConfig(state_dir=DIR)` keeps uploads, accepted tasks and the ledger across restarts
+(journal.py); close such a server (`server.close()` or `with create_app(...) as server`) to
+hand DIR to the next one.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ BEFORE_BILLING = frozenset({"http_429", "http_500", "http_502", "http_503", "htt
 TASK_FAULTS = ("provider_timeout", "content_policy")
 DOWNLOAD_FAULTS = ("truncated_image", "oversized_image")
 ALL_FAULTS = REQUEST_FAULTS + TASK_FAULTS + DOWNLOAD_FAULTS
+# The keys of a fault file besides the fault names (and `rates:`, which may hold them).
+SETTINGS = ("seed", "latency", "processing", "capacity", "hang_s", "oversize_bytes")
 
 
 @dataclass(frozen=True)
@@ -131,24 +133,32 @@ class FaultConfig:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any]) -> FaultConfig:
-        """Build from a parsed file: keys seed, latency, processing, capacity, rates, hang_s,
-        oversize_bytes. Raises UsageError on unknown keys or bad values."""
-        known = {"seed", "latency", "processing", "capacity", "rates", "hang_s", "oversize_bytes"}
-        unknown = set(doc) - known
+        """Build from a parsed file (format in FAULT_FILE_KEYS). Fault names may sit at the top
+        level (`drop: 0.02`) or under `rates:`. UsageError on unknown keys or bad values."""
+        unknown = sorted(str(k) for k in doc if k not in SETTINGS and k not in ALL_FAULTS
+                         and k != "rates")
         if unknown:
-            raise UsageError(f"unknown fault settings {sorted(unknown)}; known: {sorted(known)}")
+            raise UsageError(f"unknown fault setting(s) {', '.join(unknown)}; valid keys: "
+                             f"{', '.join(SETTINGS)}, rates, and the fault names "
+                             f"{', '.join(ALL_FAULTS)} (a rate in 0..1 each)")
         rates = doc.get("rates") or {}
         if not isinstance(rates, Mapping):
             raise UsageError("rates must be a mapping of fault name to rate")
+        twice = sorted(str(k) for k in rates if k in doc)
+        if twice:
+            raise UsageError(f"fault rate(s) {', '.join(twice)} given both at the top level "
+                             "and under rates: keep one")
+        merged = {**rates, **{k: v for k, v in doc.items() if k in ALL_FAULTS}}
         cap = doc.get("capacity")
         return cls(
-            seed=int(doc.get("seed", 0)),
+            seed=int(_number(doc.get("seed", 0), "seed")),
             latency=Latency.parse(doc.get("latency", 0.0)),
             processing=Latency.parse(doc.get("processing", 0.0)),
-            capacity=None if cap is None else int(cap),
-            rates={str(k): _number(v, f"rates.{k}") for k, v in rates.items()},
+            capacity=None if cap is None else int(_number(cap, "capacity")),
+            rates={str(k): _number(v, f"rate of {k}") for k, v in merged.items()},
             hang_s=_number(doc.get("hang_s", 3600.0), "hang_s"),
-            oversize_bytes=int(doc.get("oversize_bytes", 64 * 1024 * 1024)),
+            oversize_bytes=int(_number(doc.get("oversize_bytes", 64 * 1024 * 1024),
+                                       "oversize_bytes")),
         )
 
     @classmethod

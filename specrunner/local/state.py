@@ -1,6 +1,9 @@
 """The local server's memory: the billing ledger (the test oracle), tasks, and stored images.
 
 All mutation happens on the event loop between awaits, so check-then-charge is atomic.
+With a state directory (journal.py) the ledger's charges, duplicates and failures, the
+accepted tasks and the uploads are replayed at start-up; the traffic counters (requests by
+type, HTTP requests, WebSocket connections and messages, peak concurrency) are per process.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Stats:
     peak_concurrency: int
     faults_injected: Mapping[str, int]
     tasks_failed: Mapping[str, str]  # taskUUID -> error code, for accepted tasks that failed
+    websocket_connections: int = 0  # WebSocket connections accepted (authenticated or not)
+    websocket_messages: int = 0  # task arrays received over WebSocket (authentication included)
+    sessions_resumed: int = 0  # authentications that resumed a connectionSessionUUID
 
     @property
     def duplicate_attempts_total(self) -> int:
@@ -51,6 +57,9 @@ class Stats:
             "peakConcurrency": self.peak_concurrency,
             "faultsInjected": dict(self.faults_injected),
             "tasksFailed": dict(self.tasks_failed),
+            "websocketConnections": self.websocket_connections,
+            "websocketMessages": self.websocket_messages,
+            "sessionsResumed": self.sessions_resumed,
         }
 
 
@@ -64,6 +73,9 @@ class Ledger:
         self.by_type: dict[str, int] = {}
         self.failed: dict[str, str] = {}
         self.http_requests = 0
+        self.ws_connections = 0
+        self.ws_messages = 0
+        self.sessions_resumed = 0
         self.in_flight = 0
         self.peak = 0
 
@@ -105,6 +117,9 @@ class Ledger:
             peak_concurrency=self.peak,
             faults_injected=dict(faults),
             tasks_failed=dict(self.failed),
+            websocket_connections=self.ws_connections,
+            websocket_messages=self.ws_messages,
+            sessions_resumed=self.sessions_resumed,
         )
 
 
@@ -131,6 +146,8 @@ class TaskRecord:
     error: dict[str, Any] | None = None  # a whole-task failure (provider timeout)
     placeholder: bool = False
     inputs: tuple[Image.Image, Image.Image] | None = None  # kept until rendered
+    # Restored from a state directory: loads the inputs from their stored copies on demand.
+    load_inputs: Callable[[], tuple[Image.Image, Image.Image]] | None = None
     rendered: bool = False
 
     @property

@@ -1,18 +1,24 @@
 """Runware task semantics of the local server: validation, billing, delivery, recovery.
 
-`Simulator.run_tasks()` takes the task objects of one POST /v1 (authentication already
-handled) and returns the `data` items and `errors` (each with an HTTP status) to answer.
+`Simulator.run_tasks()` takes the task objects of one POST /v1 or WebSocket message
+(authentication already handled) and returns the `data` items and `errors` (each with an
+HTTP status) to answer.
 Billing rule: an imageInference task is charged once, at acceptance, for the images it will
 deliver (results blocked by content policy and tasks failing with `timeoutProvider` cost
 nothing, as the simulator's documented choice); its taskUUID is then taken for good, and any
 re-send is refused with `conflictTaskUUID` and counted as a duplicate attempt.
+Parameters a task leaves out take the defaults of the model's request schema, which are
+Runware's documented ones (outputType URL, outputFormat JPG, outputQuality 95, sync).
+With a Journal, every acceptance is written through before it is answered (journal.py).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -21,7 +27,8 @@ from PIL import Image
 
 from specrunner import models
 from specrunner.local import engine
-from specrunner.local.faults import FaultInjector
+from specrunner.local.faults import FaultInjector, TaskFaults
+from specrunner.local.journal import Journal, image_key
 from specrunner.local.state import ImageStore, Ledger, Result, TaskRecord
 from specrunner.runware import error_object, is_uuid4
 
@@ -36,6 +43,34 @@ class Outcome:
 
     data: list[dict[str, Any]] = field(default_factory=list)
     errors: Errors = field(default_factory=list)
+
+    def envelope(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, Runware envelope): `data` unless only errors, `errors` if any; the
+        status is 200 when any item succeeded, else the first error's."""
+        doc: dict[str, Any] = {}
+        if self.data or not self.errors:
+            doc["data"] = self.data
+        if self.errors:
+            doc["errors"] = [e for _, e in self.errors]
+        return (200 if self.data or not self.errors else self.errors[0][0]), doc
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(model: str) -> dict[str, Any]:
+    props = models.load_schema(models.get_model(model).request_schema)["properties"]
+    return {name: prop["default"] for name, prop in props.items() if "default" in prop}
+
+
+def param(request: dict[str, Any], name: str) -> Any:
+    """A top-level request parameter, or the model's documented default when it is absent."""
+    return request[name] if name in request else _defaults(request["model"]).get(name)
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    """An upload restored from the state directory, loaded on first use."""
+
+    key: str
 
 
 class TaskError(Exception):
@@ -103,14 +138,21 @@ class Simulator:
 
     def __init__(self, *, ledger: Ledger, images: ImageStore, injector: FaultInjector,
                  clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]],
-                 render: bool, default_ttl_s: float) -> None:
+                 render: bool, default_ttl_s: float, journal: Journal | None = None) -> None:
         self.ledger, self.images, self.injector = ledger, images, injector
         self.clock, self.sleep, self.render_images = clock, sleep, render
         self.default_ttl_s = default_ttl_s
+        self.journal = journal
         self.taken: dict[str, str] = {}  # taskUUID -> taskType, for every accepted task
         self.records: dict[str, TaskRecord] = {}
-        self.uploads: dict[str, Image.Image | str] = {}  # imageUUID -> image, or unfetched URL
+        # imageUUID -> image, unfetched URL, or (restored) its stored copy
+        self.uploads: dict[str, Image.Image | str | StoredInput] = {}
+        # imageUUID -> (restored task not rendered yet, result index): URL outputs of a past
+        # process, rendered when first asked for
+        self.restored_outputs: dict[str, tuple[TaskRecord, int]] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        if journal is not None:
+            self._restore(journal.events)
 
     # ---- dispatch -------------------------------------------------------------------------
     async def run_tasks(self, tasks: list[Any], base_url: str) -> Outcome:
@@ -126,7 +168,7 @@ class Simulator:
             try:
                 if ttype == "imageInference":
                     record = await self._accept_inference(task)
-                    if record.request.get("deliveryMethod", "sync") == "async":
+                    if param(record.request, "deliveryMethod") == "async":
                         out.data.append({"taskType": "imageInference",
                                          "taskUUID": record.task_uuid})
                     else:
@@ -161,6 +203,8 @@ class Simulator:
                             "taskUUID")
         if uuid.lower() in self.taken:  # UUIDs compare case-insensitively (RFC 4122)
             self.ledger.duplicate(uuid.lower())
+            if self.journal is not None:
+                self.journal.append({"e": "duplicate", "uuid": uuid.lower()})
             raise TaskError(400, "conflictTaskUUID", "a task with this taskUUID was already "
                             "accepted; fetch its results with getResponse", "taskUUID")
         return uuid
@@ -183,13 +227,38 @@ class Simulator:
         else:  # decoding inline or stored images would stall the event loop
             seed, mask, placeholder = await anyio.to_thread.run_sync(self._inputs,
                                                                      task["inputs"])
+        keys: list[str] = []
+        if self.journal is not None:  # the inputs are stored before the task is recorded
+            keys = [self._input_key(task["inputs"][name], image)
+                    for name, image in (("seedImage", seed), ("maskImage", mask))]
+            missing = [(k, im) for k, im in zip(keys, (seed, mask))
+                       if not self.journal.has_image(k)]
+            if missing:
+                await anyio.to_thread.run_sync(
+                    lambda: [self.journal.put_image(k, im) for k, im in missing])  # type: ignore[union-attr]
         self._check_uuid(task)  # again: a twin of this task may have been accepted meanwhile
-        n = int(task.get("numberResults", 1))
+        n = int(param(task, "numberResults"))
         faults, processing = self.injector.for_task(uuid, n)
-        record = TaskRecord(sent, "imageInference", task, self.clock() + processing,
-                            placeholder=placeholder, inputs=(seed, mask))
+        record = self._record(sent, task, faults, self.clock() + processing, placeholder)
+        record.inputs = (seed, mask)
+        delivered = n - len(faults.blocked)
+        price = models.get_model(model).price_per_image
+        if delivered and not faults.provider_timeout:
+            self.ledger.charge(uuid, delivered, price)
+        if self.journal is not None:
+            self.journal.append({
+                "e": "task", "uuid": uuid, "sent": sent, "request": task, "inputs": keys,
+                "placeholder": placeholder, "timeout": faults.provider_timeout,
+                "blocked": sorted(faults.blocked), "price": str(price)})
+        return record
+
+    def _record(self, sent: str, task: dict[str, Any], faults: TaskFaults, ready_at: float,
+                placeholder: bool) -> TaskRecord:
+        """Register an accepted task under its (lower-case) UUID, with its decided faults."""
+        uuid = sent.lower()
+        record = TaskRecord(sent, "imageInference", task, ready_at, placeholder=placeholder)
         record.results = [Result(i, engine.image_uuid(uuid, i), engine.result_seed(uuid, i))
-                          for i in range(n)]
+                          for i in range(int(param(task, "numberResults")))]
         self.taken[uuid] = "imageInference"
         self.records[uuid] = record
         if faults.provider_timeout:
@@ -202,37 +271,59 @@ class Simulator:
             record.results[i].error = error_object(
                 "contentPolicyViolation", "result blocked by the content policy (injected)",
                 task_type="imageInference", task_uuid=sent, resultIndex=i)
-        delivered = n - len(faults.blocked)
-        if delivered:
-            self.ledger.charge(uuid, delivered, models.get_model(model).price_per_image)
         return record
 
     def _cheap(self, value: str) -> bool:
-        """True if resolving `value` needs no decoding (an upload, or a foreign URL)."""
+        """True if resolving `value` needs no decoding (an upload in memory, a foreign URL)."""
         if is_uuid4(value):
-            return value in self.uploads
+            return isinstance(self.uploads.get(value), (Image.Image, str))
         return _foreign_url(value)
 
+    def _input_key(self, value: str, image: Image.Image) -> str:
+        """Where an input is stored: an upload under its own imageUUID, the rest by value."""
+        if is_uuid4(value) and isinstance(self.uploads.get(value), (Image.Image, StoredInput)):
+            return value
+        return image_key(value, image.size)
+
     def _input(self, value: str, name: str) -> Image.Image | str:
-        """An image, or the URL string when it cannot be fetched (placeholder later)."""
-        param = name if name == "image" else f"inputs.{name}"
+        """An image, or the URL string when it cannot be fetched (placeholder later).
+        May block (decoding, stored copies): the callers run it in a worker thread unless
+        `_cheap()` says otherwise."""
+        param_name = name if name == "image" else f"inputs.{name}"
         if is_uuid4(value):
             found = self.uploads.get(value)
+            if isinstance(found, StoredInput):
+                assert self.journal is not None
+                found = self.uploads[value] = self.journal.get_image(found.key)
             if found is None:
-                stored = self.images.get(value)
-                if stored is None:
+                data = self._output_bytes(value)
+                if data is None:
                     raise TaskError(400, "invalid" + _cap(name), f"{name}: no uploaded or "
-                                    "generated image has this imageUUID", param)
-                return engine.decode(stored.data)
+                                    "generated image has this imageUUID", param_name)
+                return engine.decode(data)
             return found
         if re.match(r"^https?://", value):
             own = _OWN_IMAGE.search(value.split("?")[0])
-            stored = self.images.get(own.group(1)) if own else None
-            return engine.decode(stored.data) if stored else value
+            data = self._output_bytes(own.group(1)) if own else None
+            return engine.decode(data) if data else value
         try:
             return engine.decode(engine.inline_bytes(value))
         except engine.InputError as exc:
-            raise TaskError(400, "invalid" + _cap(name), f"{name}: {exc}", param) from None
+            raise TaskError(400, "invalid" + _cap(name), f"{name}: {exc}", param_name) from None
+
+    def _output_bytes(self, image_uuid: str) -> bytes | None:
+        """The bytes of one of this server's outputs: stored, or rendered now if it belongs to
+        a task restored from the state directory; None if unknown or expired."""
+        stored = self.images.get(image_uuid)
+        if stored is not None:
+            return stored.data
+        found = self.restored_outputs.get(image_uuid)
+        if found is None:
+            return None
+        record, index = found
+        if record.results[index].image_bytes is None:
+            self._render(record)
+        return record.results[index].image_bytes
 
     def _inputs(self, inputs: dict[str, str]) -> tuple[Image.Image, Image.Image, bool]:
         seed = self._input(inputs["seedImage"], "seedImage")
@@ -249,6 +340,29 @@ class Simulator:
                             "inputs.maskImage")
         return seed, mask, placeholder
 
+    def _render(self, record: TaskRecord) -> None:
+        """Render every result still without bytes. Blocking: runs in a worker thread; touches
+        nothing shared but the record (publishing happens on the event loop)."""
+        req = record.request
+        fmt = param(req, "outputFormat")
+        quality = int(param(req, "outputQuality"))
+        style = req.get("providerSettings", {}).get("ideogram", {}).get("styleType", "AUTO")
+        todo = [r for r in record.results if r.error is None and r.image_bytes is None]
+        if not self.render_images:
+            for res in todo:
+                res.image_bytes = engine.tiny_image(fmt)
+            return
+        inputs = record.inputs
+        if inputs is None:
+            if record.load_inputs is None:
+                return  # rendered meanwhile by another thread
+            inputs = record.load_inputs()
+        seed, mask = inputs
+        for res in todo:
+            res.image_bytes = engine.edit(seed, mask, prompt=req["positivePrompt"], style=style,
+                                          task_uuid=record.task_uuid, index=res.index,
+                                          output_format=fmt, quality=quality)
+
     async def _resolve(self, record: TaskRecord, force: bool = False) -> None:
         """Render a task's results once it is ready (or now, with `force`)."""
         if record.done or (not force and self.clock() < record.ready_at):
@@ -257,34 +371,29 @@ class Simulator:
         async with lock:
             if record.done:
                 return
+            await anyio.to_thread.run_sync(self._render, record)
             req = record.request
-            fmt = req.get("outputFormat", "JPG")
-            quality = int(req.get("outputQuality", 95))
-            style = req.get("providerSettings", {}).get("ideogram", {}).get("styleType", "AUTO")
-            assert record.inputs is not None
-            seed, mask = record.inputs
+            fmt = param(req, "outputFormat")
             for res in record.results:
-                if res.error is not None:
-                    continue
-                if self.render_images:
-                    res.image_bytes = await anyio.to_thread.run_sync(lambda r=res: engine.edit(
-                        seed, mask, prompt=req["positivePrompt"], style=style,
-                        task_uuid=record.task_uuid, index=r.index, output_format=fmt,
-                        quality=quality))
-                else:
-                    res.image_bytes = engine.tiny_image(fmt)
-                if req.get("outputType", "URL") == "URL":
+                self.restored_outputs.pop(res.image_uuid, None)
+                if res.image_bytes is not None and param(req, "outputType") == "URL":
                     self.images.put(res.image_uuid, res.image_bytes, engine.MIME[fmt],
                                     float(req.get("ttl", self.default_ttl_s)))
-            record.rendered, record.inputs = True, None
+            record.rendered, record.inputs, record.load_inputs = True, None, None
         self._locks.pop(record.task_uuid, None)
+
+    async def output(self, image_uuid: str) -> None:
+        """Make a restored task's URL output downloadable (renders it on first request)."""
+        found = self.restored_outputs.get(image_uuid)
+        if found is not None:
+            await self._resolve(found[0], force=True)
 
     def _item(self, record: TaskRecord, res: Result, base_url: str) -> dict[str, Any]:
         req = record.request
-        fmt = req.get("outputFormat", "JPG")
+        fmt = param(req, "outputFormat")
         item: dict[str, Any] = {"taskType": "imageInference", "taskUUID": record.task_uuid,
                                 "imageUUID": res.image_uuid}
-        kind = req.get("outputType", "URL")
+        kind = param(req, "outputType")
         if kind == "URL":
             item["imageURL"] = f"{base_url}/image/{res.image_uuid}.{engine.EXT[fmt]}"
         else:
@@ -337,13 +446,14 @@ class Simulator:
         if _foreign_url(value):
             image: Image.Image | str = value
         else:
-            image = await anyio.to_thread.run_sync(lambda: self._input(value, "image"))
-            if isinstance(image, Image.Image):
-                image = engine.downscale(image)
+            image = await anyio.to_thread.run_sync(self._stored_upload, value, uuid.lower())
         self._check_uuid(task)
         self.taken[uuid.lower()] = "imageUpload"
         image_uuid = engine.image_uuid(uuid.lower(), -1)
         self.uploads[image_uuid] = image
+        if self.journal is not None:
+            self.journal.append({"e": "upload", "uuid": uuid.lower(), "image": image_uuid,
+                                 "url": image if isinstance(image, str) else None})
         item: dict[str, Any] = {"taskType": "imageUpload", "taskUUID": uuid,
                                 "imageUUID": image_uuid,
                                 "simulator": {"name": SIMULATOR,
@@ -351,6 +461,15 @@ class Simulator:
         if isinstance(image, Image.Image):
             item["simulator"]["size"] = [image.width, image.height]
         return item
+
+    def _stored_upload(self, value: str, task_uuid: str) -> Image.Image | str:
+        """Decode (and downscale) an upload; with a journal, store it first. Blocking."""
+        image = self._input(value, "image")
+        if isinstance(image, Image.Image):
+            image = engine.downscale(image)
+            if self.journal is not None:
+                self.journal.put_image(engine.image_uuid(task_uuid, -1), image)
+        return image
 
     async def _recover(self, task: dict[str, Any], ttype: str, base_url: str, out: Outcome
                        ) -> None:
@@ -374,3 +493,31 @@ class Simulator:
                          "request": record.request,
                          "response": {"data": inner.data, "errors": [e for _, e in inner.errors]},
                          "simulator": {"name": SIMULATOR}})
+
+    # ---- state directory -------------------------------------------------------------------
+    def _restore(self, events: list[dict[str, Any]]) -> None:
+        """Replay a journal: uploads, accepted tasks (ready at once, rendered on demand) and
+        the ledger's charges, failures and duplicate attempts."""
+        assert self.journal is not None
+        load = self.journal.get_image
+        for event in events:
+            kind, uuid = event["e"], str(event.get("uuid"))
+            if kind == "upload":
+                self.taken[uuid] = "imageUpload"
+                self.uploads[event["image"]] = event["url"] or StoredInput(event["image"])
+            elif kind == "task":
+                faults = TaskFaults(provider_timeout=event["timeout"],
+                                    blocked=frozenset(event["blocked"]))
+                record = self._record(event["sent"], event["request"], faults, self.clock(),
+                                      event["placeholder"])
+                seed_key, mask_key = event["inputs"]
+                record.load_inputs = lambda s=seed_key, m=mask_key: (load(s), load(m))
+                delivered = len(record.results) - len(faults.blocked)
+                if delivered and not faults.provider_timeout:
+                    self.ledger.charge(uuid, delivered, Decimal(event["price"]))
+                    if param(record.request, "outputType") == "URL":
+                        for res in record.results:
+                            if res.error is None:
+                                self.restored_outputs[res.image_uuid] = (record, res.index)
+            elif kind == "duplicate":
+                self.ledger.duplicate(uuid)

@@ -1,7 +1,8 @@
 """Helpers for tests that talk to the local server (used by specrunner's own test suite).
 
 `FakeClock` gives a server a clock and a sleep that advances it instantly; `inference_task`
-builds a valid ideogram:3@3 task; `client` opens an in-process httpx client.
+builds a valid ideogram:3@3 task; `client` opens an in-process httpx client; `seed_for`
+finds a fault seed that injects a chosen sequence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 from PIL import Image
 
 from specrunner.local.app import LocalServer
+from specrunner.local.faults import FaultConfig, FaultInjector
 
 BASE_URL = "http://local.runware"
 
@@ -38,6 +40,18 @@ class FakeClock:
         self.slept.append(seconds)
         self.now += seconds
         await anyio.sleep(0)
+
+
+def seed_for(config: FaultConfig, pattern: list[str | None]) -> FaultConfig:
+    """`config` with the first seed (of a bounded search) whose request faults start with
+    `pattern` (one entry per POST /v1 or WebSocket message: a fault name or None)."""
+    for seed in range(2000):
+        candidate = FaultConfig.from_mapping({"seed": seed, "rates": dict(config.rates),
+                                              "hang_s": config.hang_s})
+        injector = FaultInjector(candidate)
+        if [injector.next_request()[0] for _ in pattern] == pattern:
+            return candidate
+    raise AssertionError(f"no seed below 2000 gives {pattern}")
 
 
 def new_uuid() -> str:

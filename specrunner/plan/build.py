@@ -74,6 +74,11 @@ class Plan:
         """The JSON path that declared combination `ci`."""
         return _source(self.expansion, ci)
 
+    def value_source(self, ci: int, key: str) -> str:
+        """The JSON path that gave combination `ci` its value of `key` (an axis, an include
+        entry or a variant)."""
+        return _key_path(self.combination_source(ci), key, self.spec, self.expansion, ci)
+
 
 def _source(expansion: matrix.Expansion | None, ci: int) -> str:
     """The JSON path that declared combination `ci`: its variant, the matrix (a product

@@ -1,6 +1,6 @@
 """Plan vs. run record: what `specrunner run` would do with each planned task, and why.
 
-`compare(plan, run_dir)` reads `<run_dir>/.specrunner/run.db` read-only (report.connect_ro:
+`compare(plan, run_dir)` reads `<run_dir>/.specrunner/run.db` read-only (record.read_snapshot:
 one snapshot, safe while a run is writing it) and gives every task of the plan a status:
 
     done                       recorded done under this task key: skipped on run
@@ -21,8 +21,6 @@ read: no httpx, no anyio.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -31,12 +29,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from specrunner.errors import RecordError
 from specrunner.money import money
 from specrunner.plan.identity import NOT_IN_KEY, task_key
-from specrunner.report.summary import connect_ro, record_path
+from specrunner.record import IN_DOUBT_STATES, Snapshot, TaskRow, read_snapshot
 
 if TYPE_CHECKING:
     from specrunner.plan.build import Plan
 
-IN_DOUBT = frozenset({"sending", "accepted", "received", "in_doubt"})
 _POLARITIES = ("white-edits", "black-edits")
 _MISSING = object()
 
@@ -87,25 +84,17 @@ class RecordStatus:
 
 def compare(plan: Plan, run_dir: Path) -> RecordStatus:
     """Every planned task's status against the record in `run_dir`; RecordError if unusable."""
-    conn = connect_ro(run_dir)
-    try:
-        conn.execute("BEGIN")  # one snapshot even while a run commits
-        rows = {r[0]: (r[1], r[2]) for r in conn.execute(
-            "SELECT task_key, state, error_code FROM tasks")}
-        keys = {t.task_key for t in plan.tasks}
-        wanted = {t.variant_id for t in plan.tasks if t.task_key not in rows}
-        previous = _previous(conn, wanted) if wanted else {}
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise RecordError(f"the run record {record_path(run_dir)} is damaged ({exc})") from None
-    finally:
-        conn.close()
+    snap = read_snapshot(run_dir)
+    rows = {r.task_key: r for r in snap.tasks}
+    keys = {t.task_key for t in plan.tasks}
+    wanted = {t.variant_id for t in plan.tasks if t.task_key not in rows}
+    previous = _previous(snap, wanted) if wanted else {}
     statuses = []
     cost = Decimal(0)
     for t in plan.tasks:
         row = rows.get(t.task_key)
         if row is not None:
-            status = _of_state(row[0], row[1], run_dir)
+            status = _of_state(row.state, row.error_code, snap.path)
         elif t.variant_id in previous:
             old_key, old_request = previous[t.variant_id]
             status = TaskStatus("changed", "changed: " + ", ".join(
@@ -116,41 +105,29 @@ def compare(plan: Plan, run_dir: Path) -> RecordStatus:
         if status.would_run:
             cost += t.est_cost
         statuses.append(status)
-    return RecordStatus(record_path(run_dir), tuple(statuses), cost,
-                        sum(k not in keys for k in rows))
+    return RecordStatus(snap.path, tuple(statuses), cost, sum(k not in keys for k in rows))
 
 
-def _of_state(state: str, code: str | None, run_dir: Path) -> TaskStatus:
+def _of_state(state: str, code: str | None, db: Path) -> TaskStatus:
     if state == "done":
         return TaskStatus("done", "done")
     if state == "failed":
         return TaskStatus("retry", f"retry: {code or 'unknown error'}")
-    if state in IN_DOUBT:
+    if state in IN_DOUBT_STATES:
         return TaskStatus("in_doubt", "in doubt: reconcile first")
     if state == "planned":
         return TaskStatus("pending", "pending")
-    raise RecordError(f"the run record {record_path(run_dir)} is damaged (unknown task state "
-                      f"{state!r})")
+    raise RecordError(f"the run record {db} is damaged (unknown task state {state!r})")
 
 
-def _previous(conn: sqlite3.Connection, variant_ids: set[str]
-              ) -> dict[str, tuple[str, dict[str, Any]]]:
+def _previous(snap: Snapshot, variant_ids: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     """variant id -> (task key, request) of its latest recorded task, for `variant_ids`."""
-    latest: dict[str, tuple[float, int, str, str]] = {}
-    for rowid, key, vid, updated, request in conn.execute(
-            "SELECT rowid, task_key, variant_id, updated_at, request_json FROM tasks"):
-        if vid in variant_ids and (vid not in latest or (updated, rowid) > latest[vid][:2]):
-            latest[vid] = (updated, rowid, key, request)
-    out = {}
-    for vid, (_, _, key, text) in latest.items():
-        try:
-            request = json.loads(text)
-        except (TypeError, ValueError):
-            request = None
-        if not isinstance(request, dict):
-            raise sqlite3.DatabaseError(f"task {key} has no readable request_json")
-        out[vid] = (key, request)
-    return out
+    latest: dict[str, tuple[float, int, TaskRow]] = {}
+    for i, r in enumerate(snap.tasks):
+        if r.variant_id in variant_ids and (r.variant_id not in latest
+                                            or (r.updated_at, i) > latest[r.variant_id][:2]):
+            latest[r.variant_id] = (r.updated_at, i, r)
+    return {vid: (r.task_key, snap.request(r)) for vid, (_, _, r) in latest.items()}
 
 
 def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

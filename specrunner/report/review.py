@@ -113,7 +113,8 @@ def recorded_spec(run_dir: Path, recorded: str | None) -> Path | None:
     if not recorded:
         return None
     path = Path(recorded)
-    return path if path.is_absolute() else Path(run_dir) / path
+    # resolve(): "run/../spec.yaml" becomes the spec's own path (symlinks followed first)
+    return path if path.is_absolute() else (Path(run_dir) / path).resolve()
 
 
 def find_spec(target: str, run_dir: Path, plan: Any, recorded: str | None) -> Path | None:

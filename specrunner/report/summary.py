@@ -1,10 +1,13 @@
 """Run record -> what reviewers read: totals, per-axis breakdowns, failures; table/JSON/CSV/MD.
 
-`load_run(run_dir, plan)` reads `<run_dir>/.specrunner/run.db` read-only (one snapshot, works
-while a run is writing it: WAL) into a `RunData`; `summarize(data, by)` computes a `Summary`;
-`render(summary, fmt)` formats it. Pure apart from the read-only SQLite read: no httpx/anyio.
-Matrix axes come from the spec's plan (tasks matched by task_key, then by variant id); without
-a plan they fall back to the request fields whose values differ between tasks.
+`load_run(run_dir)` reads the record's snapshot (record.read_snapshot: read-only, safe while
+a run writes it) into a `RunData`; `summarize(data, by)` computes a `Summary`;
+`render(summary, fmt)` formats it. Pure apart from that read: no httpx/anyio, no re-planning.
+The current tasks are those of the last run's plan (or of `plan`, when given); recorded tasks
+of earlier plans are reported apart as superseded. Each task's axes are what its plan
+recorded: input, prompt and its combination's values (a field a combination does not set
+reads as the value its request carries); records made before axes were recorded fall back to
+the request fields whose values differ between tasks.
 
 Task status: `done` (succeeded; some results may have been refused), `failed`, `pending`
 (planned, never sent) and `in_doubt` (sent, outcome unknown: the next run reconciles it).
@@ -43,35 +46,29 @@ import csv
 import io
 import json
 import math
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+import yaml
 from tabulate import tabulate
 
-from specrunner import runware
-
-from specrunner.plan import identity
-from specrunner.report.review import ReviewSummary, shown
-from specrunner.errors import RecordError, UsageError
+from specrunner import models, runware
+from specrunner.errors import UsageError
 from specrunner.money import usd
-from specrunner.store import APP_ID, DB_NAME, IN_DOUBT_STATES, RECORD_DIR
+from specrunner.plan import identity
+from specrunner.record import IN_DOUBT_STATES, Snapshot, TaskRow, read_snapshot
+from specrunner.report.review import ReviewSummary, shown
 
 FORMATS = ("table", "markdown", "json", "csv")
-RECORD = Path(RECORD_DIR) / DB_NAME
 STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
              **dict.fromkeys(sorted(IN_DOUBT_STATES), "in_doubt")}
 STATUSES = ("done", "failed", "pending", "in_doubt")
-# Codes the runner itself gives up with (executor.py), not the API's.
-RUNNER_CODES = frozenset({"attemptsExhausted", "retryBudgetExhausted", "deadline",
-                          "inputChanged", "uploadFailed", "noOutput", "error"})
 _SKIP_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs",
                           "includeCost", "deliveryMethod"})
-
 
 @dataclass(frozen=True)
 class Image:
@@ -84,13 +81,14 @@ class Image:
     cost: Decimal | None
     seed: str | None
     image_uuid: str | None
+    provider_prompt: str | None = None  # the prompt the provider says it used, if it said
 
 
 @dataclass(frozen=True)
 class InputRef:
     """A seed or mask of a task: a local file (absolute path, sha256) or a URL/UUID as text."""
 
-    field: str  # seedImage | maskImage
+    field: str  # seedImage | maskImage | a dotted request path
     kind: str  # file | url | uuid
     value: str
     sha256: str | None = None
@@ -117,16 +115,14 @@ class TaskInfo:
     latency_s: float | None  # first send -> done
     input_name: str | None = None
     inputs: tuple[InputRef, ...] = ()
-    prompt_name: str | None = None  # the spec's prompt template (None without the spec)
-    # The recorded request body (local inputs as "local:<sha256>" placeholders): the prompt
-    # text and the fields the review page shows. Not compared or hashed: a dict.
+    prompt_name: str | None = None
     request: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def prompt(self) -> str | None:
-        """The prompt text sent (positivePrompt), if recorded."""
-        text = self.request.get("positivePrompt")
-        return text if isinstance(text, str) else None
+        """The prompt text the task sends."""
+        value = self.request.get("positivePrompt")
+        return value if isinstance(value, str) else None
 
     @property
     def category(self) -> str | None:
@@ -161,54 +157,18 @@ class RunData:
     request_latencies: tuple[float, ...]
     new_uuids: int
     warnings: tuple[str, ...] = ()
+    superseded: tuple[TaskInfo, ...] = ()  # recorded tasks of earlier plans
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
 
 def category_of(code: str) -> str:
-    """runware.classify's category of an error code; `runner` for the runner's own codes."""
-    cat = runware.classify(code)
-    if cat == runware.Category.UNKNOWN and code in RUNNER_CODES:
-        return "runner"
-    return cat.value
+    """The category of an error code (the API's, or `runner` for specrunner's own)."""
+    return runware.classify(code).value
 
 
 def text_of(value: Any) -> str:
     """How an axis value reads in a report (true/false, 2, DESIGN; None -> "-")."""
     return "-" if value is None else identity.text_of(value)
-
-
-def record_path(run_dir: Path) -> Path:
-    """The record database of a run folder."""
-    return Path(run_dir) / RECORD
-
-
-def connect_ro(run_dir: Path) -> sqlite3.Connection:
-    """Open a run record read-only; RecordError if missing, damaged or not ours."""
-    db = record_path(run_dir)
-    if not db.is_file():
-        raise RecordError(f"no run record in {run_dir} (expected {db})")
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        app = conn.execute("PRAGMA application_id").fetchone()[0]
-        conn.execute("SELECT count(*) FROM tasks").fetchone()
-    except sqlite3.Error as exc:
-        raise RecordError(f"the run record {db} is damaged or unreadable ({exc})") from None
-    if app != APP_ID:
-        conn.close()
-        raise RecordError(f"{db} is not a specrunner run record")
-    return conn
-
-
-def _plan_index(plan: Any) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...], Any]:
-    if plan is None:
-        return {}, {}, (), None
-    return ({t.task_key: t for t in plan.tasks}, {t.variant_id: t for t in plan.tasks},
-            tuple(k for k, _ in plan.breakdown), plan.spec)
-
-
-def _axes_from_plan(task: Any, keys: Sequence[str], fields: Mapping[str, tuple[str, ...]],
-                    axis_value: Callable[[Any, str, Mapping[str, tuple[str, ...]]], Any]
-                    ) -> tuple[tuple[str, str], ...]:
-    return tuple((key, text_of(axis_value(task, key, fields))) for key in keys)
 
 
 def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -243,103 +203,116 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
                                           for f in flat]
 
 
-def _inputs(pair: Any) -> tuple[InputRef, ...]:
-    return tuple(InputRef(name, ref.kind, ref.value if ref.kind == "file" else ref.display,
-                          ref.sha256, pair.polarity)
-                 for name, ref in (("seedImage", pair.seed), ("maskImage", pair.mask)))
+def _recorded_axes(rows: Sequence[TaskRow], requests: Sequence[dict[str, Any]]
+                   ) -> tuple[list[str], list[tuple[tuple[str, str], ...]]]:
+    """Axis names (input, prompt, then every combination key in order of first appearance)
+    and each task's values, from what the plan recorded. A key a task's combination does not
+    set reads as the value its request carries for that field, or "-"."""
+    names = ["input", "prompt"]
+    for r in rows:
+        for k in r.axes or {}:
+            if k not in names:
+                names.append(k)
+    fields: dict[str, dict[str, tuple[str, ...]]] = {}
+    out = []
+    for r, req in zip(rows, requests):
+        model = str(req.get("model", ""))
+        if model not in fields:
+            fields[model] = models.field_paths(model) if model in models.MODELS else {}
+        values = []
+        for k in names:
+            if k == "input":
+                v: Any = r.input_name
+            elif k == "prompt":
+                v = r.prompt_name
+            elif r.axes and k in r.axes:
+                v = r.axes[k]
+            else:
+                v = req if k in fields[model] else None
+                for part in fields[model].get(k, ()):
+                    v = v.get(part) if isinstance(v, Mapping) else None
+            values.append((k, text_of(v)))
+        out.append(tuple(values))
+    return names, out
+
+
+def _input_refs(row: TaskRow) -> tuple[InputRef, ...]:
+    refs = []
+    for name, ref in sorted((row.inputs or {}).items(), key=lambda kv: (kv[0] != "seedImage",
+                                                                        kv[0] != "maskImage",
+                                                                        kv[0])):
+        refs.append(InputRef(name, str(ref.get("kind")), str(ref.get("value")),
+                             ref.get("sha256"),
+                             "black-edits" if ref.get("inverted") else "white-edits"))
+    return tuple(refs)
+
+
+def _spec_name(text: str | None) -> str | None:
+    try:
+        doc = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> RunData:
-    """Read a run record (read-only snapshot) into RunData; RecordError if it is unusable.
+    """Read a run record (a read-only snapshot) into RunData; RecordError if it is unusable.
 
-    `plan`: the spec's Plan, for matrix axes and input files (optional).
+    `plan`: a Plan whose tasks are the current ones (default: the last run's plan).
     """
-    conn = connect_ro(run_dir)
-    try:
-        conn.execute("BEGIN")  # one consistent snapshot even while a run commits
-        runs = conn.execute("SELECT run_id, started_at, ended_at, status, spec_path, max_usd "
-                            "FROM runs ORDER BY run_id").fetchall()
-        rows = conn.execute("SELECT task_key, idx, variant_id, state, est_cost, cost, "
-                            "error_code, error_message, request_json FROM tasks "
-                            "ORDER BY idx, variant_id").fetchall()
-        results: dict[str, list[Image]] = {}
-        for r in conn.execute("SELECT task_key, idx, output_path, sha256, bytes, cost, seed, "
-                              "image_uuid FROM results ORDER BY task_key, idx"):
-            results.setdefault(r[0], []).append(
-                Image(r[1], r[2], r[3], r[4], Decimal(r[5]) if r[5] else None, r[6], r[7]))
-        # Sends per task, and when the first request left (the "sending" transition is
-        # recorded ahead of dispatch, a window of tasks at a time, so it would count time
-        # spent queued).
-        sends: dict[str, int] = {}
-        first: dict[str, float] = {}
-        for key, n, started in conn.execute(
-                "SELECT task_key, count(*), min(started_at) FROM attempts WHERE kind='send' "
-                "GROUP BY task_key"):
-            sends[key], first[key] = n, started
-        latencies = tuple(e - s for (s, e) in conn.execute(
-            "SELECT started_at, ended_at FROM attempts ORDER BY started_at, id"))
-        done_at = dict(conn.execute("SELECT task_key, max(at) FROM transitions "
-                                    "WHERE to_state='done' GROUP BY task_key"))
-        new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation>0"
-                                 ).fetchone()[0]
-        last_seen = dict(conn.execute(
-            "SELECT run_id, max(at) FROM transitions GROUP BY run_id"))
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise RecordError(f"the run record {record_path(run_dir)} is damaged ({exc})") from None
-    finally:
-        conn.close()
-    by_key, by_id, keys, spec = _plan_index(plan)
-    fields: Mapping[str, tuple[str, ...]] = {}
-    inputs: dict[str, tuple[InputRef, ...]] = {}
-    if spec is not None:
-        from specrunner import models
-        from specrunner.plan import axis_value
+    return from_snapshot(read_snapshot(run_dir), plan, warnings)
 
-        fields = models.field_paths(spec.model)
-        inputs = {name: _inputs(pair) for name, pair in spec.inputs.items()}
-    requests = [json.loads(r[8]) for r in rows]
-    matched = [by_key.get(r[0]) or by_id.get(r[2]) for r in rows]
+
+def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()) -> RunData:
+    """RunData from a record's snapshot (see `load_run`)."""
+    current = ({t.task_key for t in plan.tasks} if plan is not None
+               else set(snap.plan_keys() or ()) or None)
+    rows = [r for r in snap.tasks if current is None or r.task_key in current]
+    old = [r for r in snap.tasks if current is not None and r.task_key not in current]
+    requests = [snap.request(r) for r in rows + old]
     notes = list(warnings)
-    if spec is None or any(m is None for m in matched):
-        axis_names, fallback = _fallback_axes(requests)
-        if spec is not None:
-            notes.append(f"{sum(m is None for m in matched)} recorded tasks are not in the "
-                         "spec's plan; their axes come from their requests")
+    if all(r.axes is not None for r in rows + old):
+        axis_names, values = _recorded_axes(rows + old, requests)
     else:
-        axis_names, fallback = [], []
-    axes_order = list(keys) if spec is not None else []
-    for name in axis_names:
-        if name not in axes_order:
-            axes_order.append(name)
-    tasks = []
-    for i, (r, req, m) in enumerate(zip(rows, requests, matched)):  # m: only with a spec
-        axes = (_axes_from_plan(m, keys, fields, axis_value) if m is not None
-                else tuple((k, fallback[i].get(k, "-")) for k in axis_names))
-        lat = done_at[r[0]] - first[r[0]] if r[0] in done_at and r[0] in first else None
-        tasks.append(TaskInfo(
-            index=r[1], variant_id=r[2], task_key=r[0], state=r[3],
-            status=STATUS_OF.get(r[3], "in_doubt"), axes=axes, est_cost=Decimal(r[4]),
-            cost=Decimal(r[5]) if r[5] else None,
-            number_results=int(req.get("numberResults", 1)),
-            images=tuple(results.get(r[0], ())), error_code=r[6], error_message=r[7],
-            sends=sends.get(r[0], 0), latency_s=lat,
-            input_name=m.input_name if m is not None else None,
-            inputs=inputs.get(m.input_name, ()) if m is not None else (),
-            prompt_name=m.prompt_name if m is not None else None, request=req))
+        axis_names, fallback = _fallback_axes(requests)
+        values = [tuple((k, f.get(k, "-")) for k in axis_names) for f in fallback]
+        notes.append("this record predates recorded axes: they come from the requests")
+    infos = [_info(snap, r, req, axes)
+             for r, req, axes in zip(rows + old, requests, values)]
+    runs = snap.runs
     wall = 0.0
-    for run_id, started, ended, *_ in runs:
-        end = ended if ended is not None else last_seen.get(run_id, started)
-        wall += max(0.0, (end or started) - started)
+    for run in runs:
+        end = run.ended_at if run.ended_at is not None else (run.last_seen or run.started_at)
+        wall += max(0.0, end - run.started_at)
     last = runs[-1] if runs else None
     return RunData(
-        name=spec.name if spec is not None else None,
-        spec_path=last[4] if last else None, status=last[3] if last else None,
-        runs=len(runs), started_at=runs[0][1] if runs else None,
-        ended_at=last[2] if last else None, wall_s=wall,
-        budget=Decimal(last[5]) if last and last[5] else None,
-        axes=tuple(axes_order), tasks=tuple(tasks), request_latencies=latencies,
-        new_uuids=int(new_uuids), warnings=tuple(notes))
+        name=(plan.spec.name if plan is not None else _spec_name(snap.spec_text)),
+        spec_path=last.spec_path if last else None, status=last.status if last else None,
+        runs=len(runs), started_at=runs[0].started_at if runs else None,
+        ended_at=last.ended_at if last else None, wall_s=wall,
+        budget=last.max_usd if last else None, axes=tuple(axis_names),
+        tasks=tuple(infos[:len(rows)]), request_latencies=snap.request_latencies,
+        new_uuids=snap.new_uuids, warnings=tuple(notes), superseded=tuple(infos[len(rows):]),
+        snapshot=snap)
+
+
+def _info(snap: Snapshot, r: TaskRow, request: dict[str, Any],
+          axes: tuple[tuple[str, str], ...]) -> TaskInfo:
+    images = tuple(Image(x.index, x.output_path, x.sha256, x.bytes, x.cost, x.seed,
+                         x.image_uuid, x.provider_prompt)
+                   for x in snap.results.get(r.task_key, ()))
+    first, done = snap.first_send.get(r.task_key), snap.done_at.get(r.task_key)
+    nres = request.get("numberResults", 1)
+    return TaskInfo(
+        index=r.index, variant_id=r.variant_id, task_key=r.task_key, state=r.state,
+        status=STATUS_OF.get(r.state, "in_doubt"), axes=axes, est_cost=r.est_cost,
+        cost=r.cost, number_results=nres if isinstance(nres, int) else 1, images=images,
+        error_code=r.error_code, error_message=r.error_message,
+        sends=snap.sends.get(r.task_key, 0),
+        latency_s=done - first if first is not None and done is not None else None,
+        input_name=r.input_name, inputs=_input_refs(r), prompt_name=r.prompt_name,
+        request=request)
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -361,7 +334,7 @@ class Summary:
 
     data: RunData
     by: tuple[str, ...]
-    totals: tuple[tuple[str, Any], ...]
+    totals: Mapping[str, Any]  # in the order reports show them
     breakdown: tuple[tuple[str, tuple[Group, ...]], ...]
     errors: tuple[tuple[str, str, int], ...]  # (code, category, tasks)
     failures: tuple[TaskInfo, ...]
@@ -434,7 +407,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     images, actual = whole.images, whole.actual
     done, n_failed, pending, in_doubt = whole.counts
     task_lat = [t.latency_s for t in tasks if t.latency_s is not None]
-    totals = (
+    totals = dict((
         ("tasks", whole.tasks),
         ("images", images),
         ("images_refused", sum(max(0, t.number_results - len(t.images)) for t in tasks
@@ -453,7 +426,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
         ("wall_s", round(data.wall_s, 3)),
         ("request_latency_s", _lat(data.request_latencies)),
         ("task_latency_s", _lat(task_lat)),
-    )
+    ))
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
     problems = [t for t in tasks if t.status != "done" and t.status != "pending"
                 or t.error_code]
@@ -484,7 +457,7 @@ LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in d
 def to_json(s: Summary) -> dict[str, Any]:
     """The documented JSON shape (see the module docstring)."""
     d = s.data
-    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
+    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals.items()}
     return {
         "format": "specrunner.report/1",
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
@@ -566,7 +539,7 @@ def _text(s: Summary, fmt: str) -> str:
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
     parts = [f"## {title}" if md else title, ""]
     budget = [("budget_usd", d.budget)] if d.budget is not None else []
-    rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals) + budget]
+    rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals.items()) + budget]
     parts.append(tabulate(rows, headers=["total", "value"], tablefmt=fmt,
                           disable_numparse=True))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from specrunner.errors import RecordError
 from specrunner.money import usd
+from specrunner.record import record_path
 from specrunner.report.review import (
     Conflict,
     Decision,
@@ -29,7 +31,7 @@ from specrunner.report.review import (
     review_images,
     update,
 )
-from specrunner.report.summary import RunData, TaskInfo, record_path
+from specrunner.report.summary import RunData, TaskInfo
 
 MAX_AGE_S = 10.0  # re-read the record at least this often even if its files look unchanged
 
@@ -74,11 +76,20 @@ class Source:
         return (_stat_sig(db), _stat_sig(db.with_name(db.name + "-wal")))
 
     def data(self) -> RunData:
-        """The run, re-read when the record's files changed (or every MAX_AGE_S)."""
+        """The run, re-read when the record's files changed (or every MAX_AGE_S).
+
+        A read that fails while an earlier one succeeded (a run creating or migrating its
+        record at that moment) keeps the earlier snapshot; the next call tries again.
+        """
         sig = self._record_sig()
         now = time.monotonic()
         if self._data is None or self._data[0] != sig or now - self._data[1] > MAX_AGE_S:
-            self._data = (sig, now, self._load_data())
+            try:
+                self._data = (sig, now, self._load_data())
+            except RecordError:
+                if self._data is None:
+                    raise
+                self._data = (None, self._data[1], self._data[2])
         return self._data[2]
 
     def decisions(self) -> dict[Key, Decision]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -106,3 +106,14 @@ class Spec:
     def loc(self, path: str) -> Loc | None:
         """The source position of `path`, or of its nearest ancestor that has one."""
         return nearest_loc(self.locs, path) or Loc(str(self.path), 1, 1)
+
+    def with_limits(self, *, max_usd: Decimal | None = None,
+                    concurrency: int | None = None) -> Spec:
+        """This spec with its budget or concurrency overridden (the CLI's --max-usd and
+        --concurrency); None keeps the spec's own."""
+        spec = self
+        if max_usd is not None:
+            spec = replace(spec, budget=replace(spec.budget, max_usd=max_usd))
+        if concurrency is not None:
+            spec = replace(spec, execution=replace(spec.execution, concurrency=concurrency))
+        return spec

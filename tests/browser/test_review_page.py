@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from PIL import Image
 from browser.conftest import watch
 from specrunner import cli
 from specrunner.commands.review import build_source
-from specrunner.local.server import running
+from specrunner.errors import RecordError
 from specrunner.report import review
 from specrunner.review import create_app
+from specrunner.review.serve import running
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run_fixture"
 SHA = {"bakery-DESIGN-2": "8cec3279e3ed3f66754af5081623825394f8541ba8351a7c111585e45077e842",
@@ -263,30 +265,47 @@ def test_two_tabs_deciding_at_once_both_land_and_never_overwrite_each_other(
 
 
 def test_the_page_follows_a_run_that_is_still_writing(
-        browser: Any, server: str, fx: Path, page_errors: list[str], tmp_path: Path) -> None:
-    page = open_page(browser, server, page_errors)
-    assert sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 3
+        browser: Any, fx: Path, page_errors: list[str], tmp_path: Path) -> None:
+    shutil.rmtree(fx / "run")  # a fresh campaign: 5 tasks, 6 images, 1.5 s per edit
     faults = tmp_path / "slow.json"
-    faults.write_text(json.dumps({"processing": 2.0}))  # each edit takes 2 s: a 4 s run
+    faults.write_text(json.dumps({"processing": 1.5}))
     proc = subprocess.Popen([sys.executable, "-m", "specrunner", "run", str(fx / "spec.yaml"),
                              "--local", "--faults", str(faults), "--progress", "none"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = set()
     try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            seen.add(page.inner_text("#where").split(")")[0])
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=30)
+        source = until(lambda: _source_when_recorded(fx), timeout=30, what="the record")
+        with running(create_app(source)) as url:
+            page = watch(browser.new_context(viewport={"width": 1280, "height": 900})
+                         .new_page(), page_errors)
+            page.goto(url)
+            page.wait_for_selector("#where:not(:empty)")
+            seen, counts = set(), []
+            deadline = time.monotonic() + 90
+            while proc.poll() is None and time.monotonic() < deadline:
+                seen.add(page.inner_text("#where").split(")")[0])
+                counts.append(sum(1 for k, _ in tiles(page) if not k.endswith(":")))
+                time.sleep(0.1)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            until(lambda: sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 6,
+                  what="every image without a reload")
+            until(lambda: "(complete" in page.inner_text("#where"), what="the run's end")
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
     assert any("(running" in s for s in seen), seen  # the page saw the run going
-    until(lambda: sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 5,
-          what="the new images without a reload")
-    until(lambda: "(complete" in page.inner_text("#where"), what="the run's end")
+    assert counts == sorted(counts) and any(0 < c < 6 for c in counts), counts  # and grow
     assert page_errors == []
+
+
+def _source_when_recorded(fx: Path) -> Any:
+    """The review source once the run has begun its record (None before)."""
+    try:
+        source = build_source(str(fx / "spec.yaml"), None)
+        source.state()
+    except RecordError:  # the record is not there yet
+        return None
+    return source
 
 
 def test_export_after_reviewing_in_the_page_copies_exactly_the_approved_set(
@@ -388,3 +407,28 @@ def test_the_page_ships_in_the_wheel_as_package_data() -> None:
     listed = {str(p.relative_to(static)) for pat in patterns for p in static.glob(pat)}
     assert on_disk == listed == {"static/index.html", "static/review.css", "static/review.js"}
     assert "specrunner.review" in config["packages"]
+
+
+def test_a_failed_reread_keeps_the_last_snapshot_and_retries(fx: Path) -> None:
+    from specrunner import report
+    from specrunner.review import Source
+
+    run = fx / "run"
+    data = report.load_run(run)
+    calls: list[str] = []
+
+    def load() -> Any:
+        calls.append("load")
+        if len(calls) == 2:
+            raise RecordError("the record is being migrated")
+        return data
+
+    source = Source(run, load, fx / "spec.review.yaml", fx / "spec.yaml")
+    first = source.state()
+    db = run / ".specrunner" / "run.db"
+    os.utime(db, ns=(time.time_ns(), time.time_ns() + 10**9))  # the record changed
+    assert source.state().body == first.body and calls == ["load", "load"]
+    assert source.state().body == first.body and calls == ["load", "load", "load"]
+    with pytest.raises(RecordError):  # with no snapshot yet, the failure is the answer
+        Source(run, lambda: (_ for _ in ()).throw(RecordError("none")), fx / "x.review.yaml",
+               None).state()

@@ -1,35 +1,72 @@
-"""A run's local seed and mask files: read once, checked against the plan's hash, and sent
-once per content (uploaded, or inlined as data URIs), reusing uploads the record still holds.
+"""A run's local image inputs: read once, checked against the plan's hash, sent once per
+content (uploaded, or inlined as a data URI), reusing uploads the record still holds; and
+`substitute`, which puts what stands for them into a task's request.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import random
+import re
 import uuid as uuidlib
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 from PIL import Image, ImageOps
 
-from specrunner import runware, store as st
-from specrunner.batching import Writer
-from specrunner.spec.types import Execution
+from specrunner import runware
 from specrunner.plan.task import LocalImage, Task
-from specrunner.client import (Backoff, Fault, RunwareClient, Sleep, category, check_image,
-                               data_uri)
-from specrunner.run_types import GiveUp, StopRun
+from specrunner.record import UPLOAD_TTL_S
+from specrunner.run.client import Fault, RunwareClient, check_image, data_uri
+from specrunner.run.context import GiveUp, StopRun
+from specrunner.runware import Action, RunnerCode
+
+if TYPE_CHECKING:
+    from specrunner.record import RunLog
+    from specrunner.run.context import Backoff, Sleep
+    from specrunner.spec.types import Execution
+
+_INDEX = re.compile(r"^(.*)\[([0-9]+)\]$")
+
+
+def substitute(task: Task, task_uuid: str, resolved: dict[str, str]) -> dict[str, Any]:
+    """The request to send: the plan's, with `task_uuid` and every local input replaced by
+    what stands for it. Keys of `resolved` (as of `Task.local_inputs`) are `seedImage` and
+    `maskImage` (under `inputs`), or a dotted request path whose list items carry their index:
+    `providerSettings.ideogram.styleReferenceImages[0]`."""
+    req = dict(task.request)
+    req["taskUUID"] = task_uuid
+    if not resolved:
+        return req
+    req = copy.deepcopy(req)  # nested mappings are shared between the plan's tasks
+    for key, value in resolved.items():
+        path = ["inputs", key] if key in ("seedImage", "maskImage") else key.split(".")
+        node: Any = req
+        for part in path[:-1]:
+            node = _step(node, part)
+        last = _INDEX.match(path[-1])
+        if last:
+            _step(node, last.group(1))[int(last.group(2))] = value
+        else:
+            node[path[-1]] = value
+    return req
+
+
+def _step(node: Any, part: str) -> Any:
+    m = _INDEX.match(part)
+    return node[m.group(1)][int(m.group(2))] if m else node[part]
 
 
 class Inputs:
-    """Local seed/mask files, read once and sent once per content (upload or inline)."""
+    """Local seed/mask/reference files, read once and sent once per content."""
 
     def __init__(self, uploads: dict[tuple[str, bool], tuple[str, float]], *,
-                 client: RunwareClient, writer: Writer, execution: Execution,
+                 client: RunwareClient, log: RunLog, execution: Execution,
                  wall: Callable[[], float], sleep: Sleep, backoff: Backoff,
                  rng: random.Random) -> None:
-        self.client, self.writer, self.execution = client, writer, execution
+        self.client, self.log, self.execution = client, log, execution
         self.wall, self.sleep, self.backoff, self.rng = wall, sleep, backoff, rng
         self._known = uploads
         self._cache: dict[tuple[str, bool], str] = {}
@@ -53,10 +90,11 @@ class Inputs:
                 stale = True
         return stale
 
-    def _bytes(self, img: LocalImage) -> tuple[bytes, str]:
+    @staticmethod
+    def _bytes(img: LocalImage) -> tuple[bytes, str]:
         data = img.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != img.sha256:
-            raise GiveUp("failed", "inputChanged", f"{img.path.name} changed since planning")
+            raise GiveUp("failed", RunnerCode.INPUT_CHANGED, f"{img.path.name} changed since planning")
         if not img.invert:
             return data, check_image(data)
         with Image.open(io.BytesIO(data)) as im:
@@ -75,7 +113,7 @@ class Inputs:
                 return self._cache[key]
             known = self._known.get(key)
             if (self.execution.upload == "upload" and known
-                    and self.wall() - known[1] < st.UPLOAD_TTL_S):
+                    and self.wall() - known[1] < UPLOAD_TTL_S):
                 self._cache[key] = known[0]
                 self._reused.add(key)
                 return known[0]
@@ -85,8 +123,7 @@ class Inputs:
                 self._cache[key] = uri
                 return uri
             image_uuid = await self._upload(uri)
-            await self.writer.write([st.op_upload(img.sha256, img.invert, image_uuid,
-                                                  self.wall())])
+            await self.log.upload(img.sha256, img.invert, image_uuid)
             self._cache[key] = image_uuid
             return image_uuid
 
@@ -104,10 +141,11 @@ class Inputs:
                     return str(item["imageUUID"])
             errs = reply.envelope.errors
             if errs:
-                cat = category(errs[0], reply.status)
-                if cat in runware.STOP_RUN:
-                    raise StopRun(f"upload refused: {errs[0].get('code')}")
-                if cat not in runware.RETRY_SAME_UUID and cat not in runware.RETRY_NEW_UUID:
+                action = runware.ACTIONS[runware.category(errs[0], reply.status)]
+                if action is Action.STOP:
+                    raise StopRun(str(errs[0].get("code")), "an input upload was refused: "
+                                  f"{str(errs[0].get('message', ''))[:200]}")
+                if action is Action.FINAL:
                     raise GiveUp("failed", str(errs[0].get("code")), "input upload refused: "
-                                 f"{str(errs[0].get('message', ''))[:200]}")
-        raise GiveUp("failed", "uploadFailed", "input upload failed after retries")
+                                      f"{str(errs[0].get('message', ''))[:200]}")
+        raise GiveUp("failed", RunnerCode.UPLOAD_FAILED, "input upload failed after retries")

@@ -1,6 +1,6 @@
 """Progress of a run: a live line on a terminal, periodic plain lines otherwise, a summary.
 
-Pure formatting over `run_types.Counters`; the caller decides when to tick and where to write.
+Pure formatting over `Counters`; the caller decides when to tick and where to write.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Callable, TextIO
 
 from tabulate import tabulate
 
-from specrunner.run_types import Counters
+from specrunner.money import money, usd
+from specrunner.run.context import Counters
 
 
 def _eta(seconds: float | None) -> str:
@@ -30,7 +31,7 @@ def status_line(c: Counters, max_usd: Decimal, elapsed: float) -> str:
     eta = c.remaining / rate if rate else None
     return (f"{c.skipped + c.done}/{c.total} done, {c.failed} failed, {c.in_doubt} in doubt, "
             f"{c.retrying} retrying, {c.in_flight} in flight (limit {c.limit}), "
-            f"${c.spent:.2f} of ${max_usd:.2f}, ETA {_eta(eta)}")
+            f"{money(c.spent)} of {money(max_usd)}, ETA {_eta(eta)}")
 
 
 @dataclass
@@ -91,7 +92,7 @@ def summary_table(c: Counters, max_usd: Decimal, status: str) -> str:
         ("requests sent (imageInference)", c.sends),
         ("retries", c.retries),
         ("polls", c.polls),
-        ("spent (USD)", f"{c.spent:.2f} of {max_usd:.2f}"),
+        ("spent (USD)", f"{usd(c.spent)} of {usd(max_usd)}"),
         ("status", status),
     ]
     return tabulate(rows, tablefmt="simple", disable_numparse=True)

@@ -1,10 +1,9 @@
 """Talks to Runware over an injected httpx.AsyncClient: send task arrays, upload, download.
 
 Foreign errors are translated here, in one place, into `Fault` (a transient or ambiguous
-transport outcome) so callers deal with Runware's categories only. Retry decisions are
-predicates (`retry_same_uuid`, ...), backoff is full jitter with an injected sleep and random
-source, and `set_testing(True)` switches every wait off (stamina-style). The API key travels
-only in the Authorization header of API POSTs: never in a body, a URL, a log or an error.
+transport outcome) or `DownloadError`, so callers deal with Runware's envelopes only. The API
+key travels only in the Authorization header of API POSTs: never in a body, a URL, a log or an
+error. Image downloads carry no credentials.
 """
 
 from __future__ import annotations
@@ -13,37 +12,20 @@ import base64
 import binascii
 import io
 import json
-import random
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import anyio
 import httpx
 from PIL import Image
 
 from specrunner import __version__, runware
-from specrunner.deadlines import Deadlines
-from specrunner.runware import Category, Envelope
+from specrunner.runware import Envelope, RunnerCode
 
-_TESTING = False
-RETRY_AFTER_CAP_S = 120.0
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 OVERLOAD_STATUS = frozenset({429, 503, 504})
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-def set_testing(on: bool) -> None:
-    """Turn all backoff and polling waits off (tests) or back on."""
-    global _TESTING
-    _TESTING = on
-
-
-async def default_sleep(seconds: float) -> None:
-    """anyio.sleep, skipped entirely in testing mode."""
-    await anyio.sleep(0 if _TESTING else seconds)
 
 
 class Fault(Exception):
@@ -53,10 +35,10 @@ class Fault(Exception):
     `code` is a short stable name recorded in the run record.
     """
 
-    def __init__(self, code: str, message: str, *, ambiguous: bool, status: int | None = None,
+    def __init__(self, code: str | RunnerCode, message: str, *, ambiguous: bool, status: int | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = str(code.value if isinstance(code, RunnerCode) else code)
         self.ambiguous = ambiguous
         self.status = status
         self.retry_after = retry_after
@@ -65,10 +47,10 @@ class Fault(Exception):
 class DownloadError(Exception):
     """An output image could not be fetched or is not an acceptable image."""
 
-    def __init__(self, code: str, message: str, *, transient: bool,
+    def __init__(self, code: str | RunnerCode, message: str, *, transient: bool,
                  status: int | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = str(code.value if isinstance(code, RunnerCode) else code)
         self.transient = transient
         self.status = status  # the HTTP status, when a response came back
 
@@ -80,67 +62,6 @@ class Reply:
     status: int
     envelope: Envelope
     latency: float
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Full-jitter exponential backoff: sleep = random(0, min(cap, base * 2**n))."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, retry: int, rng: random.Random, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number `retry` (0-based); honours a capped Retry-After."""
-        d = rng.uniform(0, min(self.cap, self.base * (2 ** retry)))
-        if retry_after is not None:
-            d = max(d, min(retry_after, RETRY_AFTER_CAP_S))
-        return d
-
-
-class RetryBudget:
-    """A run-wide retry budget (Google SRE): retries may add at most `ratio` of first sends.
-
-    Every first send earns `ratio` of a retry; every retry spends one. `floor` retries are
-    available from the start so a small run can still retry. Counted from integers (not a
-    float running sum, which would lose a retry to rounding: 50 x 0.2 < 10.0).
-    """
-
-    def __init__(self, ratio: float, floor: float = 10.0) -> None:
-        self.ratio = ratio
-        self.floor = floor
-        self.sends = 0
-        self.spent = 0
-
-    @property
-    def tokens(self) -> float:
-        """Retries still allowed (may be fractional)."""
-        return self.floor + self.ratio * self.sends - self.spent
-
-    def on_send(self) -> None:
-        self.sends += 1
-
-    def try_spend(self) -> bool:
-        """Take one retry; False when the budget is exhausted."""
-        if self.tokens >= 1.0 - 1e-9:
-            self.spent += 1
-            return True
-        return False
-
-
-def errors_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
-    """Errors addressed to `task_uuid` (or to nobody in particular: a one-task request)."""
-    return [e for e in env.errors if e.get("taskUUID") in (task_uuid, None, "")]
-
-
-def items_for(env: Envelope, task_uuid: str) -> list[dict[str, Any]]:
-    """Data items addressed to `task_uuid`."""
-    return [d for d in env.data if d.get("taskUUID") == task_uuid]
-
-
-def category(err: dict[str, Any], status: int | None) -> Category:
-    """The Runware category of one error object."""
-    code = err.get("code")
-    return runware.classify(code if isinstance(code, str) else None, status)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -157,19 +78,14 @@ class RunwareClient:
     def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str | None,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         self.http = http
-        # Every request's timeout (and, in a run, every task's deadline): one timer for all
-        # while a run's watcher runs, anyio's own deadline otherwise (deadlines.py).
-        self.deadlines = Deadlines()
         self.base_url = base_url
         self._url = httpx.URL(base_url)  # parsed once, not per request
         common = {"User-Agent": f"specrunner/{__version__}", "Accept-Encoding": "gzip, deflate"}
         headers = {**common, "Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # Requests are built here, once-parsed headers and all, and handed to http.send():
-        # httpx's build_request would merge client defaults and cookies into every request
-        # (a tenth of the runner's client-side CPU per task, measured in bench/bench_run.py).
-        # No cookies and no client default headers: image downloads carry only `common`.
+        # Requests are built here and handed to http.send(): no client default headers or
+        # cookies, so an image download (another host) carries only `common`, never the key.
         self._headers = httpx.Headers(headers)
         self._download_headers = httpx.Headers(common)
         self._timeouts: dict[float, dict[str, Any]] = {}
@@ -198,28 +114,29 @@ class RunwareClient:
         # The scope also bounds the whole exchange where httpx's per-operation timeouts do
         # not (a trickling server; ASGITransport ignores them altogether).
         try:
-            with self.deadlines.bound(timeout) as scope:
+            with anyio.move_on_after(timeout) as scope:
                 resp = await self.http.send(request)  # read in full, connection handed back
             if scope.cancelled_caught:
                 raise TimeoutError
         except TimeoutError:
-            raise Fault("timeout", "request timed out", ambiguous=True) from None
+            raise Fault(RunnerCode.REQUEST_TIMEOUT, "request timed out", ambiguous=True) from None
         except httpx.ConnectError:
-            raise Fault("connectError", "could not connect", ambiguous=False) from None
+            raise Fault(RunnerCode.CONNECT_ERROR, "could not connect", ambiguous=False) from None
         except httpx.ConnectTimeout:
-            raise Fault("connectTimeout", "connect timed out", ambiguous=False) from None
+            raise Fault(RunnerCode.CONNECT_TIMEOUT, "connect timed out", ambiguous=False) from None
         except httpx.TimeoutException as exc:
-            raise Fault("timeout", f"request timed out ({type(exc).__name__})",
+            raise Fault(RunnerCode.REQUEST_TIMEOUT, f"request timed out ({type(exc).__name__})",
                         ambiguous=True) from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise Fault("transportError", f"connection failed ({type(exc).__name__})",
+            raise Fault(RunnerCode.CONNECTION_LOST, f"connection failed ({type(exc).__name__})",
                         ambiguous=True) from None
         latency = self.clock() - t0
         try:
             env = runware.parse_envelope(resp.content)
         except runware.UnreadableBody as exc:
-            raise Fault(f"http{resp.status_code}" if resp.status_code >= 400 else "unreadableBody",
-                        f"HTTP {resp.status_code}: {exc}", ambiguous=True,
+            code = f"http{resp.status_code}" if resp.status_code >= 400 else \
+                RunnerCode.UNREADABLE_BODY
+            raise Fault(code, f"HTTP {resp.status_code}: {exc}", ambiguous=True,
                         status=resp.status_code, retry_after=_retry_after(resp)) from None
         if resp.status_code in TRANSIENT_STATUS and not env.data and not env.errors:
             raise Fault(f"http{resp.status_code}", f"HTTP {resp.status_code}", ambiguous=True,
@@ -231,20 +148,18 @@ class RunwareClient:
         return await self.send([{"taskType": "imageUpload", "taskUUID": task_uuid,
                                  "image": image}], timeout)
 
-    async def download(self, url: str, max_bytes: int, timeout: float) -> bytes:
-        """GET an output image (no credentials sent), capped at `max_bytes`, checked to decode.
-
-        Relative URLs resolve against the API's base URL (the local server hands those out).
+    async def download(self, url: str, max_bytes: int, timeout: float) -> tuple[bytes, str]:
+        """GET an output image (no credentials sent), capped at `max_bytes`, checked to be a
+        complete image: (bytes, format). Relative URLs resolve against the API's base URL
+        (the local server hands those out).
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        with self.deadlines.bound(timeout) as scope:
-            data = await self._download(url, max_bytes, timeout)
-        if scope.cancelled_caught:
-            raise DownloadError("timeout", "download timed out", transient=True)
-        return data
+        with anyio.move_on_after(timeout) as scope:
+            return await self._download(url, max_bytes, timeout)
+        raise DownloadError(RunnerCode.DOWNLOAD_TIMEOUT, "download timed out", transient=True)
 
-    async def _download(self, url: str, max_bytes: int, timeout: float) -> bytes:
+    async def _download(self, url: str, max_bytes: int, timeout: float) -> tuple[bytes, str]:
         request = httpx.Request("GET", url, headers=self._download_headers,
                                 extensions=self._timeout(timeout))
         try:
@@ -257,30 +172,30 @@ class RunwareClient:
                                         or resp.status_code == 404, status=resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise DownloadError("tooLarge", f"download larger than {max_bytes} bytes",
+                    raise DownloadError(RunnerCode.TOO_LARGE, f"download larger than {max_bytes} bytes",
                                         transient=False)
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise DownloadError("tooLarge", f"download larger than {max_bytes} "
+                        raise DownloadError(RunnerCode.TOO_LARGE, f"download larger than {max_bytes} "
                                             "bytes", transient=False)
                     chunks.append(chunk)
             finally:
                 await resp.aclose()
         except httpx.HTTPError as exc:
-            raise DownloadError("transportError", f"download failed ({type(exc).__name__})",
+            raise DownloadError(RunnerCode.DOWNLOAD_FAILED, f"download failed ({type(exc).__name__})",
                                 transient=True) from None
         data = b"".join(chunks)
-        check_image(data)
-        return data
+        return data, check_image(data)
 
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 def _not_an_image(why: str) -> DownloadError:
-    return DownloadError("notAnImage", f"output is not a readable image ({why})", transient=True)
+    return DownloadError(RunnerCode.NOT_AN_IMAGE, f"output is not a readable image ({why})",
+                         transient=True)
 
 
 def _check_png(data: bytes) -> None:
@@ -335,23 +250,23 @@ def check_image(data: bytes) -> str:
     return fmt
 
 
-def inline_output(item: dict[str, Any], max_bytes: int) -> bytes | None:
-    """Decode an imageBase64Data / imageDataURI result item; None if it carries a URL instead."""
+def inline_output(item: dict[str, Any], max_bytes: int) -> tuple[bytes, str] | None:
+    """Decode an imageBase64Data / imageDataURI result item into (bytes, format); None if it
+    carries a URL instead."""
     raw = item.get("imageBase64Data") or item.get("imageDataURI")
     if not isinstance(raw, str):
         return None
     if raw.startswith("data:"):
         raw = raw.partition(",")[2]
     if len(raw) * 3 // 4 > max_bytes:
-        raise DownloadError("tooLarge", f"inline output larger than {max_bytes} bytes",
+        raise DownloadError(RunnerCode.TOO_LARGE, f"inline output larger than {max_bytes} bytes",
                             transient=False)
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise DownloadError("badBase64", "inline output is not valid base64", transient=True) \
-            from None
-    check_image(data)
-    return data
+        raise DownloadError(RunnerCode.BAD_BASE64, "inline output is not valid base64",
+                            transient=True) from None
+    return data, check_image(data)
 
 
 def data_uri(data: bytes, fmt: str) -> str:

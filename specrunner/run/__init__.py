@@ -1,0 +1,202 @@
+"""Stage 3: run a Plan against Runware, another base URL, or the in-process local server.
+
+    runner = Runner(plan, local=True)        # or api_key=..., base_url=...
+    result = runner.run_sync()               # or `await runner.run()` inside anyio
+    result.status, result.counters.done, result.counters.spent
+
+The run's record (<out>/.specrunner/run.db) makes it resumable: run the same plan again and
+done tasks are skipped, tasks in doubt are reconciled with the server before anything is sent
+again. `drain()` stops dispatching (the tasks in flight finish); `cancel()` stops them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from specrunner import __version__, runware
+from specrunner.errors import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED,
+                               UsageError)
+from specrunner.plan.build import Plan
+from specrunner.provenance import Provenance, provenance
+from specrunner.record import RunMeta, open_record, record_dir, record_path
+from specrunner.run.client import RunwareClient
+from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
+from specrunner.run.executor import STATUSES, Executor
+
+if TYPE_CHECKING:
+    from specrunner.local import FaultConfig, LocalServer
+
+__all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "local_server",
+           "set_testing"]
+
+EXIT_CODES = {"complete": EXIT_OK, "failed": EXIT_TASKS_FAILED, "stopped": EXIT_TASKS_FAILED,
+              "incomplete": EXIT_TASKS_FAILED, "budget": EXIT_BUDGET,
+              "interrupted": EXIT_INTERRUPTED}
+LOCAL_URL = "http://local.specrunner/v1"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: status (one of STATUSES), its exit code, the figures, where it is."""
+
+    status: str
+    exit_code: int
+    counters: Counters
+    out_dir: Path
+    record: Path
+    max_usd: Decimal
+    message: str = ""
+    provenance: Provenance | None = None  # git commit, uncommitted changes, lock, version
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one error of a task group's failure (a record error every worker saw once), or the
+    group itself when its errors differ."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    kinds = {type(e) for e in leaves}
+    return leaves[0] if len(kinds) == 1 else group
+
+
+def local_server(faults: FaultConfig | None = None,
+                 state_dir: Path | None = None) -> LocalServer:
+    """The built-in Runware-compatible server a `local=True` run talks to, in-process.
+    With `state_dir` it keeps its uploads, tasks and ledger there across runs, as Runware
+    keeps them across a campaign's runs."""
+    from specrunner import local
+
+    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig(),
+                                              state_dir=state_dir))
+
+
+class Runner:
+    """One run of a plan: where it sends, where it writes, under what limits.
+
+    Backend: `local=True` (the built-in server, in-process; `faults` injects failures; or
+    `local=<a LocalServer>` to use that one and read its ledger afterwards), else
+    `base_url` (default Runware's) with `api_key`, which travels only in the Authorization
+    header. `out_dir` defaults to the spec's output.dir; `concurrency` and `max_usd` override
+    the spec's. `transport` replaces the network entirely (tests). Raises UsageError for bad
+    options and RecordError for a locked or damaged record, before any request.
+    """
+
+    def __init__(self, plan: Plan, *, out_dir: str | Path | None = None,
+                 api_key: str | None = None, base_url: str | None = None,
+                 local: bool | LocalServer = False,
+                 faults: FaultConfig | None = None, concurrency: int | None = None,
+                 max_usd: Decimal | None = None, jitter_seed: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Sleep = default_sleep) -> None:
+        if concurrency is not None and not 1 <= concurrency <= 1024:
+            raise UsageError("concurrency must be between 1 and 1024")
+        if max_usd is not None and (not max_usd.is_finite() or max_usd <= 0):
+            raise UsageError("max_usd must be a positive number")
+        spec = plan.spec.with_limits(max_usd=max_usd, concurrency=concurrency)
+        if faults is not None and not local:
+            raise UsageError("faults only apply to the local server (local=True)")
+        if not local and transport is None and not api_key:
+            raise UsageError("no API key: set RUNWARE_API_KEY or pass --key-file (or use --local)")
+        self.plan, self.spec = plan, spec
+        self.out_dir = Path(out_dir).resolve() if out_dir is not None else spec.output.dir
+        self.api_key = api_key or ("local" if local else None)
+        self.base_url = LOCAL_URL if local else (base_url or runware.API_URL)
+        self.local, self.faults, self.transport = bool(local), faults, transport
+        self._server = None if isinstance(local, bool) else local
+        self.rng = random.Random(jitter_seed) if jitter_seed is not None else random.Random()
+        self.sleep = sleep
+        self.executor: Executor | None = None
+        self._counters = Counters(total=len(plan.tasks), limit=spec.execution.concurrency)
+
+    @property
+    def counters(self) -> Counters:
+        """The run's live figures (what the progress line shows)."""
+        return self.executor.counters if self.executor is not None else self._counters
+
+    def drain(self) -> None:
+        """Stop dispatching; the tasks in flight finish."""
+        if self.executor is not None:
+            self.executor.drain()
+
+    def cancel(self) -> None:
+        """Stop the tasks in flight too; they stay in doubt and the next run reconciles them."""
+        if self.executor is not None:
+            self.executor.cancel()
+
+    def run_sync(self) -> RunResult:
+        """`run()` in a fresh event loop."""
+        return anyio.run(self.run)
+
+    async def run(self) -> RunResult:
+        """Record the run and its plan, send every task not done yet, record how it ended.
+        Raises RecordError if the record cannot be opened or written."""
+        try:
+            return await self._run()
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+
+    async def _run(self) -> RunResult:
+        spec, tasks = self.spec, list(self.plan.tasks)
+        record = open_record(self.out_dir)
+        try:
+            where = provenance(spec.path, {img.path for t in tasks
+                                           for img in t.local_inputs.values()})
+            run_id = record.begin_run(RunMeta(
+                spec_path=str(spec.path), spec_text=spec.path.read_text(encoding="utf-8"),
+                spec_sha256=spec.source_sha256,
+                plan_json=json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
+                                       "task_uuid": t.task_uuid, "est_cost": str(t.est_cost)}
+                                      for t in tasks]),
+                max_usd=spec.budget.max_usd, git_commit=where.commit, git_dirty=where.dirty,
+                lock_sha256=where.lock_sha256, provenance=where.to_json(),
+                versions={"specrunner": __version__, "python": platform.python_version(),
+                          "sqlite": sqlite3.sqlite_version}))
+            record.plan(run_id, tasks)
+            conc = spec.execution.concurrency
+            limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
+            transport, server = self._transport()
+            async with contextlib.AsyncExitStack() as stack:
+                if server is not None:  # ours: released (its state journal) when the run ends
+                    stack.callback(server.close)
+                http = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, limits=limits))
+                client = RunwareClient(http, self.base_url, self.api_key)
+                self.executor = Executor(tasks, record, client, spec.execution,
+                                         spec.budget.max_usd, run_id, sleep=self.sleep,
+                                         rng=self.rng, wall=time.time)
+                outcome = await self.executor.run()
+            code = EXIT_CODES[outcome.status]
+            record.end_run(run_id, outcome.status, code, outcome.counters.spent)
+        finally:
+            record.close()
+        return RunResult(outcome.status, code, outcome.counters, self.out_dir,
+                         record_path(self.out_dir), spec.budget.max_usd, outcome.message, where)
+
+    def _transport(self) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
+        """How the run reaches its backend, and the local server it started (to close)."""
+        if self.transport is not None:
+            return self.transport, None
+        if self.local:
+            if self._server is not None:
+                return httpx.ASGITransport(app=self._server), None
+            # Beside the record: a rerun finds its uploads and tasks, as it would on Runware.
+            mine = local_server(self.faults, record_dir(self.out_dir) / "local-server")
+            return httpx.ASGITransport(app=mine), mine
+        return httpx.AsyncHTTPTransport(retries=0), None
