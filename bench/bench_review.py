@@ -2,10 +2,10 @@
 
     python bench/bench_review.py [--tasks 1000] [--px 1024] [--keep DIR]
 
-Builds the record as bench_report.py does (store.py's own API: 90% done, 5% failed, 3% never
-sent, 2% in doubt), then replaces every result file with a PX x PX PNG of noise and colour
-(about the weight of a real 1024 px output: ~1 MB each at 1024), so hashing, thumbnails and
-copies pay realistic I/O. Measures, in-process:
+Runs a campaign of N tasks (2 URL inputs x 5 styleTypes x N/10 shop names, PNG outputs) with
+`specrunner run --local` (the real run stage and record, the built-in server), then replaces
+every result file with a PX x PX PNG of noise and colour (1.7 MB each at 1024: heavier than a
+real output), so hashing, thumbnails and copies pay realistic I/O. Measures, in-process:
 
 - review server: the first /api/state (load_run + hashing every image), a warm one (nothing
   changed: stats only), one after a new decision; body size;
@@ -28,12 +28,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import bench_report  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from specrunner import cli  # noqa: E402
+
+STYLES = ["GENERAL", "REALISTIC", "DESIGN", "RENDER_3D", "ANIME"]
+
+
+def write_spec(folder: Path, tasks: int) -> Path:
+    """A campaign of `tasks` tasks (rounded to tens) with URL inputs and PNG outputs."""
+    names = max(tasks // (2 * len(STYLES)), 1)
+    spec = folder / "bench.yaml"
+    spec.write_text(f"""version: 1
+name: review-bench
+model: ideogram:3@3
+defaults: {{outputFormat: PNG}}
+inputs:
+  a: {{seed: "https://example.com/a.jpg", mask: "https://example.com/a.png"}}
+  b: {{seed: "https://example.com/b.jpg", mask: "https://example.com/b.png"}}
+prompts:
+  sign: 'A sign reading "{{shop}}"'
+matrix:
+  input: [a, b]
+  styleType: [{", ".join(STYLES)}]
+  shop: [{", ".join(f"SHOP {i}" for i in range(names))}]
+output: {{dir: run, name: "{{input}}/{{styleType}}/{{shop}}"}}
+budget: {{max_usd: 100000, max_tasks: {max(tasks, 10)}}}
+execution: {{concurrency: 64}}
+""", encoding="utf-8")
+    return spec
 
 
 def heavy_images(run: Path, px: int) -> int:
@@ -82,12 +106,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        spec = bench_report.write_spec(folder, args.tasks)
-        n, build_s = bench_report.record(spec)
+        spec = write_spec(folder, args.tasks)
+        t0 = time.perf_counter()
+        cli_run("run", str(spec), "--local", "--progress", "none")
+        build_s = time.perf_counter() - t0
         run = folder / "run"
         t0 = time.perf_counter()
         size = heavy_images(run, args.px)
-        print(f"run: {n:,} tasks in {build_s:.1f} s; images rewritten at {args.px} px "
+        print(f"run: {args.tasks:,} tasks in {build_s:.1f} s; images rewritten at {args.px} px "
               f"({size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.1f} s ({run})")
 
         source = build_source(str(spec), None)
@@ -110,8 +136,9 @@ def main() -> int:
                 lat.append(time.perf_counter() - t0)
                 assert resp.status_code == 200, resp.text
             lat.sort()
-            rows.append(("200 decisions, one POST each (p50 / p95)",
-                         f"{lat[len(lat) // 2] * 1e3:.1f} / {lat[int(len(lat) * .95)] * 1e3:.1f} ms; "
+            p50, p95 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * .95)] * 1e3
+            rows.append((f"{len(lat)} decisions, one POST each (p50 / p95)",
+                         f"{p50:.1f} / {p95:.1f} ms; "
                          f"file {source.review_file.stat().st_size / 1e3:.0f} kB"))
             after, _ = timed(source.state)
             rows.append(("/api/state after decisions (review file re-read)", f"{after:.3f} s"))
