@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import specrunner.run
-
 import io
 from decimal import Decimal
+
+import specrunner.run
 
 from specrunner.run.context import Counters
 from specrunner.run.progress import Progress, status_line, summary_table
@@ -64,9 +64,13 @@ def test_plain_lines_are_throttled_to_every_s() -> None:
     assert "\r" not in out.getvalue() and out.getvalue().endswith("\n")
 
 
+def wide(stream: object) -> int:
+    return 200
+
+
 def test_tty_line_is_rewritten_in_place_and_padded() -> None:
     out, clock = FakeTTY(), FakeClock()
-    p = Progress(out, Decimal("20"), clock, tty=True)
+    p = Progress(out, Decimal("20"), clock, tty=True, width=wide)
     c = counters(retrying=12, in_flight=16)
     p.tick(c)
     first = status_line(c, Decimal("20"), 0.0)
@@ -80,9 +84,9 @@ def test_tty_line_is_rewritten_in_place_and_padded() -> None:
     assert "\n" not in out.getvalue()
 
 
-def test_tty_messages_break_the_live_line_and_close_ends_it() -> None:
+def test_tty_messages_replace_the_live_line_and_close_ends_it() -> None:
     out, clock = FakeTTY(), FakeClock()
-    p = Progress(out, Decimal("20"), clock, tty=True)
+    p = Progress(out, Decimal("20"), clock, tty=True, width=wide)
     c = counters()
     p.tick(c)
     p.message("interrupted: no new tasks")
@@ -90,8 +94,38 @@ def test_tty_messages_break_the_live_line_and_close_ends_it() -> None:
     p.close()
     p.close()  # idempotent
     line = status_line(c, Decimal("20"), 0.0)
-    assert out.getvalue() == ("\r" + line + "\n" + "interrupted: no new tasks\n" + "\r" + line
+    blank = "\r" + " " * len(line) + "\r"  # the live line erased, the message in its place
+    assert out.getvalue() == ("\r" + line + blank + "interrupted: no new tasks\n" + "\r" + line
                               + "\n")
+
+
+def test_the_live_line_never_wraps_in_a_narrow_terminal() -> None:
+    c = counters(retrying=12, in_flight=256, limit=256, total=100000, done=54321,
+                 spent=Decimal("4345.68"), campaign_spent=Decimal("4345.68"))
+    full = status_line(c, Decimal("8000"), 66.0)
+    assert len(full) > 80
+    for width in (100, 80, 60, 40, 20):
+        out = FakeTTY()
+        p = Progress(out, Decimal("8000"), FakeClock(), tty=True, width=lambda s, w=width: w)
+        p.tick(c)
+        p.tick(c)
+        drawn = out.getvalue().split("\r")
+        assert all(len(part) <= width - 1 for part in drawn), (width, drawn)
+    assert status_line(c, Decimal("8000"), 66.0, 79).startswith("54331/100000 done, 2 failed")
+
+
+def test_a_change_of_the_limit_gets_a_line_with_its_cause() -> None:
+    out = io.StringIO()
+    p = Progress(out, Decimal("20"), FakeClock(), tty=False, every_s=1000)
+    c = counters(limit=64)
+    p.tick(c)
+    c.limit, c.limit_reason = 44, "cut: http503"
+    p.tick(c)
+    c.limit, c.limit_reason = 45, "recovering"
+    p.tick(c)
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == ["concurrency limit 64 -> 44 (cut: http503)",
+                         "concurrency limit 44 -> 45 (recovering)"]
 
 
 def test_plain_messages_are_single_lines() -> None:
@@ -103,14 +137,20 @@ def test_plain_messages_are_single_lines() -> None:
 
 
 def test_summary_table_rows() -> None:
-    c = counters(sends=40, retries=5, polls=70)
+    c = counters(sends=40, retries=5, polls=70, campaign_spent=Decimal("4.00"),
+                 price=Decimal("0.10"), table_price=Decimal("0.08"), price_source="reported")
     table = summary_table(c, Decimal("20"), "failed")
-    rows = {ln[:31].strip(): ln[31:].strip() for ln in table.splitlines()[1:-1]}
+    width = table.splitlines()[0].index(" ") + 2
+    rows = {ln[:width].strip(): ln[width:].strip() for ln in table.splitlines()[1:-1]}
     assert rows["tasks"] == "100" and rows["done before this run"] == "10"
     assert rows["done in this run"] == "30" and rows["failed"] == "2"
-    assert rows["in doubt (resume reconciles)"] == "1" and rows["not started"] == "57"
-    assert rows["requests sent (imageInference)"] == "40" and rows["retries"] == "5"
-    assert rows["spent (USD)"] == "3.36 of 20.00" and rows["status"] == "failed"
+    assert rows["in doubt (the next run asks about them)"] == "1"
+    assert rows["not started"] == "57" and rows["retries"] == "5"
+    assert rows["requests sent (imageInference)"] == "40"
+    assert rows["spent by this run (USD)"] == "3.36"
+    assert rows["campaign spent (USD)"] == "4.00 of 20.00"
+    assert rows["price per image (USD)"] == "0.10 as billed (table 0.08)"
+    assert rows["status"] == "failed"
 
 
 def test_run_command_draws_the_live_line_on_a_terminal(tmp_path, monkeypatch) -> None:
@@ -133,7 +173,7 @@ def test_run_command_draws_the_live_line_on_a_terminal(tmp_path, monkeypatch) ->
     text = err.getvalue()
     assert text.startswith("\r") and text.endswith("\n")  # auto: live line on a TTY
     last = text.rstrip("\n ").rsplit("\r", 1)[1]
-    assert last.startswith("6/6 done, 0 failed, 0 in doubt, 0 retrying, 0 in flight")
+    assert last.startswith("6/6 done, 0 in flight (limit 8), $0.48 of $5.00")
     # not a terminal: plain lines only
     out2, err2 = io.StringIO(), io.StringIO()
     set_testing(True)

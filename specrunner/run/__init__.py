@@ -206,7 +206,9 @@ class Runner:
                           "sqlite": sqlite3.sqlite_version}))
             record.plan(run_id, tasks)
             conc = spec.execution.concurrency
-            limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
+            # Requests of the tasks in flight, as many downloads, and the poller's batches.
+            pool = 2 * conc + 8
+            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
             transport, server = self._transport()
             async with contextlib.AsyncExitStack() as stack:
                 if server is not None:  # ours: released (its state journal) when the run ends

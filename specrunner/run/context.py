@@ -149,6 +149,7 @@ class RunContext:
     limit: AdaptiveLimit
     inputs: Inputs
     poller: Poller
+    downloads: anyio.CapacityLimiter  # output downloads at once (they hold no task slot)
     out_dir: Path
     counters: Counters = field(default_factory=Counters)
     retry_budget: RetryBudget = field(default_factory=lambda: RetryBudget(0.2))

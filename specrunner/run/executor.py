@@ -113,6 +113,7 @@ class Executor:
                         wall=self.wall)
         self.ctx = RunContext(client=self.client, log=log, execution=self.execution,
                               limit=self.limit, inputs=inputs, poller=poller,
+                              downloads=anyio.CapacityLimiter(self.execution.concurrency),
                               out_dir=self.record.out_dir, counters=self.counters,
                               retry_budget=RetryBudget(self.execution.retry_budget_ratio),
                               backoff=self.backoff, sleep=self.sleep, rng=self.rng,

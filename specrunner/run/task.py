@@ -27,6 +27,10 @@ from specrunner.runware import Action, Category, RunnerCode
 
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 _NOT_FOUND = frozenset({"taskNotFound", "taskFailedOrNotFound", "taskExpired"})
+# Transport faults that say the server is overloaded (besides 429/503/504): it did not answer
+# in time, or refused the connection.
+_OVERLOAD_CODES = frozenset({RunnerCode.REQUEST_TIMEOUT.value, RunnerCode.CONNECT_ERROR.value,
+                             RunnerCode.CONNECT_TIMEOUT.value})
 
 
 class Kind(enum.Enum):
@@ -398,13 +402,12 @@ class TaskRun:
         if out.overload:
             self.ctx.limit.on_overload(f"{out.code or reply.status}")
         elif out.kind is not Kind.RETRY:
-            self.ctx.limit.on_success(reply.latency)
+            self.ctx.limit.on_success()
 
     def _fault(self, kind: str, started: float, f: Fault | DownloadError) -> None:
         self.ctx.log.attempt(self.job.key, self.job.uuid, kind, started, f.status, "fault",
                              f.code, str(f))
-        if isinstance(f, Fault) and (f.status in OVERLOAD_STATUS
-                                     or f.code == RunnerCode.REQUEST_TIMEOUT.value):
+        if isinstance(f, Fault) and (f.status in OVERLOAD_STATUS or f.code in _OVERLOAD_CODES):
             self.ctx.limit.on_overload(f.code)
 
     # -- finishing ---------------------------------------------------------------------------
@@ -423,11 +426,12 @@ class TaskRun:
         cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
                 if all(isinstance(c, (int, float, str)) for c in costs) else None)
         self.settle(cost, len(items))  # what it cost counts before anything else is sent
+        self.release()  # the API's part is over: the slot goes to the next task
         files: list[tuple[str, bytes, str]] = []
-        for i, item in enumerate(items):
-            data, fmt = await self._output(item)
-            files.append((self._path(i, fmt), data, hashlib.sha256(data).hexdigest()))
-        self.release()  # every request is over: the slot goes to the next task
+        async with ctx.downloads:  # as many downloads at once as tasks in flight, no more
+            for i, item in enumerate(items):
+                data, fmt = await self._output(item)
+                files.append((self._path(i, fmt), data, hashlib.sha256(data).hexdigest()))
         partial = (f"{job.refused} of {job.task.number_results} results refused"
                    if job.refused else None)
         try:
