@@ -117,9 +117,9 @@ def test_a_local_rerun_after_an_edit_finds_its_uploads_like_runware_would(tmp_pa
     code, text, err = call(str(write_spec(tmp_path, repeat=1, word="WORLD")), "--local",
                            "--out", str(out))
     assert (code, err) == (0, "")
-    rows = dict(line.rsplit("  ", 1) for line in text.splitlines() if "  " in line)
-    assert rows["requests sent (imageInference)"].strip() == "2"
-    assert rows["retries"].strip() == "0"
+    rows = {k.strip(): v.strip() for k, v in (line.rsplit("  ", 1) for line in
+                                              text.splitlines() if "  " in line)}
+    assert rows["requests sent (imageInference)"] == "2" and rows["retries"] == "0"
     snap = read_snapshot(out)
     assert snap.new_uuids == 0 and snap.uploads == 2
     assert sorted(t.state for t in snap.tasks) == ["done"] * 4
