@@ -33,7 +33,7 @@ from specrunner.plan.build import Plan
 from specrunner.provenance import Provenance, provenance
 from specrunner.record import RunMeta, open_record, record_dir, record_path
 from specrunner.redact import Redactor
-from specrunner.run.client import RunwareClient
+from specrunner.run.client import PooledTransport, RunwareClient
 from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
 from specrunner.run.executor import STATUSES, Executor
 
@@ -209,7 +209,7 @@ class Runner:
             # Requests of the tasks in flight, as many downloads, and the poller's batches.
             pool = 2 * conc + 8
             limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            transport, server = self._transport()
+            transport, server = self._transport(limits)
             async with contextlib.AsyncExitStack() as stack:
                 if server is not None:  # ours: released (its state journal) when the run ends
                     stack.callback(server.close)
@@ -231,7 +231,8 @@ class Runner:
         return RunResult(outcome.status, code, outcome.counters, self.out_dir,
                          record_path(self.out_dir), spec.budget.max_usd, outcome.message, where)
 
-    def _transport(self) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
+    def _transport(self, limits: httpx.Limits
+                   ) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
         """How the run reaches its backend, and the local server it started (to close)."""
         if self.transport is not None:
             return self.transport, None
@@ -241,4 +242,7 @@ class Runner:
             # Beside the record: a rerun finds its uploads and tasks, as it would on Runware.
             mine = local_server(self.faults, record_dir(self.out_dir) / "local-server")
             return httpx.ASGITransport(app=mine), mine
-        return httpx.AsyncHTTPTransport(retries=0), None
+        # (A client's `limits` apply only to a transport it makes itself: the pools are
+        # sized here. At httpx's default of 100 connections a run at concurrency 256 waited
+        # for connections.)
+        return PooledTransport(limits.max_connections or 100), None

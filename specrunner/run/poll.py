@@ -7,12 +7,18 @@ its results asks the poller (`await poller.ask(...)`); the poller gathers every 
 due into one request (at most BATCH tasks per POST, at most POSTS_PER_S POSTs a second) and
 hands each task the reply.
 
-When a task is due: its first question comes when the run expects it done: the processing
-time observed so far (the 25th percentile of the completions seen: asking a little early
-costs one more poll, asking late costs the task's whole slot that long), or poll_interval_s
-before any was seen. After an answer that it is still running, it is asked again after a
-short interval (a tenth of the expected time, at least 0.25 s, at most poll_interval_s),
-growing x1.5 up to poll_max_interval_s.
+When a task is due. A slot idle after the edit is done costs far more than a poll (polls of
+many tasks share one POST), so the pacing errs early:
+- First question: at 95% of the processing time the run expects (the 25th percentile of the
+  processing times observed), or after poll_interval_s before any was observed.
+- Then at a steady short step: a twentieth of the expected time (0.25 s to poll_interval_s),
+  or poll_interval_s before any was observed; past twice the expected time (or 30 s with
+  nothing observed) the step grows x1.5 up to poll_max_interval_s.
+- What is observed: a task's processing time lies between the last answer that said it was
+  still running and the answer with its results; the midpoint counts (the upper bound alone
+  when the first question already found it done). Growing steps as in the official clients
+  (x1.5 from 1 s) would find a 10 s edit at 14 s, and a run that learned "14 s" would idle
+  every slot 4 s per wave (measured: makespan 1.43x the ideal).
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ class Poller:
         self.posts = 0
 
     # -- pacing ------------------------------------------------------------------------------
-    def observe(self, seconds: float) -> None:
-        """A task's processing time (accepted -> its results seen)."""
+    def observe(self, running_until: float | None, done_by: float) -> None:
+        """A task's processing time: still running `running_until` seconds after its
+        acknowledgement (None: not seen running), done by `done_by`."""
+        seconds = done_by if running_until is None else (running_until + done_by) / 2
         self._observed.append(seconds)
         if len(self._observed) > _KEEP:
             del self._observed[0]
@@ -79,15 +87,18 @@ class Poller:
     def first_wait(self) -> float:
         """How long after its acknowledgement a task is first asked about."""
         expected = self.expected()
-        return self.execution.poll_interval_s if expected is None else expected
+        return self.execution.poll_interval_s if expected is None else 0.95 * expected
 
-    def next_wait(self, previous: float | None) -> float:
-        """How long to wait before asking again about a task still running."""
-        if previous is None:
-            expected = self.expected()
-            short = self.execution.poll_interval_s if expected is None else expected / 10
-            return min(max(0.25, short), self.execution.poll_interval_s)
-        return min(previous * 1.5, self.execution.poll_max_interval_s)
+    def next_wait(self, previous: float | None, waited: float) -> float:
+        """How long to wait before asking again about a task still running `waited` seconds
+        after its acknowledgement (`previous`: the last wait, None after the first question)."""
+        expected = self.expected()
+        interval = self.execution.poll_interval_s
+        step = interval if expected is None else min(max(0.25, expected / 20), interval)
+        patience = 30.0 if expected is None else 2 * expected
+        if waited < patience or previous is None:
+            return step
+        return min(max(previous, step) * 1.5, self.execution.poll_max_interval_s)
 
     # -- asking ------------------------------------------------------------------------------
     async def ask(self, uuid: str, due: float) -> tuple[Reply, float]:

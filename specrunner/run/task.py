@@ -110,6 +110,7 @@ class Job:
     refused_code: str | None = None
     durable: set[str] = field(default_factory=set)  # UUIDs the record holds for this task
     accepted_at: float | None = None  # when the server acknowledged it (poller's clock)
+    running_at: float | None = None  # the last answer that it was still running (same clock)
     poll_wait: float | None = None  # the last wait between two questions about it
 
     def __post_init__(self) -> None:
@@ -289,18 +290,24 @@ class TaskRun:
             found = job.complete()
             if found is not None:
                 return found
+            now = poller.clock()
             if first and job.accepted_at is not None:
                 due = job.accepted_at + poller.first_wait()
             else:
-                job.poll_wait = poller.next_wait(job.poll_wait)
-                due = poller.clock() + job.poll_wait
+                job.poll_wait = poller.next_wait(job.poll_wait if not first else None,
+                                                 now - (job.accepted_at or now))
+                due = now + job.poll_wait
             first = False
             out = await self._get_response(due)
             if out is None or out.kind in (Kind.RETRY, Kind.FETCH):
                 continue
+            if out.kind is Kind.PENDING and out.processing:
+                job.running_at = poller.clock()
             if out.kind is Kind.RESULTS:
                 if job.take(out) is not None and job.accepted_at is not None:
-                    poller.observe(poller.clock() - job.accepted_at)
+                    start = job.accepted_at
+                    poller.observe(None if job.running_at is None else job.running_at - start,
+                                   poller.clock() - start)
             elif out.kind is Kind.PENDING:
                 empty += 1
                 if empty % 8 == 0:  # getResponse cannot tell "unknown" from "running"
