@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("specrunner.commands.run", "run a campaign (Runware or --local)"),
     "report": ("specrunner.commands.report", "summarise a run: tables, JSON, CSV, HTML"),
     "diff": ("specrunner.commands.diff", "compare two runs"),
+    "merge": ("specrunner.commands.merge", "join run folders of one campaign (shards) into one"),
     "serve": ("specrunner.commands.serve", "start the local Runware-compatible server"),
 }
 
