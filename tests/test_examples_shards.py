@@ -393,3 +393,32 @@ def test_the_merge_waits_until_the_shards_job_has_finished(tmp_path: Path) -> No
     assert done.stdout == "shards: Failed\n"
     assert asked == [("/apis/batch/v1/namespaces/campaigns/jobs/specrunner-shards",
                       "Bearer pod-token")] * 3
+
+
+# == README =======================================================================================
+
+def test_the_readme_section_runs_as_written(tmp_path: Path) -> None:
+    """The "Across machines" commands, run by bash in a copy of the checkout; the output shown
+    there is what they print (paths elided as `...`)."""
+    needs_console_script()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Across machines\n", 1)[1].split("\n## ", 1)[0]
+    script, shown = re.findall(r"```(?:sh)?\n(.*?)```", section, re.S)[:2]
+    work = campaign(tmp_path)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYTHONPATH", None)
+    outputs: dict[str, str] = {}
+    prelude = ""
+    for line in script.splitlines():
+        done = bash(prelude + line, work, env)
+        assert done.returncode == 0, (line, done.stderr)
+        outputs[line.split("  #")[0].strip()] = done.stdout
+        if re.match(r"^\w+=\S+$", line):  # a variable the next lines use
+            prelude += line + "\n"
+    for block in shown.split("$ ")[1:]:
+        command, *lines = block.rstrip("\n").split("\n")
+        got = outputs[command.replace("specs/examples/storefront-local.yaml", "$S")].splitlines()
+        for want, have in zip(lines, got):
+            if want == "...":
+                break
+            assert re.fullmatch(re.escape(want).replace(r"\.\.\.", ".*"), have), (want, have)
