@@ -41,10 +41,11 @@ def workflow_command(command: str, message: str, **properties: object) -> str:
 
 def github_line(d: Diagnostic) -> str:
     """`d` as a GitHub workflow command (error, warning or notice)."""
-    text = f"{d.message} [{d.path}]" + (f" ({d.hint})" if d.hint else "")
-    loc = d.loc
+    text = d.message + (f" [{d.path}]" if d.loc or d.path != "$" else "") + (
+        f" ({d.hint})" if d.hint else "")
+    loc = d.loc  # None for a problem of the whole file: annotate the file, no line
     return workflow_command(COMMANDS.get(d.severity, "error"), text,
-                            file=loc.file if loc else None, line=loc.line if loc else None,
+                            file=loc.file if loc else d.file, line=loc.line if loc else None,
                             col=loc.col if loc else None, title=f"specrunner {d.code}")
 
 

@@ -4,10 +4,12 @@
     ├── UsageError               bad CLI value or environment (exit 2)
     ├── SpecError                invalid spec; holds every Diagnostic found (exit 2)
     ├── PlanLimitError           plan over budget or over the task cap (exit 2 at plan time)
-    ├── RecordError              run record damaged, or locked by another process (exit 2)
-    └── RunStopped               auth/quota failure stopping the whole run (exit 1)
+    └── RecordError              run record damaged, or locked by another process (exit 2)
 
-Expected per-task failures are records, not exceptions.
+Expected per-task failures are records, not exceptions; how a run ended is its status
+(run.RunResult). Exit codes: 0 ok, 1 tasks failed (or the API refused the run), 2 invalid
+spec, usage or record, 3 stopped at the budget, 4 incomplete (tasks in doubt, none failed:
+run again to finish), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_INVALID = 2
 EXIT_BUDGET = 3
+EXIT_INCOMPLETE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -45,7 +48,11 @@ def nearest_loc(locs: Mapping[str, Loc], path: str) -> Loc | None:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem found in a spec: where (file:line:col and JSON path), what, and a hint."""
+    """One problem found in a spec: where (file:line:col and JSON path), what, and a hint.
+
+    A problem of the whole file (missing, a folder, too large, empty) has no `loc` but its
+    `file`, and prints as `file: error: message`, with no made-up position.
+    """
 
     message: str
     path: str = "$"
@@ -53,17 +60,23 @@ class Diagnostic:
     code: str = "invalid"
     hint: str | None = None
     severity: str = "error"
+    file: str | None = None  # the file when there is no `loc` (a problem of the whole file)
 
     def format(self) -> str:
-        where = str(self.loc) if self.loc else "<unknown>"
-        text = f"{where}: {self.severity}: {self.message} [{self.path}]"
+        """`file:line:col: severity: message [json.path] (hint)`; without a position,
+        `file: severity: message (hint)`."""
+        where = str(self.loc) if self.loc else (self.file or "<unknown>")
+        text = f"{where}: {self.severity}: {self.message}"
+        if self.loc or self.path != "$":
+            text += f" [{self.path}]"
         if self.hint:
             text += f" ({self.hint})"
         return text
 
     def to_json(self) -> dict:
+        """The JSON form of `validate --format json` (line and column null without a loc)."""
         return {
-            "file": self.loc.file if self.loc else None,
+            "file": self.loc.file if self.loc else self.file,
             "line": self.loc.line if self.loc else None,
             "column": self.loc.col if self.loc else None,
             "path": self.path,
@@ -75,9 +88,16 @@ class Diagnostic:
 
 
 class SpecrunnerError(Exception):
-    """Root of specrunner's exceptions; `exit_code` is what the CLI exits with."""
+    """Root of specrunner's exceptions; `exit_code` is what the CLI exits with, `hint` (when
+    not None) what to do about it, printed after the message."""
 
     exit_code: int = EXIT_INVALID
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
 
 class UsageError(SpecrunnerError):
@@ -116,15 +136,19 @@ class PlanLimitError(SpecrunnerError):
         self.limit = limit
         self.needed = needed
         self.allowed = allowed
+        # One hint per limit, shared by every command that plans (validate, plan, run).
+        self.hint = LIMIT_HINTS.get(limit, LIMIT_HINTS[None])
+
+
+# What to do about each limit a plan can exceed (PlanLimitError.limit).
+LIMIT_HINTS: dict[str | None, str] = {
+    "max_usd": "raise budget.max_usd, or override it with --max-usd USD (plan, run)",
+    "max_tasks": "raise budget.max_tasks, or try the plan with `specrunner plan --max-tasks N`",
+    None: "use fewer axis values, or several specs",
+}
 
 
 class RecordError(SpecrunnerError):
     """The run record is damaged, incompatible, or locked by another process."""
 
     exit_code = EXIT_INVALID
-
-
-class RunStopped(SpecrunnerError):
-    """The whole run had to stop (auth or quota error from the API)."""
-
-    exit_code = EXIT_TASKS_FAILED

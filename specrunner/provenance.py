@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,31 @@ class Provenance:
         lock = f"lock {self.lock_sha256[:12]}" if self.lock_sha256 else "no lock"
         return f"{where}; {lock}; specrunner {self.tool_version}"
 
+    def short(self) -> str:
+        """The summary in a few words (tables): commit, clean or how many files differ, lock."""
+        if self.commit is None:
+            where = "no git commit"
+        elif not self.dirty:
+            where = f"commit {self.commit[:12]} (clean)"
+        else:
+            counts = [f"{len(self.changed)} changed"] if self.changed else []
+            counts += [f"{len(self.untracked)} untracked"] if self.untracked else []
+            where = f"commit {self.commit[:12]}, dirty ({', '.join(counts)})"
+        lock = f"lock {self.lock_sha256[:12]}" if self.lock_sha256 else "no lock"
+        return f"{where}; {lock}; specrunner {self.tool_version}"
+
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values (what a record stores and report --format json shows)."""
         return {"commit": self.commit, "dirty": self.dirty, "changed": list(self.changed),
                 "untracked": list(self.untracked), "lock_sha256": self.lock_sha256,
                 "tool_version": self.tool_version, "note": self.note}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Provenance:
+        """The value `to_json` gave (as read back from a record)."""
+        return cls(doc.get("commit"), doc.get("dirty"), tuple(doc.get("changed") or ()),
+                   tuple(doc.get("untracked") or ()), doc.get("lock_sha256"),
+                   str(doc.get("tool_version") or "?"), doc.get("note"))
 
 
 def _some(paths: tuple[str, ...]) -> str:

@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS runs (
   run_id INTEGER PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT,
   exit_code INTEGER, spec_path TEXT, spec_text TEXT, spec_sha256 TEXT, git_commit TEXT,
   git_dirty INTEGER, plan_json TEXT, versions_json TEXT, max_usd TEXT, spent_usd TEXT,
-  plan_sha256 TEXT, shard TEXT, lock_sha256 TEXT, git_changed_json TEXT, price_json TEXT);
+  plan_sha256 TEXT, shard TEXT, lock_sha256 TEXT, provenance_json TEXT, price_json TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
   task_key TEXT PRIMARY KEY, idx INTEGER NOT NULL, variant_id TEXT NOT NULL,
   state TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0, task_uuid TEXT NOT NULL,
@@ -105,11 +105,11 @@ _MIGRATIONS = {
     # A plan is stored by the first run that has it; later runs keep only its hash.
     3: ["ALTER TABLE runs ADD COLUMN plan_sha256 TEXT"],
     # Reports read a task's inputs from the record instead of planning the spec again;
-    # runs record their shard, lock and what the git tree held; results the prompt used.
+    # runs record their shard, lock and provenance; results the prompt the provider used.
     4: ["ALTER TABLE tasks ADD COLUMN inputs_json TEXT",
         "ALTER TABLE runs ADD COLUMN shard TEXT",
         "ALTER TABLE runs ADD COLUMN lock_sha256 TEXT",
-        "ALTER TABLE runs ADD COLUMN git_changed_json TEXT",
+        "ALTER TABLE runs ADD COLUMN provenance_json TEXT",
         "ALTER TABLE runs ADD COLUMN price_json TEXT",
         "ALTER TABLE results ADD COLUMN provider_prompt TEXT"],
 }
@@ -142,9 +142,9 @@ class RunMeta:
     versions: Mapping[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     git_dirty: bool | None = None
-    git_changed: Sequence[str] | None = None
-    shard: str | None = None
     lock_sha256: str | None = None
+    provenance: Mapping[str, Any] | None = None  # provenance.Provenance.to_json()
+    shard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class TaskState:
     task_uuid: str
     cost: Decimal | None
     est_cost: Decimal
+    error_code: str | None = None
     results: tuple[Result, ...] = ()
 
 
@@ -222,7 +223,7 @@ class RunRow:
     spec_sha256: str | None
     git_commit: str | None
     git_dirty: bool | None
-    git_changed: tuple[str, ...] | None
+    provenance: Mapping[str, Any] | None  # what the tree held: changed files, lock, tool
     max_usd: Decimal | None
     spent_usd: Decimal | None
     plan_sha256: str | None
@@ -476,11 +477,12 @@ class Record:
                                   "NULL LIMIT 1", (digest,)).fetchone()
         cur = self._conn.execute(
             "INSERT INTO runs (started_at, status, spec_path, spec_text, spec_sha256, "
-            "git_commit, git_dirty, git_changed_json, plan_json, plan_sha256, versions_json, "
+            "git_commit, git_dirty, provenance_json, plan_json, plan_sha256, versions_json, "
             "max_usd, shard, lock_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (time.time(), "running", meta.spec_path, meta.spec_text, meta.spec_sha256,
              meta.git_commit, None if meta.git_dirty is None else int(meta.git_dirty),
-             None if meta.git_changed is None else json.dumps(list(meta.git_changed)),
+             None if meta.provenance is None else json.dumps(dict(meta.provenance),
+                                                             sort_keys=True),
              None if have else meta.plan_json, digest, json.dumps(dict(meta.versions)),
              str(meta.max_usd), meta.shard, meta.lock_sha256))
         return int(cur.lastrowid or 0)
@@ -546,10 +548,15 @@ class Record:
         for r in self._conn.execute(_RESULTS_SQL + " WHERE task_key IN (SELECT task_key FROM "
                                     "tasks WHERE state != 'done') ORDER BY task_key, idx"):
             results.setdefault(r[0], []).append(_result(r))
-        return {r[0]: TaskState(r[1], r[2], r[3], _dec(r[4]), Decimal(r[5]),
+        return {r[0]: TaskState(r[1], r[2], r[3], _dec(r[4]), Decimal(r[5]), r[6],
                                 tuple(results.get(r[0], ())))
                 for r in self._conn.execute("SELECT task_key, state, generation, task_uuid, "
-                                            "cost, est_cost FROM tasks")}
+                                            "cost, est_cost, error_code FROM tasks")}
+
+    def reported_prices(self) -> list[Decimal]:
+        """Every cost per image the server reported in this record (to learn the price)."""
+        return [Decimal(r[0]) for r in self._conn.execute(
+            "SELECT cost FROM results WHERE cost IS NOT NULL")]
 
     def uploads(self) -> dict[tuple[str, bool], tuple[str, float]]:
         """Recorded uploads: (content sha256, inverted) -> (imageUUID, uploaded at)."""
@@ -924,11 +931,11 @@ def _snapshot(conn: sqlite3.Connection, db: Path, version: int = SCHEMA_VERSION)
         last_seen = dict(conn.execute("SELECT run_id, max(at) FROM transitions GROUP BY run_id"))
         runs = tuple(RunRow(
             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], None if r[8] is None else bool(r[8]),
-            None if r[9] is None else tuple(_json(r[9]) or ()), _dec(r[10]), _dec(r[11]), r[12],
+            _json(r[9]), _dec(r[10]), _dec(r[11]), r[12],
             r[13], r[14], _json(r[15]) or {}, _json(r[16]), last_seen.get(r[0]))
             for r in conn.execute(
                 "SELECT run_id, started_at, ended_at, status, exit_code, spec_path, spec_sha256, "
-                f"git_commit, git_dirty, {col('runs', 'git_changed_json', rcols)}, max_usd, "
+                f"git_commit, git_dirty, {col('runs', 'provenance_json', rcols)}, max_usd, "
                 f"spent_usd, {col('runs', 'plan_sha256', rcols)}, {col('runs', 'shard', rcols)}, "
                 f"{col('runs', 'lock_sha256', rcols)}, versions_json, "
                 f"{col('runs', 'price_json', rcols)} FROM runs ORDER BY run_id"))

@@ -105,6 +105,8 @@ def classify(code: str | None, http_status: int | None = None) -> Category:
         return Category.RUNNER
     if code and re.match(r"^(invalid|missing|unsupported|unknown[A-Z]|valueToo)", code):
         return Category.VALIDATION
+    if code and re.search(r"(?i)internal|server|unexpected", code):
+        return Category.SERVER  # (internalError and the like: it may have run; never final)
     if http_status in (401,):
         return Category.AUTH
     if http_status in (402,):
@@ -144,6 +146,19 @@ ACTIONS: dict[Category, Action] = {
 # doubt (the next run asks the server about its UUID), never failed (which would mint a new
 # UUID without asking).
 MAY_FOLLOW_BILLING = frozenset({Category.SERVER, Category.UNKNOWN})
+# The runner's own codes for a task that never left (nothing can have been billed).
+_NOT_SENT = frozenset({RunnerCode.INPUT_CHANGED.value, RunnerCode.UPLOAD_FAILED.value})
+
+
+def documented_not_charged(code: str | None) -> bool:
+    """Whether a task that failed with `code` is known not to have been charged, so it may
+    be tried again under a fresh UUID without first asking the server about the old one."""
+    if code is None:
+        return False
+    cat = classify(code)
+    if cat is Category.RUNNER:
+        return code in _NOT_SENT
+    return cat not in MAY_FOLLOW_BILLING and ACTIONS[cat] is not Action.FETCH
 
 
 class UnreadableBody(Exception):

@@ -94,7 +94,7 @@ def test_plan_github_exact(folder: Path) -> None:
     assert (code, err) == (2, "")
     assert out == ("::error file=shop.yaml,line=10,col=12,title=specrunner plan-limit::plan "
                    "needs $0.16 for 2 images; budget max_usd is $0.10 [$.budget.max_usd] (raise "
-                   "budget.max_usd, or try this plan with --max-usd X)\n")
+                   "budget.max_usd, or override it with --max-usd USD (plan, run))\n")
     (folder / "shop.yaml").write_text(SPEC.replace("{shop_name}", "{shop}"), encoding="utf-8")
     code, out, err = run("plan", "--format", "github", "shop.yaml")
     assert (code, err) == (2, "")

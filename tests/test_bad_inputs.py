@@ -13,6 +13,7 @@ from typing import Callable
 
 import pytest
 from fixtures.specfiles import BASE_SPEC, run_cli, validate_json, write_spec
+from PIL import Image
 
 from specrunner.spec import images
 
@@ -39,8 +40,8 @@ def add(extra: str) -> Callable[[str], str]:
 class Case:
     id: str
     edit: Callable[[str], str] | None  # None: the file is written by `raw`
-    line: int
-    col: int
+    line: int | None  # None: a problem of the whole file (no position)
+    col: int | None
     fragment: str
     hint: str | None = None
     raw: bytes | None = None  # exact file bytes instead of an edit
@@ -62,11 +63,14 @@ TOKEN = "    vars: {shop_name: MIRELLE, token: abc}"
 
 CASES = [
     # files
-    Case("file-missing", None, 1, 1, "no such file", target="nothere.yaml"),
-    Case("file-is-folder", None, 1, 1, "is a folder", target="images"),
-    Case("file-empty", None, 1, 1, "file is empty", raw=b""),
-    Case("file-comments-only", None, 1, 1, "file is empty", raw=b"# nothing here\n\n"),
-    Case("file-too-large", None, 1, 1, "larger than 5 MiB",
+    # a problem of the whole file has no position (line and column null)
+    Case("file-missing", None, None, None, "no such file", target="nothere.yaml"),
+    Case("file-missing-near-name", None, None, None, "no such file", target="spec.yml",
+         hint="spec.yaml`?"),
+    Case("file-is-folder", None, None, None, "is a folder", target="images"),
+    Case("file-empty", None, None, None, "file is empty", raw=b""),
+    Case("file-comments-only", None, None, None, "file is empty", raw=b"# nothing here\n\n"),
+    Case("file-too-large", None, None, None, "larger than 5 MiB",
          raw=BASE_SPEC.encode() + b"#" * (5 * 1024 * 1024)),
     Case("not-utf8-latin1", None, 3, 8, "not UTF-8",
          raw=BASE_SPEC.encode().replace(b"demo", b"d\xe9mo")),
@@ -99,7 +103,12 @@ CASES = [
          6, 16, "unknown field `stlyeType`", hint="did you mean `styleType`?"),
     Case("runner-field-in-defaults", r("outputFormat: PNG", "positivePrompt: hi"), 5, 3,
          "unknown field `positivePrompt`", hint="specrunner sets `positivePrompt` itself"),
-    Case("missing-name", r("name: demo\n", ""), 2, 1, "missing required field `name`"),
+    Case("missing-name", r("name: demo\n", ""), 2, 1, "missing required field `name`",
+         hint="add it, for example `name: storefront-signage`"),
+    Case("missing-version", r("version: 1\n", ""), 2, 1, "missing required field `version`",
+         hint="add `version: 1`"),
+    Case("missing-budget-max-usd", r("budget: {max_usd: 1}", "budget: {}"), 16, 9,
+         "missing required field `max_usd`", hint="add it, for example `max_usd: 10`"),
     Case("missing-mask", r("    mask: mask.png\n", ""), 9, 5, "missing required field `mask`"),
     Case("missing-matrix-and-variants", r("matrix:\n  styleType: [DESIGN, REALISTIC]\n", ""),
          2, 1, "missing `matrix` or `variants`"),
@@ -107,7 +116,15 @@ CASES = [
          "either `matrix` or `variants`"),
     # wrong types, YAML 1.1 surprises
     Case("version-as-text", r("version: 1", 'version: "1"'), 2, 10, "version must be 1"),
-    Case("repeat-as-text", add('repeat: "3"\n'), 17, 9, "expected a whole number, got text"),
+    Case("repeat-as-text", add('repeat: "3"\n'), 17, 9, "expected a whole number, got text",
+         hint="remove the quotes: 3"),
+    Case("budget-as-text", r("max_usd: 1", 'max_usd: "1"'), 16, 19,
+         "expected a number, got text", hint="remove the quotes: 1"),
+    Case("bool-as-text", r("outputFormat: PNG", 'safety: {checkContent: "true"}'), 5, 26,
+         "expected true or false, got text", hint="remove the quotes: true"),
+    Case("matrix-number-as-text",
+         r("styleType: [DESIGN, REALISTIC]", 'numberResults: ["2", 3]'), 15, 19,
+         "expected a whole number, got text", hint="remove the quotes: 2"),
     Case("var-as-number", r("city: Lyon", "city: 42"), 6, 14, "expected text, got the number 42",
          hint='quote it: "42"'),
     Case("yaml11-no", r("shop_name: MIRELLE", "shop_name: NO"), 11, 23,
@@ -179,8 +196,16 @@ CASES = [
          "URL contains credentials"),
     Case("url-token-param", r("mask: mask.png", "mask: https://example.com/m.png?token=abc"),
          10, 11, "credential-like parameter `token`"),
-    Case("image-missing", r("seed: seed.png", "seed: gone.png"), 9, 11, "gone.png: file not found"),
+    Case("image-missing", r("seed: seed.png", "seed: gone.png"), 9, 11, "gone.png: file not found",
+         hint="paths are relative to the spec's folder, "),
+    Case("image-missing-near-name", r("mask: mask.png", "mask: mask-40X24.pgn"), 10, 11,
+         "mask-40X24.pgn: file not found", hint="did you mean `mask-40x24.png`?"),
+    Case("image-missing-near-name-in-folder", r("mask: mask.png", "mask: images/cabin_mask.png"),
+         10, 11, "file not found", hint="did you mean `images/cabin-mask.png`?"),
     Case("image-folder", r("seed: seed.png", "seed: images"), 9, 11, "is not a file"),
+    # base64 pasted where a path goes: too long a name for the filesystem, not a traceback
+    Case("image-path-too-long", r("seed: seed.png", "seed: " + "QUFB" * 1000), 9, 11,
+         "QUFB" * 15 + "... (4,000 characters): cannot use this path"),
     Case("image-not-an-image", r("seed: seed.png", "seed: notes.png"), 9, 11, "not an image"),
     Case("image-gif", r("seed: seed.png", "seed: anim.gif"), 9, 11, "is a GIF image"),
     Case("image-size-mismatch", r("mask: mask.png", "mask: mask-40x24.png"), 10, 11,
@@ -222,6 +247,7 @@ def test_bad_spec(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         spec.write_bytes(case.raw)
     for name, value in case.patch.items():
         monkeypatch.setattr(images, name, value)
+    Image.new("L", (32, 24), 255).save(tmp_path / "images" / "cabin-mask.png")
     target = tmp_path / case.target if case.target else spec
     code, result = validate_json(target)
     assert code == 2

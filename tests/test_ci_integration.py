@@ -201,7 +201,7 @@ budget:
 
 # What `pip install .` of the hooks' repository reads.
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", ".pre-commit-hooks.yaml",
-                 "specrunner", "schemas")
+                 "specrunner", "schemas", "specs/examples")
 
 
 @pytest.fixture(scope="module")

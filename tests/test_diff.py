@@ -14,12 +14,15 @@ from specrunner import cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
 
-# Run B: diner-DESIGN produced another image, remote-DESIGN sent another request (and cost
-# more), bakery-REALISTIC succeeded this time, diner-REALISTIC is gone and the spec dropped its
-# exclude, so remote-REALISTIC was added (and failed).
+# Run B: diner-DESIGN produced another image, remote-DESIGN sent another request (another
+# prompt and seed image, and cost more), bakery-REALISTIC succeeded this time,
+# diner-REALISTIC is gone and the spec dropped its exclude, so remote-REALISTIC was added
+# (and failed).
 EDITS = """
 UPDATE results SET sha256='00'||substr(sha256,3) WHERE output_path='diner-DESIGN.png';
-UPDATE tasks SET task_key='k-remote-2', cost='0.09' WHERE variant_id='remote-DESIGN';
+UPDATE tasks SET task_key='k-remote-2', cost='0.09',
+  request_json=replace(replace(request_json, 'neon sign', 'chalk sign'), 'remote/seed.jpg',
+                       'remote/seed-2.jpg') WHERE variant_id='remote-DESIGN';
 UPDATE results SET task_key='k-remote-2', cost='0.09' WHERE output_path='remote-DESIGN.png';
 DELETE FROM tasks WHERE variant_id='diner-REALISTIC';
 UPDATE tasks SET state='done', cost='0.08', error_code=NULL, error_message=NULL
@@ -71,13 +74,13 @@ actual (USD)     0.24  0.33    +0.09
 
 variants
 
-variant           change    status          USD
-----------------  --------  --------------  ------------
+variant           change                                     status          USD
+----------------  -----------------------------------------  --------------  ------------
 remote-REALISTIC  added
 diner-REALISTIC   removed
-bakery-REALISTIC  status    failed -> done  0.00 -> 0.08
-diner-DESIGN      outputs   done -> done    0.08 -> 0.08
-remote-DESIGN     request   done -> done    0.08 -> 0.09
+bakery-REALISTIC  status                                     failed -> done  0.00 -> 0.08
+diner-DESIGN      outputs                                    done -> done    0.08 -> 0.08
+remote-DESIGN     request: inputs.seedImage, positivePrompt  done -> done    0.08 -> 0.09
 
 by input
 
@@ -115,11 +118,13 @@ def test_diff_json_shape(runs: tuple[Path, Path]) -> None:
     assert (doc["added"], doc["removed"], doc["unchanged"]) == (
         ["remote-REALISTIC"], ["diner-REALISTIC"], 1)
     assert doc["changed"] == [
-        {"variant": "bakery-REALISTIC", "request_changed": False, "outputs_changed": False,
-         "status": ["failed", "done"], "actual_usd": ["0.00", "0.08"]},
-        {"variant": "diner-DESIGN", "request_changed": False, "outputs_changed": True,
-         "status": ["done", "done"], "actual_usd": ["0.08", "0.08"]},
-        {"variant": "remote-DESIGN", "request_changed": True, "outputs_changed": False,
+        {"variant": "bakery-REALISTIC", "request_changed": False, "request_fields": [],
+         "outputs_changed": False, "status": ["failed", "done"],
+         "actual_usd": ["0.00", "0.08"]},
+        {"variant": "diner-DESIGN", "request_changed": False, "request_fields": [],
+         "outputs_changed": True, "status": ["done", "done"], "actual_usd": ["0.08", "0.08"]},
+        {"variant": "remote-DESIGN", "request_changed": True,
+         "request_fields": ["inputs.seedImage", "positivePrompt"], "outputs_changed": False,
          "status": ["done", "done"], "actual_usd": ["0.08", "0.09"]}]
     assert doc["totals"]["actual_usd"] == ["0.24", "0.33", "0.09"]
     assert doc["totals"]["failed"] == [1, 1, 0]

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,12 @@ def test_fault_names_at_the_top_level_are_rates(tmp_path: Path) -> None:
     ({"latency": "gaussian:1"}, "unknown latency"),
     ({"latency": {"dist": "uniform", "low": 2, "high": 1}}, "low <= high"),
     ({"capacity": 0}, "capacity"),
+    ({"price_usd": -1}, "price_usd must be a number >= 0"),
+    ({"extra_images": 21}, "extra_images must be between 0 and 20"),
+    ({"report_cost": "no"}, "report_cost must be true or false"),
     ({"retries": 3}, r"^unknown fault setting\(s\) retries; valid keys: seed, latency, "
-                     r"processing, capacity, hang_s, oversize_bytes, rates, and the fault "
+                     r"processing, capacity, hang_s, oversize_bytes, price_usd, report_cost, "
+                     r"extra_images, echo_key, rates, and the fault "
                      r"names http_429, .*, oversized_image \(a rate in 0..1 each\)$"),
     ({"content_policy": 0.4, "rates": {"content_policy": 0.1}},
      "content_policy given both at the top level and under rates"),
@@ -415,6 +420,10 @@ def test_accepted_connections_have_nodelay_and_stay_alive() -> None:
         (conn,) = uv.server_state.connections  # three requests, one kept-alive connection
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        for _ in range(200):  # uvicorn counts a request once its cycle ends, after the reply
+            if uv.server_state.total_requests == 3:
+                break
+            time.sleep(0.01)
         assert uv.server_state.total_requests == 3
     # the server keeps idle connections longer than clients do (httpx 5 s, aiohttp 15 s), so
     # it never closes one under a request the client is sending at that moment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from decimal import Decimal
 from typing import Any
@@ -96,6 +97,28 @@ def test_combination_cap_counts_exactly() -> None:
                       max_combinations=91).combinations) == 91
 
 
+def test_a_large_matrix_over_the_cap_is_refused_without_walking_the_product(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10**6 combinations and 50 includes: walking them took 23 s and 300 MB to say no.
+    walked = []
+
+    class CountingItertools:
+        @staticmethod
+        def product(*ranges: Any) -> Any:
+            for idx in itertools.product(*ranges):
+                walked.append(1)
+                yield idx
+
+    monkeypatch.setattr(matrix, "itertools", CountingItertools)
+    axes = [(f"v{i}", [f"x{k}" for k in range(10)]) for i in range(6)]
+    include = [{f"v{j % 6}": f"x{j % 10}", "magicPrompt": "ON"} for j in range(50)]
+    with pytest.raises(MatrixTooLarge) as exc:
+        expand(axes, include, [{"v0": "x0", "v1": "x1"}], max_product=10**6,
+               max_combinations=10_000)
+    assert (exc.value.size, exc.value.at_least) == (10**6 - 10**4, False)
+    assert len(walked) < 1_000  # the 100-point projection onto v0, v1, and the includes
+
+
 # --- an independent reference, written from MATRIX.md's words -----------------------------
 
 def reference(axes: list, include: list, exclude: list) -> list[dict]:
@@ -173,6 +196,41 @@ def test_semantics_properties(m: tuple[list, list, list]) -> None:
         entry = include[j]  # type: ignore[index]
         assert not any(all(github_equals(c.values[k], v) for k, v in entry.items()
                            if k in keys) for c in originals)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_count_is_the_number_of_combinations_expand_makes(data: Any) -> None:
+    axes, include, exclude = data.draw(matrices())
+    n = len(expand(axes, include, exclude).combinations)
+    assert matrix.count(axes, include, exclude) == (n, True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices())
+def test_count_without_the_projection_is_a_lower_bound(m: tuple[list, list, list]) -> None:
+    axes, include, exclude = m
+    n = len(expand(axes, include, exclude).combinations)
+    old = matrix.MAX_PROJECTION
+    matrix.MAX_PROJECTION = 0  # restored below; hypothesis runs this body many times
+    try:
+        total, exact = matrix.count(axes, include, exclude)
+    finally:
+        matrix.MAX_PROJECTION = old
+    assert total <= n and not exact
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), st.integers(0, 40))
+def test_expand_refuses_exactly_above_the_cap(m: tuple[list, list, list], cap: int) -> None:
+    axes, include, exclude = m
+    n = len(expand(axes, include, exclude).combinations)
+    if n <= cap:
+        assert len(expand(axes, include, exclude, max_combinations=cap).combinations) == n
+    else:
+        with pytest.raises(MatrixTooLarge) as exc:
+            expand(axes, include, exclude, max_combinations=cap)
+        assert (exc.value.size, exc.value.at_least) == (n, False)
 
 
 # --- task identity ---------------------------------------------------------------------

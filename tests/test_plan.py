@@ -294,6 +294,20 @@ def test_huge_product_refused_at_once() -> None:
     assert (exc.value.limit, exc.value.needed, exc.value.allowed) == (None, 10**16, 1_000_000)
 
 
+def test_a_matrix_counted_only_from_below_says_at_least(monkeypatch: pytest.MonkeyPatch) -> None:
+    from specrunner.plan import matrix
+
+    monkeypatch.setattr(matrix, "MAX_PROJECTION", 1)  # too many points to count exactly
+    axes = tuple((f"v{i}", tuple(range(10))) for i in range(4))
+    spec = with_matrix(make_spec(prompts={"neon": "".join(f"{{v{i}}}" for i in range(4))},
+                                 max_tasks=100),
+                       Matrix(axes=axes, exclude=({"v0": 0},)))
+    with pytest.raises(PlanLimitError) as exc:
+        build_plan(spec)
+    assert str(exc.value) == ("plan has at least 9,000 tasks (at least 9,000 combinations x "
+                              "repeat 1); budget max_tasks is 100")
+
+
 def test_validate_points_at_the_limit_exceeded(tmp_path: Path) -> None:
     from fixtures.specfiles import BASE_SPEC, validate_json, write_spec
 
@@ -412,11 +426,11 @@ budget:
 TABLE = """\
 plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
 
-variant          input    prompt                                    style      results    est. cost
----------------  -------  ----------------------------------------  -------  ---------  -----------
-bakery-DESIGN-2  bakery   Neon sign reading "MIRELLE" above the...  DESIGN           2        $0.16
-bakery-ANIME-2   bakery   Neon sign reading "MIRELLE" above the...  ANIME            2        $0.16
-diner-DESIGN     diner    Neon sign reading "SUNRISE" above the...  DESIGN           1        $0.08
+variant          input    prompt    style      results    est. cost
+---------------  -------  --------  -------  ---------  -----------
+bakery-DESIGN-2  bakery   neon      DESIGN           2        $0.16
+bakery-ANIME-2   bakery   neon      ANIME            2        $0.16
+diner-DESIGN     diner    neon      DESIGN           1        $0.08
 
 by axis:
 axis           value        tasks    images    est. cost
@@ -433,9 +447,9 @@ numberResults  (not set)        1         1        $0.08
 MARKDOWN = """\
 ## plan mini: 3 tasks, 5 images, estimated $0.40 (budget $1.00, max 10,000 tasks)
 
-| variant         | input   | prompt                                   | style   |   results |   est. cost |
-|-----------------|---------|------------------------------------------|---------|-----------|-------------|
-| bakery-DESIGN-2 | bakery  | Neon sign reading "MIRELLE" above the... | DESIGN  |         2 |       $0.16 |
+| variant         | input   | prompt   | style   |   results |   est. cost |
+|-----------------|---------|----------|---------|-----------|-------------|
+| bakery-DESIGN-2 | bakery  | neon     | DESIGN  |         2 |       $0.16 |
 
 (2 more tasks not shown; --all shows them, --format json or csv lists them all)
 
@@ -511,8 +525,23 @@ def test_cli_csv_one_row_per_task(mini: Path) -> None:
         ("bakery-ANIME-2", "2", "0.16", "bakery-ANIME-2-1.jpg;bakery-ANIME-2-2.jpg"),
         ("diner-DESIGN", "", "0.08", "diner-DESIGN.jpg")]
     assert [r["task_uuid"] for r in rows] == [t.task_uuid for t in plan.tasks]
+    assert [r["prompt"] for r in rows] == ["neon"] * 3
     assert rows[2]["positive_prompt"] == ('Neon sign reading "SUNRISE" above the door, '
                                           "warm pink tubes")
+
+
+def test_repeat_counts_from_1_in_csv_and_json_as_in_output_names(mini: Path) -> None:
+    import csv
+
+    mini.write_text(MINI.replace("budget:", 'output: {name: "{variant}-{repeat}"}\nrepeat: 2\n'
+                                 "budget:"), encoding="utf-8")
+    _, out, _ = run_cli(str(mini), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["variant"], r["repeat"], r["outputs"].split(";")[0]) for r in rows][:2] == [
+        ("bakery-DESIGN-2", "1", "bakery-DESIGN-2-1-1.jpg"),
+        ("bakery-DESIGN-2-r2", "2", "bakery-DESIGN-2-r2-2-1.jpg")]
+    _, out, _ = run_cli(str(mini), "--format", "json")
+    assert [t["repeat"] for t in json.loads(out)["tasks"]] == [1, 2] * 3
 
 
 def test_cli_json_is_complete_and_exact(mini: Path) -> None:
@@ -532,17 +561,18 @@ def test_cli_json_is_complete_and_exact(mini: Path) -> None:
         "sha256": hashlib.sha256((IMAGES / "bakery.jpg").read_bytes()).hexdigest()}
     assert first["request"]["inputs"]["seedImage"] == "local:" + first["local_inputs"][
         "seedImage"]["sha256"]
+    # repeat counts from 1, as {repeat} does in output names
     assert (first["variant"], first["repeat"], first["outputs"]) == (
-        "bakery-DESIGN-2", 0, ["bakery-DESIGN-2-1.jpg", "bakery-DESIGN-2-2.jpg"])
+        "bakery-DESIGN-2", 1, ["bakery-DESIGN-2-1.jpg", "bakery-DESIGN-2-2.jpg"])
 
 
 def test_cli_limits_and_overrides(mini: Path) -> None:
     assert run_cli(str(mini), "--max-usd", "0.30") == (
         2, "", "error: plan needs $0.40 for 5 images; budget max_usd is $0.30 (raise "
-        "budget.max_usd, or try this plan with --max-usd X)\n")
+        "budget.max_usd, or override it with --max-usd USD (plan, run))\n")
     assert run_cli(str(mini), "--max-tasks", "2") == (
         2, "", "error: plan has 3 tasks (3 combinations x repeat 1); budget max_tasks is 2 "
-        "(raise budget.max_tasks, or try this plan with --max-tasks N)\n")
+        "(raise budget.max_tasks, or try the plan with `specrunner plan --max-tasks N`)\n")
     code, out, _ = run_cli(str(mini), "--max-usd", "0.40", "--max-tasks", "3")
     assert code == 0 and out.startswith("plan mini: 3 tasks, 5 images, estimated $0.40 "
                                         "(budget $0.40, max 3 tasks)\n")
@@ -577,7 +607,8 @@ def test_cli_invalid_spec_exit_2(mini: Path) -> None:
     code, out, err = run_cli(str(mini))
     assert (code, out) == (2, "")
     where = f"{mini}:3:16: error: variants `bakery-DESIGN-2` and `bakery-ANIME-2` both write"
-    assert err == (f"error: {where} 'bakery-1.jpg' [$.output.name] (put {{variant}} in "
+    # One prefix per line: the diagnostics say `error:` themselves.
+    assert err == (f"{where} 'bakery-1.jpg' [$.output.name] (put {{variant}} in "
                    f"output.name)\n{where} 'bakery-2.jpg' [$.output.name] (put {{variant}} in "
                    "output.name)\n")
 

@@ -37,7 +37,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 TABLE = """\
-run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:34Z
+run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:32Z
 
 total                            value
 -------------------------------  --------------------------------
@@ -52,11 +52,12 @@ failed by category               safety 1
 estimated spend                  $0.48
 actual spend                     $0.24
 spend per image                  $0.08
+campaign spend (every run)       $0.24
 retries                          4
 fresh UUIDs (provider failures)  4
-wall time                        33.750 s
+wall time                        31.750 s
 request latency                  p50 0.500 s, p95 0.750 s (n=19)
-task latency (send->done)        p50 11.250 s, p95 11.250 s (n=3)
+task latency (send->done)        p50 10.750 s, p95 10.750 s (n=3)
 budget                           $1.00
 
 by input
@@ -96,7 +97,7 @@ bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the conten
 """
 
 MARKDOWN = """\
-## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:34Z
+## run report-fixture: interrupted, 1 run(s), started 2026-01-01T00:00:00Z, ended 2026-01-01T00:00:32Z
 
 | total                           | value                            |
 |---------------------------------|----------------------------------|
@@ -111,11 +112,12 @@ MARKDOWN = """\
 | estimated spend                 | $0.48                            |
 | actual spend                    | $0.24                            |
 | spend per image                 | $0.08                            |
+| campaign spend (every run)      | $0.24                            |
 | retries                         | 4                                |
 | fresh UUIDs (provider failures) | 4                                |
-| wall time                       | 33.750 s                         |
+| wall time                       | 31.750 s                         |
 | request latency                 | p50 0.500 s, p95 0.750 s (n=19)  |
-| task latency (send->done)       | p50 11.250 s, p95 11.250 s (n=3) |
+| task latency (send->done)       | p50 10.750 s, p95 10.750 s (n=3) |
 | budget                          | $1.00                            |
 
 ### by input
@@ -264,7 +266,7 @@ def test_report_reads_a_run_that_is_still_writing(fixture_run: Path) -> None:
         assert (doc["run"]["status"], doc["run"]["ended_at"]) == ("running", None)
         assert (doc["totals"]["pending"], doc["totals"]["in_doubt"]) == (0, 1)
         # wall time of an unfinished run: up to its last recorded transition
-        assert doc["totals"]["wall_s"] == 33.5
+        assert doc["totals"]["wall_s"] == 31.5
     finally:
         writer.close()
         record.close()

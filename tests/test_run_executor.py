@@ -109,12 +109,42 @@ def test_auth_and_quota_stop_the_whole_run(tmp_path: Path, fault: str) -> None:
     assert len([k for k, _ in fake.log if k == "imageInference"]) <= 2
 
 
-def test_budget_is_never_overshot_and_stops_dispatch(tmp_path: Path) -> None:
-    fake = Fake()
-    out = run(tmp_path, fake, make_tasks(20), max_usd="0.50", concurrency=8)
+def test_a_price_above_the_table_is_learned_before_the_budget_is_spent(tmp_path: Path) -> None:
+    fake = Fake(cost=0.50, polls_before_ready=2)  # the table says 0.08; answers take polls
+    out = run(tmp_path, fake, make_tasks(12), max_usd="1.00", concurrency=4)
     assert out.status == "budget"
-    assert len(fake.charges) == 6  # 6 x 0.08 = 0.48 <= 0.50 < 7 x 0.08
-    assert out.counters.spent == Decimal("0.48")
+    assert len(fake.charges) == 2  # 2 x 0.50 = 1.00: billed never past the cap
+    assert out.counters.spent == Decimal("1.00") and out.counters.price == Decimal("0.50")
+    assert out.counters.price_source == "reported"
+
+
+def test_until_the_first_cost_is_known_one_task_is_in_flight(tmp_path: Path) -> None:
+    fake = Fake(polls_before_ready=2)
+    out = run(tmp_path, fake, make_tasks(6), concurrency=4)
+    assert out.status == "complete"
+    kinds = [k for k, _ in fake.log]
+    answered = [i for i, k in enumerate(kinds) if k == "getResponse"][2]  # its results (cost)
+    assert kinds[:answered + 1].count("imageInference") == 1  # nothing else before that
+    assert kinds.count("imageInference") == 6
+
+
+def test_budget_is_never_overshot_and_stops_dispatch(tmp_path: Path) -> None:
+    fake = Fake(cost=0.16)  # twice the table's price: learned from the first answer
+    out = run(tmp_path, fake, make_tasks(20), max_usd="2.00", concurrency=8)
+    assert out.status == "budget"
+    assert len(fake.charges) == 12  # 12 x 0.16 = 1.92 <= 2.00 < 13 x 0.16
+    assert out.counters.spent == Decimal("1.92")
+
+
+def test_tasks_that_do_not_fit_what_the_campaign_has_left_send_nothing(tmp_path: Path) -> None:
+    run(tmp_path, Fake(), make_tasks(3), max_usd="0.30")  # 0.24 spent
+    fake = Fake()
+    out = run(tmp_path, fake, make_tasks(3, prompt="edited"), max_usd="0.30")
+    assert out.status == "budget" and fake.log == []
+    assert "spent $0.24 of its $0.30" in out.message and "need $0.24 more" in out.message
+    assert "at least $0.48" in out.message
+    more = run(tmp_path, Fake(), make_tasks(3, prompt="edited"), max_usd="0.48")
+    assert more.status == "complete" and more.counters.campaign_spent == Decimal("0.48")
 
 
 def _unsent_stay_planned(tmp: Path, sent: set[str]) -> dict[str, str]:
@@ -127,9 +157,9 @@ def _unsent_stay_planned(tmp: Path, sent: set[str]) -> dict[str, str]:
 
 
 def test_budget_stop_leaves_unsent_tasks_planned_not_in_doubt(tmp_path: Path) -> None:
-    fake = Fake()
-    out = run(tmp_path, fake, make_tasks(200), max_usd="0.50", concurrency=8)
-    assert out.status == "budget" and len(fake.charges) == 6
+    fake = Fake(cost=0.16)
+    out = run(tmp_path, fake, make_tasks(200), max_usd="16.00", concurrency=8)
+    assert out.status == "budget" and len(fake.charges) == 100
     found = _unsent_stay_planned(tmp_path, {u for k, u in fake.log if k == "imageInference"})
     assert sorted(set(found.values())) == ["done", "planned"]
 
@@ -164,10 +194,11 @@ def test_a_run_starts_no_child_process_and_leaves_the_garbage_collector_alone(
     assert seen and set(seen) == {(*before, ())}
 
 
-def test_unknown_cost_counts_as_the_estimate(tmp_path: Path) -> None:
+def test_unknown_cost_counts_as_the_table_price(tmp_path: Path) -> None:
     fake = Fake(cost=None)
-    out = run(tmp_path, fake, make_tasks(3), max_usd="0.20")
-    assert out.status == "budget" and len(fake.charges) == 2
+    out = run(tmp_path, fake, make_tasks(3), max_usd="0.24")
+    assert out.status == "complete" and len(fake.charges) == 3
+    assert out.counters.spent == Decimal("0.24") and out.counters.price_source == "unreported"
 
 
 def test_finished_campaign_makes_zero_calls_on_resume(tmp_path: Path) -> None:

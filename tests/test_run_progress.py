@@ -121,7 +121,7 @@ def test_run_command_draws_the_live_line_on_a_terminal(tmp_path, monkeypatch) ->
     from test_run_cli import write_spec
 
     app = create_app(LocalConfig(render=False))
-    monkeypatch.setattr(specrunner.run, "local_server", lambda faults: app)
+    monkeypatch.setattr(specrunner.run, "local_server", lambda faults, state_dir=None: app)
     spec = write_spec(tmp_path)
     out, err = io.StringIO(), FakeTTY()
     set_testing(True)

@@ -138,8 +138,7 @@ def test_duplicate_keys_keep_the_first_and_are_reported(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text, code, line, col",
-    [("", "file-empty", 1, 1), ("# only a comment\n", "file-empty", 1, 1),
-     ("a: 1\n---\nb: 2\n", "multiple-documents", 2, 1),
+    [("a: 1\n---\nb: 2\n", "multiple-documents", 2, 1),
      ("a: [1, 2\nb: 3\n", "yaml-syntax", 2, 2), ("a: 'x\n", "yaml-syntax", 2, 1),
      ("a: \x00\n", "yaml-syntax", 1, 4), ("? [a]\n: 1\n", "complex-key", 1, 3),
      ("<<: {a: 1}\n", "merge-key", 1, 1),
@@ -148,6 +147,16 @@ def test_duplicate_keys_keep_the_first_and_are_reported(tmp_path: Path) -> None:
 def test_rejections_are_located(tmp_path: Path, text: str | bytes, code: str, line: int,
                                 col: int) -> None:
     assert fail(tmp_path, text)[:2] == (code, Loc("x.yaml", line, col))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_an_empty_file_is_a_problem_of_the_whole_file(tmp_path: Path, text: str) -> None:
+    (tmp_path / "x.yaml").write_text(text)
+    with pytest.raises(SpecError) as info:
+        yamlload.load(tmp_path / "x.yaml", "x.yaml")
+    (d,) = info.value.diagnostics
+    assert (d.code, d.loc, d.file) == ("file-empty", None, "x.yaml")
+    assert d.format() == "x.yaml: error: file is empty (no YAML content)"
 
 
 def test_bom_is_accepted(tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ complete; one task per line):
      "totals": {"tasks": int, "images": int, "est_cost": "0.96", "max_usd": "1.00",
                 "max_tasks": int},
      "breakdown": {axis: [{"value", "tasks", "images", "est_cost"}, ...], ...},
-     "tasks": [{"index", "variant", "input", "prompt", "repeat" (0-based), "axes",
-                "task_key", "task_uuid", "number_results", "est_cost", "outputs" (relative
-                to output_dir), "local_inputs": {field: {"path", "sha256", "invert"}},
+     "tasks": [{"index" (0-based), "variant", "input", "prompt", "repeat" (1-based, as
+                {repeat} in output names), "axes", "task_key", "task_uuid",
+                "number_results", "est_cost", "outputs" (relative to output_dir),
+                "local_inputs": {key: {"path", "sha256", "invert"}} (key: seedImage,
+                maskImage, or the request path of a style reference image, e.g.
+                providerSettings.ideogram.styleReferenceImages[0]),
                 "request" (the body item sent, local files as "local:<sha256>")}, ...],
      "output_dir": path}
 
@@ -48,23 +51,16 @@ from specrunner.errors import (
 )
 
 FORMATS = ("table", "json", "csv", "markdown", "github")
-EXCERPT = 40
-# What to do about each limit a plan can exceed (PlanLimitError.limit).
-LIMIT_HINTS = {
-    "max_usd": "raise budget.max_usd, or try this plan with --max-usd X",
-    "max_tasks": "raise budget.max_tasks, or try this plan with --max-tasks N",
-    None: "use fewer axis values, or several specs",
-}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the options of `plan`."""
-    parser.add_argument("spec", help="the campaign spec (YAML)")
+    parser.add_argument("spec", metavar="SPEC", help="the campaign spec (YAML)")
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="output format (default: table)")
     parser.add_argument("--explain", metavar="VARIANT",
                         help="show which matrix values and include/exclude rules made VARIANT")
-    parser.add_argument("--max-usd", metavar="X",
+    parser.add_argument("--max-usd", metavar="USD",
                         help="budget for this plan, overriding the spec's")
     parser.add_argument("--max-tasks", metavar="N", help="task cap, overriding the spec's")
     parser.add_argument("--limit", metavar="N", default="50",
@@ -134,9 +130,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_INVALID
     except PlanLimitError as exc:
         if not github:
-            raise PlanLimitError(f"{exc} ({LIMIT_HINTS[exc.limit]})", limit=exc.limit,
-                                 needed=exc.needed, allowed=exc.allowed) from None
-        writer.write([limit_diagnostic(exc, spec, LIMIT_HINTS[exc.limit])])
+            raise  # it carries its hint (errors.LIMIT_HINTS) to the CLI
+        writer.write([limit_diagnostic(exc, spec)])
         return EXIT_INVALID
     if args.explain is not None:
         status, text = planmod.explain(whole, args.explain)
@@ -182,11 +177,6 @@ def _record_status(plan: Any, out_dir: str | None) -> Any:
     return plan_status.compare(plan, run_dir)  # RecordError (exit 2) if missing or damaged
 
 
-def _excerpt(text: str, width: int = EXCERPT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def _style(request: Any) -> str:
     style = request.get("providerSettings", {}).get("ideogram", {}).get("styleType")
     return "-" if style is None else str(style)
@@ -196,8 +186,8 @@ def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     from specrunner.money import money
 
     tasks = plan.tasks if limit is None else plan.tasks[:limit]
-    rows = [[t.variant_id, t.input_name, _excerpt(t.request["positivePrompt"]),
-             _style(t.request), t.number_results, money(t.est_cost)] for t in tasks]
+    rows = [[t.variant_id, t.input_name, t.prompt_name, _style(t.request), t.number_results,
+             money(t.est_cost)] for t in tasks]
     if record is not None:
         for row, status in zip(rows, record.statuses):  # statuses: one per task
             row.append(status.text)
@@ -249,52 +239,59 @@ def _record_line(record: Any) -> str:
     return f"{record.summary()} (record: {record.record})"
 
 
+def _tabulate(rows: list[list[Any]], headers: list[str], fmt: str, align: Any) -> str:
+    """A table whose every cell is one line, and in Markdown literal text (axis values are
+    the user's: `|`, line breaks or HTML in them must not change the table)."""
+    from tabulate import tabulate  # not at the top: `--help` need not import it
+
+    from specrunner.report.cells import cell
+
+    md = fmt == "github"
+    return tabulate([[cell(x, md) for x in row] for row in rows],
+                    headers=[cell(h, md) for h in headers], tablefmt=fmt,
+                    disable_numparse=True, colalign=align)
+
+
 def write_table(plan: Any, out: TextIO, limit: int | None, record: Any = None) -> None:
     """The human view: summary, task rows (up to `limit`), per-axis breakdown; with a run
     record, each task's status and a line counting what is done and what would run."""
-    from tabulate import tabulate  # not at the top: `--help` need not import it
-
     print(_summary(plan), file=out)
     if record is not None:
         print(_record_line(record), file=out)
     print(file=out)
     headers, align = _headers(record)
-    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="simple",
-                   disable_numparse=True, colalign=align), file=out)
+    print(_tabulate(_rows(plan, limit, record), headers, "simple", align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(note, file=out)
     print(file=out)
     print("by axis:", file=out)
-    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="simple",
-                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+    print(_tabulate(_axis_rows(plan), AXIS_HEADERS, "simple", AXIS_ALIGN), file=out)
 
 
 def write_markdown(plan: Any, out: TextIO, limit: int | None, record: Any = None,
                    diagnostics: Sequence[Diagnostic] = ()) -> None:
     """The table view as GitHub-flavoured Markdown; warnings first, in a GitHub alert."""
-    from tabulate import tabulate  # not at the top: `--help` need not import it
+    from specrunner.report.cells import markdown
 
-    print(f"## {_summary(plan)}", file=out)
+    print(f"## {markdown(_summary(plan))}", file=out)
     print(file=out)
     warnings = [d for d in diagnostics if d.severity == "warning"]
     if warnings:
         print("> [!WARNING]", file=out)
         for d in warnings:
-            hint = f" ({d.hint})" if d.hint else ""
-            print(f"> - `{d.loc or d.path}` {d.message}{hint}", file=out)
+            hint = f" ({markdown(d.hint)})" if d.hint else ""
+            print(f"> - `{d.loc or d.path}` {markdown(d.message)}{hint}", file=out)
         print(file=out)
     if record is not None:
-        print(f"{_record_line(record)}\n", file=out)
+        print(f"{markdown(_record_line(record))}\n", file=out)
     headers, align = _headers(record)
-    print(tabulate(_rows(plan, limit, record), headers=headers, tablefmt="github",
-                   disable_numparse=True, colalign=align), file=out)
+    print(_tabulate(_rows(plan, limit, record), headers, "github", align), file=out)
     note = _hidden(plan, limit)
     if note:
         print(f"\n{note}", file=out)
     print("\n### By axis\n", file=out)
-    print(tabulate(_axis_rows(plan), headers=AXIS_HEADERS, tablefmt="github",
-                   disable_numparse=True, colalign=AXIS_ALIGN), file=out)
+    print(_tabulate(_axis_rows(plan), AXIS_HEADERS, "github", AXIS_ALIGN), file=out)
 
 
 def _axis_keys(plan: Any) -> list[str]:
@@ -312,7 +309,7 @@ def write_csv(plan: Any, out: TextIO, limit: int | None = None, record: Any = No
                 "est_cost", "outputs", "task_uuid", "task_key", "positive_prompt",
                 *(["status"] if record is not None else [])])
     for i, t in enumerate(plan.tasks):
-        w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat,
+        w.writerow([t.index, t.variant_id, t.input_name, t.prompt_name, t.repeat + 1,
                     *(text_of(t.axes[k]) if k in t.axes else "" for k in axes),
                     t.number_results, str(t.est_cost), ";".join(t.output_paths()),
                     t.task_uuid, t.task_key, t.request["positivePrompt"],
@@ -323,7 +320,7 @@ def task_json(t: Any) -> dict[str, Any]:
     """One task as the JSON format documents it."""
     return {
         "index": t.index, "variant": t.variant_id, "input": t.input_name,
-        "prompt": t.prompt_name, "repeat": t.repeat, "axes": dict(t.axes),
+        "prompt": t.prompt_name, "repeat": t.repeat + 1, "axes": dict(t.axes),
         "task_key": t.task_key, "task_uuid": t.task_uuid, "number_results": t.number_results,
         "est_cost": str(t.est_cost), "outputs": t.output_paths(),
         "local_inputs": {k: {"path": str(v.path), "sha256": v.sha256, "invert": v.invert}

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from specrunner.errors import EXIT_OK, RecordError, UsageError
+from specrunner.errors import EXIT_OK, RecordError, SpecrunnerError, UsageError
+from specrunner.redact import Redactor
 
 FORMATS = ("table", "markdown", "json", "csv", "html")
 
@@ -61,8 +62,52 @@ def locate(target: str) -> tuple[Path, Any, list[str]]:
     if not path.is_dir():
         raise UsageError(f"{target} is neither a run folder nor a spec file")
     if not record_path(path).is_file():
-        raise RecordError(f"no run record in {target} (expected {record_path(path)})")
+        raise RecordError(f"no run record in {target} (expected {record_path(path)})",
+                          hint=suggest_targets(path))
     return path, None, []
+
+
+MAX_SUGGESTED = 5
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be said from the current folder."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def suggest_targets(folder: Path) -> str | None:
+    """What `report` could have been given instead of a folder with no run record: the spec
+    files in it (with their output folders) or the run folders just below it."""
+    from specrunner.record import record_path
+    from specrunner.spec import load_spec
+
+    specs = []
+    candidates = sorted(p for pattern in ("*.yaml", "*.yml") for p in folder.glob(pattern))
+    for candidate in candidates[:20]:
+        try:
+            spec = load_spec(candidate)
+        except SpecrunnerError:
+            continue  # not a spec, or one that does not validate: no output folder to name
+        ran = record_path(spec.output.dir).is_file()
+        specs.append((candidate, spec.output.dir, ran))
+    if specs:
+        listed = ", ".join(f"{_shown(p)} (output {_shown(d)}, "
+                           f"{'has a run record' if ran else 'not run yet'})"
+                           for p, d, ran in specs[:MAX_SUGGESTED])
+        ran_specs = [p for p, _, ran in specs if ran]
+        if ran_specs:
+            return f"spec files here: {listed}; try `specrunner report {_shown(ran_specs[0])}`"
+        return f"spec files here: {listed}; run one first: `specrunner run {_shown(specs[0][0])}`"
+    runs = sorted(db.parent.parent for pattern in ("*/.specrunner/run.db",
+                                                     "*/*/.specrunner/run.db")
+                  for db in folder.glob(pattern))
+    if runs:
+        return (f"run folders below: {', '.join(_shown(r) for r in runs[:MAX_SUGGESTED])}; "
+                f"try `specrunner report {_shown(runs[0])}`")
+    return None
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -73,7 +118,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not 16 <= args.thumb <= 2048:
         raise UsageError("--thumb must be between 16 and 2048 pixels")
     run_dir, plan, warnings = locate(args.target)
-    summary = report.summarize(report.load_run(run_dir, plan, warnings), by)
+    redact = Redactor([os.environ.get("RUNWARE_API_KEY", "")])  # a server may have quoted it
+    summary = report.summarize(report.load_run(run_dir, plan, warnings, redact), by)
     if args.format == "html":
         from specrunner.report import html as contact_sheet
 

@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and plan, show what would run, send nothing")
     parser.add_argument("--key-file", help="read the API key from this file")
+    parser.add_argument("--locked", action="store_true",
+                        help="refuse a missing or stale lock file (exit 2) before any request")
     parser.add_argument("--faults", help="fault-injection config for --local (JSON or YAML)")
     parser.add_argument("--progress", choices=["auto", "live", "plain", "none"], default="auto",
                         help="progress display (default: live on a terminal, plain otherwise)")
@@ -85,8 +87,10 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not key and not args.local and not args.dry_run:
         raise UsageError("no API key: set RUNWARE_API_KEY or pass --key-file (or use --local)")
     base_url = args.base_url or os.environ.get("RUNWARE_BASE_URL") or None
-    if base_url is not None and not base_url.startswith(("https://", "http://")):
-        raise UsageError(f"--base-url must be an http(s) URL, not {base_url!r}")
+    if base_url is not None and not args.local:
+        from specrunner.run import check_base_url
+
+        check_base_url(base_url)  # https, or http to this machine; no credentials in it
     faults = None
     if args.faults:
         from specrunner.local import FaultConfig
@@ -95,11 +99,19 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cap = _max_usd(args.max_usd)
     if args.concurrency is not None and not 1 <= args.concurrency <= 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
-    spec = load_spec(Path(args.spec)).with_limits(max_usd=cap, concurrency=args.concurrency)
+    # The same secret scan as validate and plan: a key written in the spec is refused.
+    spec = load_spec(Path(args.spec), secrets=[key or ""]).with_limits(
+        max_usd=cap, concurrency=args.concurrency)
     if shard is not None and cap is not None:
         # --max-usd is this shard's budget (shard_plan checks it), not the whole campaign's
         spec = spec.with_limits(max_usd=Decimal("Infinity"))
     plan = build_plan(spec)  # full validation before any network call
+    if args.locked:
+        from specrunner.plan.lock import check_lock
+
+        status = check_lock(plan, args.spec)
+        if not status.ok:  # missing, unreadable or stale: the lines `lock --check` prints
+            raise UsageError(status.message())
     part = plan if shard is None else shard_plan(plan, shard, cap)
     if shard is not None:
         print(describe(plan, part, shard, cap is not None), file=err)
@@ -115,6 +127,12 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(summary_table(result.counters, result.max_usd, result.status), file=out)
     if result.message:
         print(result.message, file=err)
+    if result.provenance is not None:
+        where = result.provenance
+        print(f"provenance: {where.summary()}", file=out)
+        if where.dirty:
+            print("note: this run was made from a dirty tree: the commit alone does not "
+                  "reproduce it", file=err)
     print(f"record: {result.record}", file=out)
     print(f"report: specrunner report {shlex.quote(str(result.out_dir))}", file=out)
     return result.exit_code

@@ -58,7 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-render", action="store_true",
                         help="skip the edit engine; answer a tiny fixed image (benchmarks)")
     parser.add_argument("--log-level", default="warning",
-                        choices=["critical", "error", "warning", "info", "debug"])
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="what the server logs (default: warning)")
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfig:

@@ -207,6 +207,10 @@ class LocalServer:
         out.data += run.data
         out.errors += run.errors
         status, doc = out.envelope()
+        if self.config.faults.echo_key:  # a careless server quoting the request back
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            for err in doc.get("errors", ()):
+                err["message"] = f"{err.get('message', '')} (request had Authorization: {auth})"
         payload = json.dumps(doc, separators=(",", ":")).encode()
         if fault == "drop":
             await _start(send, status, "application/json", len(payload))

@@ -10,7 +10,13 @@ strings. A `FaultInjector` turns it into decisions:
                     non_json (an HTML body), truncated_body (the JSON cut in half);
 - task faults (a RNG seeded by `seed` and the taskUUID, so they do not depend on ordering):
     provider_timeout (the whole task fails with `timeoutProvider`, not charged),
-    content_policy (each result independently fails with `contentPolicyViolation`, not charged);
+    content_policy (each result independently fails with `contentPolicyViolation`, not charged),
+    billed_then_error (the task is billed and its results exist, but the answer to the
+    imageInference request is a 500 `internalError`; getResponse returns the results);
+- money: `price_usd` (what is billed and reported per image, default the model's table
+  price), `report_cost: false` (bill, but never put `cost` in a result), `extra_images: N`
+  (every task returns, and bills, N images more than its numberResults), `echo_key: true`
+  (error messages quote the request's Authorization header, as a careless server might);
 - download faults (per image GET, by sequence): truncated_image, oversized_image;
 - latency (every POST /v1) and processing time (every imageInference) from a distribution;
 - capacity: at most N POST /v1 requests in flight; more answer 429 `rateLimitExceeded`.
@@ -24,6 +30,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,11 +43,12 @@ REQUEST_FAULTS = (
     "drop", "hang", "non_json", "truncated_body",
 )
 BEFORE_BILLING = frozenset({"http_429", "http_500", "http_502", "http_503", "http_504"})
-TASK_FAULTS = ("provider_timeout", "content_policy")
+TASK_FAULTS = ("provider_timeout", "content_policy", "billed_then_error")
 DOWNLOAD_FAULTS = ("truncated_image", "oversized_image")
 ALL_FAULTS = REQUEST_FAULTS + TASK_FAULTS + DOWNLOAD_FAULTS
 # The keys of a fault file besides the fault names (and `rates:`, which may hold them).
-SETTINGS = ("seed", "latency", "processing", "capacity", "hang_s", "oversize_bytes")
+SETTINGS = ("seed", "latency", "processing", "capacity", "hang_s", "oversize_bytes",
+            "price_usd", "report_cost", "extra_images", "echo_key")
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,10 @@ class FaultConfig:
     rates: Mapping[str, float] = field(default_factory=dict)
     hang_s: float = 3600.0
     oversize_bytes: int = 64 * 1024 * 1024
+    price_usd: Decimal | None = None  # billed and reported per image; None: the table price
+    report_cost: bool = True
+    extra_images: int = 0
+    echo_key: bool = False
 
     def __post_init__(self) -> None:
         for name, rate in self.rates.items():
@@ -127,6 +139,11 @@ class FaultConfig:
             raise UsageError("capacity must be >= 1")
         if self.hang_s < 0 or self.oversize_bytes < 0:
             raise UsageError("hang_s and oversize_bytes must be >= 0")
+        if self.price_usd is not None and not (self.price_usd.is_finite()
+                                               and self.price_usd >= 0):
+            raise UsageError("price_usd must be a number >= 0")
+        if not 0 <= self.extra_images <= 20:
+            raise UsageError("extra_images must be between 0 and 20")
 
     def rate(self, name: str) -> float:
         return float(self.rates.get(name, 0.0))
@@ -159,6 +176,11 @@ class FaultConfig:
             hang_s=_number(doc.get("hang_s", 3600.0), "hang_s"),
             oversize_bytes=int(_number(doc.get("oversize_bytes", 64 * 1024 * 1024),
                                        "oversize_bytes")),
+            price_usd=(None if doc.get("price_usd") is None
+                       else Decimal(str(_number(doc["price_usd"], "price_usd")))),
+            report_cost=_flag(doc.get("report_cost", True), "report_cost"),
+            extra_images=int(_number(doc.get("extra_images", 0), "extra_images")),
+            echo_key=_flag(doc.get("echo_key", False), "echo_key"),
         )
 
     @classmethod
@@ -177,6 +199,12 @@ class FaultConfig:
         return cls.from_mapping(doc)
 
 
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} must be true or false, not {value!r}")
+    return value
+
+
 def parse_rate(text: str) -> tuple[str, float]:
     """`http_503=0.1` -> ("http_503", 0.1) for the --fault flag."""
     name, sep, value = text.partition("=")
@@ -191,6 +219,7 @@ class TaskFaults:
 
     provider_timeout: bool = False
     blocked: frozenset[int] = frozenset()  # result indexes rejected by content policy
+    billed_then_error: bool = False  # billed, results made, but the answer is an error
 
 
 class FaultInjector:
@@ -242,4 +271,7 @@ class FaultInjector:
         blocked = frozenset(i for i in range(number_results) if rng.random() < p)
         if blocked:
             self.count("content_policy", len(blocked))
-        return TaskFaults(blocked=blocked), processing
+        erred = rng.random() < self.config.rate("billed_then_error")
+        if erred:
+            self.count("billed_then_error")
+        return TaskFaults(blocked=blocked, billed_then_error=erred), processing

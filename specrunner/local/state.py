@@ -149,6 +149,7 @@ class TaskRecord:
     # Restored from a state directory: loads the inputs from their stored copies on demand.
     load_inputs: Callable[[], tuple[Image.Image, Image.Image]] | None = None
     rendered: bool = False
+    price: Decimal | None = None  # billed and reported per image (None: not reported)
 
     @property
     def done(self) -> bool:

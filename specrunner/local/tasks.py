@@ -167,8 +167,12 @@ class Simulator:
             self.ledger.count(str(ttype))
             try:
                 if ttype == "imageInference":
-                    record = await self._accept_inference(task)
-                    if param(record.request, "deliveryMethod") == "async":
+                    record, erred = await self._accept_inference(task)
+                    if erred:  # billed, results made: the answer says otherwise
+                        out.errors.append((500, error_object(
+                            "internalError", "internal error (injected after billing)",
+                            task_type="imageInference", task_uuid=record.task_uuid)))
+                    elif param(record.request, "deliveryMethod") == "async":
                         out.data.append({"taskType": "imageInference",
                                          "taskUUID": record.task_uuid})
                     else:
@@ -209,7 +213,7 @@ class Simulator:
                             "accepted; fetch its results with getResponse", "taskUUID")
         return uuid
 
-    async def _accept_inference(self, task: dict[str, Any]) -> TaskRecord:
+    async def _accept_inference(self, task: dict[str, Any]) -> tuple[TaskRecord, bool]:
         sent = self._check_uuid(task)
         uuid = sent.lower()  # the key of every table; answers echo the UUID as sent
         model = task.get("model")
@@ -239,26 +243,32 @@ class Simulator:
         self._check_uuid(task)  # again: a twin of this task may have been accepted meanwhile
         n = int(param(task, "numberResults"))
         faults, processing = self.injector.for_task(uuid, n)
-        record = self._record(sent, task, faults, self.clock() + processing, placeholder)
+        config = self.injector.config
+        price = (config.price_usd if config.price_usd is not None
+                 else models.get_model(model).price_per_image)
+        record = self._record(sent, task, faults, self.clock() + processing, placeholder,
+                              config.extra_images, price if config.report_cost else None)
         record.inputs = (seed, mask)
-        delivered = n - len(faults.blocked)
-        price = models.get_model(model).price_per_image
+        delivered = len(record.results) - len(faults.blocked)
         if delivered and not faults.provider_timeout:
             self.ledger.charge(uuid, delivered, price)
         if self.journal is not None:
             self.journal.append({
                 "e": "task", "uuid": uuid, "sent": sent, "request": task, "inputs": keys,
                 "placeholder": placeholder, "timeout": faults.provider_timeout,
-                "blocked": sorted(faults.blocked), "price": str(price)})
-        return record
+                "blocked": sorted(faults.blocked), "price": str(price),
+                "extra": config.extra_images, "reported": config.report_cost})
+        return record, faults.billed_then_error and not faults.provider_timeout
 
     def _record(self, sent: str, task: dict[str, Any], faults: TaskFaults, ready_at: float,
-                placeholder: bool) -> TaskRecord:
-        """Register an accepted task under its (lower-case) UUID, with its decided faults."""
+                placeholder: bool, extra: int, price: Decimal | None) -> TaskRecord:
+        """Register an accepted task under its (lower-case) UUID, with its decided faults,
+        its `extra` images beyond numberResults and the price it reports (None: none)."""
         uuid = sent.lower()
-        record = TaskRecord(sent, "imageInference", task, ready_at, placeholder=placeholder)
+        record = TaskRecord(sent, "imageInference", task, ready_at, placeholder=placeholder,
+                            price=price)
         record.results = [Result(i, engine.image_uuid(uuid, i), engine.result_seed(uuid, i))
-                          for i in range(int(param(task, "numberResults")))]
+                          for i in range(int(param(task, "numberResults")) + extra)]
         self.taken[uuid] = "imageInference"
         self.records[uuid] = record
         if faults.provider_timeout:
@@ -404,8 +414,8 @@ class Simulator:
         item["seed"] = res.seed
         if req.get("safety", {}).get("checkContent") or req.get("safety", {}).get("mode") == "fast":
             item["NSFWContent"] = False
-        if req.get("includeCost"):
-            item["cost"] = float(models.get_model(req["model"]).price_per_image)
+        if req.get("includeCost") and record.price is not None:
+            item["cost"] = float(record.price)
         item["simulator"] = {"name": SIMULATOR, "placeholderInputs": record.placeholder,
                              "resultIndex": res.index}
         ignored = [k for k in ("webhookURL", "uploadEndpoint") if k in req]
@@ -508,8 +518,10 @@ class Simulator:
             elif kind == "task":
                 faults = TaskFaults(provider_timeout=event["timeout"],
                                     blocked=frozenset(event["blocked"]))
+                reported = event.get("reported", True)
                 record = self._record(event["sent"], event["request"], faults, self.clock(),
-                                      event["placeholder"])
+                                      event["placeholder"], int(event.get("extra", 0)),
+                                      Decimal(event["price"]) if reported else None)
                 seed_key, mask_key = event["inputs"]
                 record.load_inputs = lambda s=seed_key, m=mask_key: (load(s), load(m))
                 delivered = len(record.results) - len(faults.blocked)

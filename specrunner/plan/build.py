@@ -17,7 +17,7 @@ Nested request mappings are shared between tasks: copy before changing one.
 
 from __future__ import annotations
 
-import difflib
+import copy
 import gc
 import json
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from specrunner.plan import matrix
 
 from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
-from specrunner.plan.task import LocalImage, Task
+from specrunner.plan.task import LocalImage, Task, local_input_path
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.money import money
 from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
@@ -39,6 +39,7 @@ from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, t
 )
 from specrunner.plan.outpaths import fold, path_problem
 from specrunner.spec.schema import RUNNER_OWNED
+from specrunner.spec.suggest import did_you_mean
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -129,11 +130,29 @@ def _combinations(spec: Spec, repeat: int
             raise PlanLimitError(f"matrix product has {exc.size:,} combinations; specrunner "
                                  f"refuses to expand more than {MAX_PRODUCT:,}",
                                  limit=None, needed=exc.size, allowed=MAX_PRODUCT) from None
-        raise PlanLimitError(f"plan has {exc.size * repeat:,} tasks ({exc.size:,} combinations"
-                             f" x repeat {repeat}); budget max_tasks is "
+        more = "at least " if exc.at_least else ""
+        raise PlanLimitError(f"plan has {more}{exc.size * repeat:,} tasks ({more}{exc.size:,} "
+                             f"combinations x repeat {repeat}); budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
     return [(c.values, None, _source(exp, ci)) for ci, c in enumerate(exp.combinations)], exp
+
+
+def _reference_images(spec: Spec) -> tuple[Mapping[str, Any], dict[str, LocalImage]]:
+    """spec.defaults with "local:<sha256>" in place of each local file of its image lists
+    (styleReferenceImages), and those files by local input key; unchanged without any."""
+    local = {key: LocalImage(Path(ref.value), ref.sha256 or "")
+             for key, ref in spec.images.items() if ref.kind == "file"}
+    if not local:
+        return spec.defaults, {}
+    defaults = copy.deepcopy(dict(spec.defaults))
+    for key, img in local.items():
+        path = local_input_path(key)
+        node: Any = defaults
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = f"local:{img.sha256}"
+    return defaults, local
 
 
 def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -165,9 +184,8 @@ def _resolve(kind: str, values: Mapping[str, Scalar], names: Iterable[str], src:
         name = values[kind]
         if isinstance(name, str) and name in pool:
             return name
-        close = difflib.get_close_matches(text_of(name), pool, n=1)
         diags.add(f"unknown {kind} `{text_of(name)}`", f"{src}.{kind}" if "[" in src else src,
-                  f"unknown-{kind}", f"did you mean `{close[0]}`?" if close else
+                  f"unknown-{kind}", did_you_mean(text_of(name), pool) or
                   "declared: " + ", ".join(pool))
         return None
     if len(pool) == 1:
@@ -244,6 +262,7 @@ def _build_plan(spec: Spec) -> Plan:
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=len(combos) * repeat, allowed=spec.budget.max_tasks)
     delivery = spec.execution.delivery
+    defaults, reference_local = _reference_images(spec)
     ext_default = "jpg"
     sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
     input_cache: dict[str, tuple[dict[str, str], dict[str, LocalImage]]] = {}
@@ -265,10 +284,9 @@ def _build_plan(spec: Spec) -> Plan:
             if key in BUILTIN_KEYS or key in fields or key in used_vars:
                 known_keys.add(key)
                 continue
-            close = difflib.get_close_matches(key, [*fields, *used_vars], n=1)
             diags.add(f"unknown key `{key}`: not a request field, and no template uses it",
                       _key_path(src, key, spec, exp, ci), "unknown-key",
-                      f"did you mean `{close[0]}`?" if close else None)
+                      did_you_mean(key, [*fields, *used_vars]))
         in_name = _resolve("input", values, spec.inputs, src, diags)
         pr_name = _resolve("prompt", values, spec.prompts, src, diags)
         if in_name is None or pr_name is None or pr_name not in prompts:
@@ -278,7 +296,7 @@ def _build_plan(spec: Spec) -> Plan:
         sig = tuple((fields[k], type(v), v) for k, v in values.items() if k in fields)
         cached = sig_cache.get(sig)
         if cached is None:
-            merged: dict[str, Any] = {k: v for k, v in spec.defaults.items()}
+            merged: dict[str, Any] = {k: v for k, v in defaults.items()}
             for path, _t, v in sig:
                 _set_path(merged, path, v)
             nres = merged.get("numberResults", 1)
@@ -296,8 +314,12 @@ def _build_plan(spec: Spec) -> Plan:
                                fields[k] == where[:len(fields[k])]), None)
                 jpath = (_key_path(src, origin, spec, exp, ci) if origin else
                          "$.defaults" + "".join(f".{p}" for p in where))
+                created = src.startswith("$.matrix.include") and origin is not None
                 diags.add(f"request field {'.'.join(where) or '(root)'}: {err.message}",
-                          jpath, "request-schema")
+                          jpath, "request-schema",
+                          "this include entry matches no combination of the axes, so it "
+                          "makes a new one and its values are sent as written" if created
+                          else None)
         merged, nres, ext = cached
         inp = input_cache.get(in_name)
         if inp is None:
@@ -313,7 +335,7 @@ def _build_plan(spec: Spec) -> Plan:
                 if not ins[fieldname]:
                     diags.add(f"input `{in_name}`: {fieldname} is empty",
                               f"$.inputs.{in_name}", "request-schema")
-            input_cache[in_name] = inp = (ins, local)
+            input_cache[in_name] = inp = (ins, {**local, **reference_local})
         ins, local = inp
         ns: dict[str, str] = {**spec.vars, **pair.vars}
         for k, v in values.items():

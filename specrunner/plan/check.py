@@ -40,10 +40,12 @@ def limit_path(exc: PlanLimitError, spec: Spec) -> str:
     return f"$.budget.{exc.limit}"
 
 
-def limit_diagnostic(exc: PlanLimitError, spec: Spec, hint: str | None = None) -> Diagnostic:
-    """A PlanLimitError as a Diagnostic located at the setting it exceeded."""
+def limit_diagnostic(exc: PlanLimitError, spec: Spec) -> Diagnostic:
+    """A PlanLimitError as a Diagnostic located at the setting it exceeded, with the hint
+    every command gives for it (errors.LIMIT_HINTS)."""
     where = limit_path(exc, spec)
-    return Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit", hint=hint)
+    return Diagnostic(str(exc), path=where, loc=spec.loc(where), code="plan-limit",
+                      hint=exc.hint)
 
 
 def check_spec(path: str | Path, secrets: Sequence[str] = ()) -> Checked:

@@ -1,14 +1,16 @@
 """Compare two runs: variants added, removed and changed, and cost/failure deltas per axis.
 
 Variants are matched by id. A variant `changed` when its request differs (another task_key),
-its output images differ (sha256 of the files, in result order) or its status differs.
+its output images differ (sha256 of the files, in result order) or its status differs; a
+changed request names its fields (dotted paths, as `plan` does: positivePrompt,
+providerSettings.ideogram.styleType, inputs.seedImage; `task key` when no field differs).
 Pure over two `report.Summary` values. JSON shape (`to_json`):
 
     {"format": "specrunner.diff/1",
      "a": {"name", "status", "tasks"}, "b": {...},
      "added": [variant, ...], "removed": [variant, ...],
-     "changed": [{"variant", "request_changed", "outputs_changed", "status": [a, b],
-                  "actual_usd": [a, b]}, ...],
+     "changed": [{"variant", "request_changed", "request_fields": [path, ...],
+                  "outputs_changed", "status": [a, b], "actual_usd": [a, b]}, ...],
      "unchanged": int,
      "totals": {"tasks" | "succeeded" | "failed" | "images": [a, b, delta],
                 "estimated_usd" | "actual_usd": [a, b, delta]},
@@ -27,6 +29,7 @@ from tabulate import tabulate
 
 from specrunner.errors import UsageError
 from specrunner.money import usd
+from specrunner.report.cells import cell
 from specrunner.report.summary import Summary, TaskInfo, actual_cost, group, varying_axes
 
 FORMATS = ("table", "markdown", "json")
@@ -34,13 +37,26 @@ FORMATS = ("table", "markdown", "json")
 
 @dataclass(frozen=True)
 class Change:
-    """How one variant present in both runs differs."""
+    """How one variant present in both runs differs; `request_fields` names the request
+    fields that changed (empty when the request did not)."""
 
     variant: str
     request_changed: bool
     outputs_changed: bool
     status: tuple[str, str]
     cost: tuple[Decimal, Decimal]
+    request_fields: tuple[str, ...] = ()
+
+    def kinds(self) -> str:
+        """What changed, as the table shows it: `request: positivePrompt; outputs; status`."""
+        parts = []
+        if self.request_changed:
+            parts.append("request: " + ", ".join(self.request_fields or ("task key",)))
+        if self.outputs_changed:
+            parts.append("outputs")
+        if self.status[0] != self.status[1]:
+            parts.append("status")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,16 @@ def _hashes(t: TaskInfo) -> tuple[str | None, ...]:
     return tuple(i.sha256 for i in t.images)
 
 
+def _fields(x: TaskInfo, y: TaskInfo) -> tuple[str, ...]:
+    """The request fields that differ between two recorded tasks (none when either request
+    is unknown or they are equal: then only the task key says it changed)."""
+    if x.task_key == y.task_key or not x.request or not y.request:
+        return ()
+    from specrunner.plan.status import changed_fields  # the one definition, shared with plan
+
+    return tuple(changed_fields(x.request, y.request))
+
+
 def compare(a: Summary, b: Summary, by: Sequence[str] | None = None) -> RunDiff:
     """Compare two summaries; `by` defaults to the shared axes with 2+ values in either run.
 
@@ -74,7 +100,7 @@ def compare(a: Summary, b: Summary, by: Sequence[str] | None = None) -> RunDiff:
             continue
         c = Change(vid, x.task_key != y.task_key,
                    bool(x.images and y.images and _hashes(x) != _hashes(y)),
-                   (x.status, y.status), (actual_cost(x), actual_cost(y)))
+                   (x.status, y.status), (actual_cost(x), actual_cost(y)), _fields(x, y))
         if c.request_changed or c.outputs_changed or x.status != y.status:
             changed.append(c)
         else:
@@ -127,6 +153,7 @@ def to_json(d: RunDiff) -> dict[str, Any]:
            for side, s in (("a", d.a), ("b", d.b))},
         "added": list(d.added), "removed": list(d.removed),
         "changed": [{"variant": c.variant, "request_changed": c.request_changed,
+                     "request_fields": list(c.request_fields),
                      "outputs_changed": c.outputs_changed, "status": list(c.status),
                      "actual_usd": [usd(c.cost[0]), usd(c.cost[1])]} for c in d.changed],
         "unchanged": d.unchanged,
@@ -143,38 +170,38 @@ def _signed(v: Any) -> str:
 def _text(d: RunDiff, fmt: str) -> str:
     doc = to_json(d)
     md = fmt == "github"
-    head = (lambda t: f"### {t}") if md else (lambda t: t)
+
+    def table(rows: Any, headers: Sequence[Any], **options: Any) -> str:
+        # Every cell through cells.cell: variant ids and axis values are data, not markup.
+        return tabulate([[cell(x, md) for x in row] for row in rows],
+                        headers=[cell(h, md) for h in headers], tablefmt=fmt,
+                        disable_numparse=True, **options)
+
+    head = (lambda t: f"### {cell(t, md)}") if md else (lambda t: t)
     a, b = doc["a"], doc["b"]
-    parts = [("## " if md else "") + f"diff {a['name'] or 'A'} ({a['status']}, {a['tasks']} "
-             f"tasks) -> {b['name'] or 'B'} ({b['status']}, {b['tasks']} tasks): "
-             f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
-             f"{d.unchanged} unchanged", ""]
-    rows = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
-            for k, (x, y, z) in doc["totals"].items()]
-    parts.append(tabulate(rows, headers=["total", "A", "B", "delta"], tablefmt=fmt,
-                          disable_numparse=True, colalign=("left", "right", "right", "right")))
+    title = (f"diff {a['name'] or 'A'} ({a['status']}, {a['tasks']} tasks) -> {b['name'] or 'B'} "
+             f"({b['status']}, {b['tasks']} tasks): {len(d.added)} added, {len(d.removed)} "
+             f"removed, {len(d.changed)} changed, {d.unchanged} unchanged")
+    parts = [f"## {cell(title, md)}" if md else title, ""]
+    rows: list[tuple[Any, ...]] = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
+                                   for k, (x, y, z) in doc["totals"].items()]
+    parts.append(table(rows, ["total", "A", "B", "delta"],
+                       colalign=("left", "right", "right", "right")))
     variants = ([(v, "added", "", "") for v in d.added]
                 + [(v, "removed", "", "") for v in d.removed]
-                + [(c.variant, ", ".join(k for k, on in (("request", c.request_changed),
-                                                        ("outputs", c.outputs_changed),
-                                                        ("status", c.status[0] != c.status[1]))
-                                         if on),
-                    f"{c.status[0]} -> {c.status[1]}",
+                + [(c.variant, c.kinds(), f"{c.status[0]} -> {c.status[1]}",
                     f"{usd(c.cost[0])} -> {usd(c.cost[1])}") for c in d.changed])
     if variants:
         parts += ["", head("variants"), ""]
-        parts.append(tabulate(variants, headers=["variant", "change", "status", "USD"],
-                              tablefmt=fmt, disable_numparse=True))
+        parts.append(table(variants, ["variant", "change", "status", "USD"]))
     for axis, groups in doc["by_axis"].items():
         parts += ["", head(f"by {axis}"), ""]
         rows = [(g["value"], f"{g['tasks'][0]} -> {g['tasks'][1]}",
                  f"{g['failed'][0]} -> {g['failed'][1]}", _signed(g["failed"][2]),
                  f"{g['actual_usd'][0]} -> {g['actual_usd'][1]}", _signed(g["actual_usd"][2]))
                 for g in groups]
-        parts.append(tabulate(rows, headers=[axis, "tasks", "failed", "delta", "actual USD",
-                                             "delta"],
-                              tablefmt=fmt, disable_numparse=True,
-                              colalign=("left",) + ("right",) * 5))
+        parts.append(table(rows, [axis, "tasks", "failed", "delta", "actual USD", "delta"],
+                           colalign=("left",) + ("right",) * 5))
     return "\n".join(parts) + "\n"
 
 

@@ -50,7 +50,8 @@ from specrunner import models, runware
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
-from specrunner.record import IN_DOUBT_STATES, Snapshot, TaskRow, read_snapshot
+from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
+from specrunner.redact import Redactor
 
 FORMATS = ("table", "markdown", "json", "csv")
 STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
@@ -149,6 +150,11 @@ class RunData:
     superseded: tuple[TaskInfo, ...] = ()  # recorded tasks of earlier plans
     snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def run_rows(self) -> tuple[RunRow, ...]:
+        """Every run of the folder, in order (each one's spend, provenance, shard)."""
+        return self.snapshot.runs if self.snapshot is not None else ()
+
 
 def category_of(code: str) -> str:
     """The category of an error code (the API's, or `runner` for specrunner's own)."""
@@ -245,16 +251,21 @@ def _spec_name(text: str | None) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = ()) -> RunData:
+def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = (),
+             redact: Redactor | None = None) -> RunData:
     """Read a run record (a read-only snapshot) into RunData; RecordError if it is unusable.
 
     `plan`: a Plan whose tasks are the current ones (default: the last run's plan).
+    `redact`: applied to every message from a server (default: credentials by their form;
+    pass Redactor([key]) to remove a known key too).
     """
-    return from_snapshot(read_snapshot(run_dir), plan, warnings)
+    return from_snapshot(read_snapshot(run_dir), plan, warnings, redact)
 
 
-def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()) -> RunData:
+def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = (),
+                  redact: Redactor | None = None) -> RunData:
     """RunData from a record's snapshot (see `load_run`)."""
+    redact = redact or Redactor()
     current = ({t.task_key for t in plan.tasks} if plan is not None
                else set(snap.plan_keys() or ()) or None)
     rows = [r for r in snap.tasks if current is None or r.task_key in current]
@@ -267,7 +278,7 @@ def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()
         axis_names, fallback = _fallback_axes(requests)
         values = [tuple((k, f.get(k, "-")) for k in axis_names) for f in fallback]
         notes.append("this record predates recorded axes: they come from the requests")
-    infos = [_info(snap, r, req, axes)
+    infos = [_info(snap, r, req, axes, redact)
              for r, req, axes in zip(rows + old, requests, values)]
     runs = snap.runs
     wall = 0.0
@@ -287,7 +298,7 @@ def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()
 
 
 def _info(snap: Snapshot, r: TaskRow, request: dict[str, Any],
-          axes: tuple[tuple[str, str], ...]) -> TaskInfo:
+          axes: tuple[tuple[str, str], ...], redact: Redactor) -> TaskInfo:
     images = tuple(Image(x.index, x.output_path, x.sha256, x.bytes, x.cost, x.seed,
                          x.image_uuid, x.provider_prompt)
                    for x in snap.results.get(r.task_key, ()))
@@ -297,7 +308,8 @@ def _info(snap: Snapshot, r: TaskRow, request: dict[str, Any],
         index=r.index, variant_id=r.variant_id, task_key=r.task_key, state=r.state,
         status=STATUS_OF.get(r.state, "in_doubt"), axes=axes, est_cost=r.est_cost,
         cost=r.cost, number_results=nres if isinstance(nres, int) else 1, images=images,
-        error_code=r.error_code, error_message=r.error_message,
+        error_code=r.error_code,
+        error_message=None if r.error_message is None else redact(r.error_message),
         sends=snap.sends.get(r.task_key, 0),
         latency_s=done - first if first is not None and done is not None else None,
         input_name=r.input_name, inputs=_input_refs(r), prompt_name=r.prompt_name,
@@ -323,7 +335,7 @@ class Summary:
 
     data: RunData
     by: tuple[str, ...]
-    totals: tuple[tuple[str, Any], ...]
+    totals: Mapping[str, Any]  # in the order reports show them
     breakdown: tuple[tuple[str, tuple[Group, ...]], ...]
     errors: tuple[tuple[str, str, int], ...]  # (code, category, tasks)
     failures: tuple[TaskInfo, ...]
@@ -338,10 +350,18 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 
 def actual_cost(task: TaskInfo) -> Decimal:
-    """What the record says was charged for a task: reported item costs (0 if none)."""
+    """What the provider reported charging for a task (0 when it reported nothing: see
+    `unreported` for the images whose cost is unknown)."""
     if task.cost is not None:
         return task.cost
     return sum((i.cost for i in task.images if i.cost is not None), Decimal(0))
+
+
+def unreported(task: TaskInfo) -> int:
+    """The task's images whose cost the provider did not report."""
+    if task.cost is not None:
+        return 0
+    return sum(i.cost is None for i in task.images)
 
 
 def group(value: str, tasks: Sequence[TaskInfo]) -> Group:
@@ -393,7 +413,11 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     images, actual = whole.images, whole.actual
     done, n_failed, pending, in_doubt = whole.counts
     task_lat = [t.latency_s for t in tasks if t.latency_s is not None]
-    totals = (
+    unknown = sum(unreported(t) for t in tasks)
+    known = images - unknown
+    extra = sum(max(0, len(t.images) - t.number_results) for t in tasks)
+    campaign = actual + sum((actual_cost(t) for t in data.superseded), Decimal(0))
+    totals = dict((
         ("tasks", whole.tasks),
         ("images", images),
         ("images_refused", sum(max(0, t.number_results - len(t.images)) for t in tasks
@@ -403,16 +427,20 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
         ("pending", pending),
         ("in_doubt", in_doubt),
         ("failed_by_category", dict(sorted(cats.items()))),
+        ("images_extra", extra),
         ("estimated_usd", whole.estimated),
-        ("actual_usd", actual),
-        ("spend_per_image_usd", (actual / images).quantize(Decimal("0.0001"))
-         if images else None),
+        # None: the provider reported no cost at all (unknown, never $0.00)
+        ("actual_usd", actual if known or not images else None),
+        ("actual_unreported_images", unknown),
+        ("spend_per_image_usd", (actual / known).quantize(Decimal("0.0001"))
+         if known else None),
+        ("campaign_usd", campaign if known or not images else None),
         ("retries", sum(max(0, t.sends - 1) for t in tasks)),
         ("new_uuids", data.new_uuids),
         ("wall_s", round(data.wall_s, 3)),
         ("request_latency_s", _lat(data.request_latencies)),
         ("task_latency_s", _lat(task_lat)),
-    )
+    ))
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
     problems = [t for t in tasks if t.status != "done" and t.status != "pending"
                 or t.error_code]
@@ -433,6 +461,10 @@ def _iso(ts: float | None) -> str | None:
 
 
 LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in doubt",
+          "images_extra": "images beyond numberResults",
+          "actual_unreported_images": "images without a reported cost",
+          "campaign_usd": "campaign spend (every run)", "price": "price per image",
+          "provenance": "provenance",
           "failed_by_category": "failed by category", "estimated_usd": "estimated spend",
           "actual_usd": "actual spend", "spend_per_image_usd": "spend per image",
           "new_uuids": "fresh UUIDs (provider failures)", "wall_s": "wall time",
@@ -443,13 +475,19 @@ LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in d
 def to_json(s: Summary) -> dict[str, Any]:
     """The documented JSON shape (see the module docstring)."""
     d = s.data
-    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals}
+    totals = {k: (usd(v) if isinstance(v, Decimal) else v) for k, v in s.totals.items()}
     return {
         "format": "specrunner.report/1",
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
                 "started_at": _iso(d.started_at), "ended_at": _iso(d.ended_at),
-                "budget_usd": usd(d.budget), "notes": list(d.warnings)},
+                "budget_usd": usd(d.budget), "notes": notes(s),
+                "price": price_of(d), "provenance": _provenance(d)},
         "totals": totals,
+        "runs": [{"run_id": r.run_id, "started_at": _iso(r.started_at),
+                  "ended_at": _iso(r.ended_at), "status": r.status, "shard": r.shard,
+                  "spent_usd": usd(r.spent_usd), "git_commit": r.git_commit,
+                  "git_dirty": r.git_dirty, "lock_sha256": r.lock_sha256}
+                 for r in d.run_rows],
         "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
                               **dict(zip(("succeeded", "failed", "pending", "in_doubt"),
                                          g.counts)),
@@ -473,6 +511,61 @@ def to_json(s: Summary) -> dict[str, Any]:
     }
 
 
+def price_of(d: RunData) -> dict[str, str] | None:
+    """The last run's price per image: {"table", "learned", "source"} (source: reported,
+    unreported, or table when no answer came back); None for records without it."""
+    rows = d.run_rows
+    price = rows[-1].price if rows else None
+    return dict(price) if price else None
+
+
+def _price_text(price: dict[str, str] | None) -> str | None:
+    if not price:
+        return None
+    table, learned = Decimal(price["table"]), Decimal(price["learned"])
+    if price["source"] == "unreported":
+        return f"${usd(table)} (table price: the provider reported no cost)"
+    if learned != table:
+        return f"${usd(learned)} as the provider billed it (table ${usd(table)})"
+    return f"${usd(learned)}"
+
+
+def _provenance(d: RunData) -> dict[str, Any] | None:
+    rows = d.run_rows
+    return dict(rows[-1].provenance) if rows and rows[-1].provenance else None
+
+
+def _provenance_text(prov: dict[str, Any] | None) -> str | None:
+    if not prov:
+        return None
+    from specrunner.provenance import Provenance
+
+    return Provenance.from_json(prov).short()
+
+
+def notes(s: Summary) -> list[str]:
+    """What a reader must not miss: superseded tasks, images beyond what was asked, costs the
+    provider did not report, a run made from a dirty tree, and the record's own notes."""
+    d, t = s.data, s.totals
+    out = list(d.warnings)
+    if d.superseded:
+        spent = sum((actual_cost(x) for x in d.superseded), Decimal(0))
+        out.append(f"{len(d.superseded)} recorded task(s) belong to earlier plans (superseded): "
+                   f"not counted above; ${usd(spent)} of the campaign's spend")
+    if t.get("images_extra"):
+        n = sum(len(x.images) > x.number_results for x in d.tasks)
+        out.append(f"{n} task(s) returned {t['images_extra']} image(s) beyond numberResults: "
+                   "every one is kept, billed and counted")
+    if t.get("actual_unreported_images"):
+        out.append(f"the provider reported no cost for {t['actual_unreported_images']} "
+                   "image(s): their spend is unknown (estimated at the table price)")
+    prov = _provenance(d)
+    if prov and prov.get("dirty"):
+        out.append("the last run was made from a dirty tree: its commit alone does not "
+                   "reproduce it")
+    return out
+
+
 def _fmt_total(key: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -492,40 +585,67 @@ def _fmt_total(key: str, value: Any) -> str:
 def _text(s: Summary, fmt: str) -> str:
     d = s.data
     md = fmt == "github"
-    head = (lambda t: f"### {t}") if md else (lambda t: t)
+
+    def table(rows: Any, headers: Sequence[Any], **options: Any) -> str:
+        # Every cell, header included, through _cell: values are data, never markup.
+        return tabulate([[_cell(x, md) for x in row] for row in rows],
+                        headers=[_cell(h, md) for h in headers], tablefmt=fmt,
+                        disable_numparse=True, **options)
+
+    head = (lambda t: f"### {_cell(t, md)}") if md else (lambda t: t)
     title = (f"run {d.name or '(unnamed)'}: {d.status or 'no run recorded'}, {d.runs} run(s), "
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
-    parts = [f"## {title}" if md else title, ""]
-    budget = [("budget_usd", d.budget)] if d.budget is not None else []
-    rows = [(LABELS.get(k, k), _fmt_total(k, v)) for k, v in list(s.totals) + budget]
-    parts.append(tabulate(rows, headers=["total", "value"], tablefmt=fmt,
-                          disable_numparse=True))
+    parts = [f"## {_cell(title, md)}" if md else title, ""]
+    extra: list[tuple[str, Any]] = [("budget_usd", d.budget)] if d.budget is not None else []
+    price, prov = _price_text(price_of(d)), _provenance_text(_provenance(d))
+    extra += [("price", price)] if price else []
+    extra += [("provenance", prov)] if prov else []
+    t = s.totals
+    rows: list[tuple[Any, ...]] = []
+    for k, v in list(t.items()) + extra:
+        if k in ("images_extra", "actual_unreported_images") and not v:
+            continue  # only when there is something to say
+        if k in ("actual_usd", "campaign_usd") and v is None:
+            text = f"unknown (estimate ${usd(t['estimated_usd'])})"
+        elif k == "actual_usd" and t.get("actual_unreported_images"):
+            text = f"${usd(v)} + unknown for {t['actual_unreported_images']} image(s)"
+        elif k == "spend_per_image_usd" and v is None and t.get("images"):
+            text = "unknown"
+        else:
+            text = _fmt_total(k, v)
+        rows.append((LABELS.get(k, k), text))
+    parts.append(table(rows, ["total", "value"]))
+    if len(d.run_rows) > 1:
+        parts += ["", head("runs"), ""]
+        rows = [(r.run_id, _iso(r.started_at) or "-", r.status or "-", r.shard or "-",
+                 f"${usd(r.spent_usd)}" if r.spent_usd is not None else "-",
+                 (r.git_commit or "-")[:12]) for r in d.run_rows]
+        parts.append(table(rows, ["run", "started", "status", "shard", "spent", "commit"]))
     cols = ["tasks", "images", "done", "failed", "pending", "in doubt", "est. USD",
             "actual USD"]
     for axis, groups in s.breakdown:
         parts += ["", head(f"by {axis}"), ""]
         rows = [(g.value, g.tasks, g.images, *g.counts, usd(g.estimated), usd(g.actual))
                 for g in groups]
-        parts.append(tabulate(rows, headers=[axis, *cols], tablefmt=fmt, disable_numparse=True,
-                              colalign=("left",) + ("right",) * len(cols)))
+        parts.append(table(rows, [axis, *cols], colalign=("left",) + ("right",) * len(cols)))
     if s.errors:
         parts += ["", head("by error code"), ""]
-        parts.append(tabulate(s.errors, headers=["code", "category", "tasks"], tablefmt=fmt,
-                              disable_numparse=True, colalign=("left", "left", "right")))
+        parts.append(table(s.errors, ["code", "category", "tasks"],
+                           colalign=("left", "left", "right")))
     if s.failures:
         parts += ["", head("failures"), ""]
-        rows = [(t.variant_id, t.status, t.error_code or "-",
-                 _cell(t.error_message or "-", md)) for t in s.failures]
-        parts.append(tabulate(rows, headers=["variant", "status", "code", "message"],
-                              tablefmt=fmt, disable_numparse=True))
-    for w in d.warnings:
-        parts += ["", f"note: {w}"]
+        rows = [(t.variant_id, t.status, t.error_code or "-", t.error_message or "-")
+                for t in s.failures]
+        parts.append(table(rows, ["variant", "status", "code", "message"]))
+    for w in notes(s):
+        parts += ["", f"note: {_cell(w, md)}"]
     return "\n".join(parts) + "\n"
 
 
-def _cell(text: str, md: bool) -> str:
-    text = " ".join(text.split())
-    return text.replace("|", "\\|") if md else text
+def _cell(value: Any, md: bool) -> str:
+    from specrunner.report import cells  # here, so this file's imports stay as they are
+
+    return cells.cell(value, md)
 
 
 def to_csv(s: Summary) -> str:

@@ -11,11 +11,12 @@ again. `drain()` stops dispatching (the tasks in flight finish); `cancel()` stop
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import platform
 import random
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,11 +27,13 @@ import anyio
 import httpx
 
 from specrunner import __version__, runware
-from specrunner.errors import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED,
-                               UsageError)
+from specrunner.errors import (EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK,
+                               EXIT_TASKS_FAILED, UsageError)
 from specrunner.plan.build import Plan
 from specrunner.plan.shard import Shard, shard_plan
-from specrunner.record import Record, RunMeta, open_record, record_path
+from specrunner.provenance import Provenance, provenance
+from specrunner.record import Record, RunMeta, open_record, record_dir, record_path
+from specrunner.redact import Redactor
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
 from specrunner.run.executor import STATUSES, Executor
@@ -38,11 +41,12 @@ from specrunner.run.executor import STATUSES, Executor
 if TYPE_CHECKING:
     from specrunner.local import FaultConfig, LocalServer
 
-__all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "local_server",
+__all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "check_base_url",
+           "local_server",
            "set_testing"]
 
 EXIT_CODES = {"complete": EXIT_OK, "failed": EXIT_TASKS_FAILED, "stopped": EXIT_TASKS_FAILED,
-              "incomplete": EXIT_TASKS_FAILED, "budget": EXIT_BUDGET,
+              "incomplete": EXIT_INCOMPLETE, "budget": EXIT_BUDGET,
               "interrupted": EXIT_INTERRUPTED}
 LOCAL_URL = "http://local.specrunner/v1"
 
@@ -58,6 +62,34 @@ class RunResult:
     record: Path
     max_usd: Decimal
     message: str = ""
+    provenance: Provenance | None = None  # git commit, uncommitted changes, lock, version
+
+
+def check_base_url(url: str) -> str:
+    """`url` if the key may travel to it: https, or http to this machine only (the local
+    server), and no user:password in it. UsageError otherwise."""
+    try:
+        parts = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise UsageError(f"base URL {url!r} is not a URL") from None
+    if parts.userinfo:
+        raise UsageError("the base URL carries a user name or password: credentials in a "
+                         "URL leak into logs; give the key with RUNWARE_API_KEY or --key-file")
+    if parts.scheme == "https" and parts.host:
+        return url
+    if parts.scheme == "http" and _loopback(parts.host):
+        return url
+    raise UsageError(f"base URL {url!r} refused: the key may travel only over https, or over "
+                     "http to this machine (localhost, 127.0.0.1, ::1)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
@@ -75,11 +107,15 @@ def _single(group: BaseExceptionGroup) -> BaseException:
     return leaves[0] if len(kinds) == 1 else group
 
 
-def local_server(faults: FaultConfig | None = None) -> LocalServer:
-    """The built-in Runware-compatible server a `local=True` run talks to, in-process."""
+def local_server(faults: FaultConfig | None = None,
+                 state_dir: Path | None = None) -> LocalServer:
+    """The built-in Runware-compatible server a `local=True` run talks to, in-process.
+    With `state_dir` it keeps its uploads, tasks and ledger there across runs, as Runware
+    keeps them across a campaign's runs."""
     from specrunner import local
 
-    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig()))
+    return local.create_app(local.LocalConfig(faults=faults or local.FaultConfig(),
+                                              state_dir=state_dir))
 
 
 def _refuse_other_shards(record: Record, shard: str) -> None:
@@ -92,20 +128,6 @@ def _refuse_other_shards(record: Record, shard: str) -> None:
         raise UsageError(f"the run folder {record.out_dir} holds {held}; this run is shard "
                          f"{shard}: give each shard its own --out, then join them with "
                          "`specrunner merge`")
-
-
-def _git(folder: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the git work tree holding `folder`; (None, None) outside one."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=folder,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, None
 
 
 class Runner:
@@ -147,7 +169,13 @@ class Runner:
         self.plan, self.part, self.spec = plan, part, spec
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else spec.output.dir
         self.api_key = api_key or ("local" if local else None)
-        self.base_url = LOCAL_URL if local else (base_url or runware.API_URL)
+        if local:
+            self.base_url = LOCAL_URL
+        elif transport is not None:  # it decides where the bytes go: no network to check
+            self.base_url = base_url or runware.API_URL
+        else:
+            self.base_url = check_base_url(base_url or runware.API_URL)
+        self.redact = Redactor([self.api_key or ""])
         self.local, self.faults, self.transport = bool(local), faults, transport
         self._server = None if isinstance(local, bool) else local
         self.rng = random.Random(jitter_seed) if jitter_seed is not None else random.Random()
@@ -188,37 +216,52 @@ class Runner:
         try:
             if self.shard is not None:
                 _refuse_other_shards(record, str(self.shard))
-            commit, dirty = _git(spec.path.parent)
+            where = provenance(spec.path, {img.path for t in tasks
+                                           for img in t.local_inputs.values()})
             run_id = record.begin_run(RunMeta(
                 spec_path=str(spec.path), spec_text=spec.path.read_text(encoding="utf-8"),
                 spec_sha256=spec.source_sha256,
                 plan_json=json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
                                        "task_uuid": t.task_uuid, "est_cost": str(t.est_cost)}
                                       for t in self.plan.tasks]),
-                max_usd=spec.budget.max_usd, git_commit=commit, git_dirty=dirty,
+                max_usd=spec.budget.max_usd, git_commit=where.commit, git_dirty=where.dirty,
+                lock_sha256=where.lock_sha256, provenance=where.to_json(),
                 shard=None if self.shard is None else str(self.shard),
                 versions={"specrunner": __version__, "python": platform.python_version(),
                           "sqlite": sqlite3.sqlite_version}))
             record.plan(run_id, tasks)
             conc = spec.execution.concurrency
             limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
-            async with httpx.AsyncClient(transport=self._transport(), limits=limits) as http:
+            transport, server = self._transport()
+            async with contextlib.AsyncExitStack() as stack:
+                if server is not None:  # ours: released (its state journal) when the run ends
+                    stack.callback(server.close)
+                http = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, limits=limits))
                 client = RunwareClient(http, self.base_url, self.api_key)
                 self.executor = Executor(tasks, record, client, spec.execution,
-                                         spec.budget.max_usd, run_id, sleep=self.sleep,
-                                         rng=self.rng, wall=time.time)
+                                         spec.budget.max_usd, run_id,
+                                         price=spec.prices.get(spec.model), sleep=self.sleep,
+                                         rng=self.rng, wall=time.time, redact=self.redact)
                 outcome = await self.executor.run()
             code = EXIT_CODES[outcome.status]
-            record.end_run(run_id, outcome.status, code, outcome.counters.spent)
+            c = outcome.counters
+            record.end_run(run_id, outcome.status, code, c.spent,
+                           price={"table": str(c.table_price), "learned": str(c.price),
+                                  "source": c.price_source})
         finally:
             record.close()
         return RunResult(outcome.status, code, outcome.counters, self.out_dir,
-                         record_path(self.out_dir), spec.budget.max_usd, outcome.message)
+                         record_path(self.out_dir), spec.budget.max_usd, outcome.message, where)
 
-    def _transport(self) -> httpx.AsyncBaseTransport:
+    def _transport(self) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
+        """How the run reaches its backend, and the local server it started (to close)."""
         if self.transport is not None:
-            return self.transport
+            return self.transport, None
         if self.local:
-            app: Any = self._server or local_server(self.faults)
-            return httpx.ASGITransport(app=app)
-        return httpx.AsyncHTTPTransport(retries=0)
+            if self._server is not None:
+                return httpx.ASGITransport(app=self._server), None
+            # Beside the record: a rerun finds its uploads and tasks, as it would on Runware.
+            mine = local_server(self.faults, record_dir(self.out_dir) / "local-server")
+            return httpx.ASGITransport(app=mine), mine
+        return httpx.AsyncHTTPTransport(retries=0), None

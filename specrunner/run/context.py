@@ -120,6 +120,10 @@ class Counters:
     retries: int = 0
     polls: int = 0
     spent: Decimal = Decimal(0)  # this run's tasks, reported costs (estimates where unknown)
+    campaign_spent: Decimal = Decimal(0)  # every run of the output folder, this one included
+    price: Decimal = Decimal(0)  # per image: the table's, or the highest the provider reported
+    table_price: Decimal = Decimal(0)
+    price_source: str = "table"  # table (nothing known yet) | reported | unreported
     limit: int = 0  # the concurrency limit now
     limit_reason: str = ""  # why it last changed
 

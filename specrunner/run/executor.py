@@ -2,10 +2,12 @@
 budget, one worker per task, drain or cancel on request, and say how the run ended.
 
 One task group owns every worker. Before a task is dispatched it takes a slot of the adaptive
-limit and a reservation of the budget; its cost is settled before its slot is freed, so no
-interleaving can spend past `max_usd`. Expected per-task failures end the task (recorded),
-never the run; auth and quota refusals (StopRun) stop dispatch; the tasks in flight end as they will. One
-task's life is run/task.py.
+limit and a reservation of the budget (run/budget.py: the campaign's cap, the learned price,
+one task at a time until the price is known); its cost is settled before its slot is freed,
+so no interleaving can spend past `max_usd`. A run whose tasks cannot all fit the campaign's
+remaining budget stops before sending anything. Expected per-task failures end the task
+(recorded), never the run; auth and quota refusals (StopRun) stop dispatch, and the tasks in
+flight end as they will. One task's life is run/task.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from specrunner.record import IN_DOUBT_STATES, Record, TaskState
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import (Backoff, Counters, GiveUp, RetryBudget, RunContext, Sleep,
                                     StopRun, default_sleep)
+from specrunner.money import money
+from specrunner.run.budget import Budget
 from specrunner.run.inputs import Inputs
 from specrunner.run.limit import AdaptiveLimit
 from specrunner.run.task import Job, TaskRun
@@ -43,39 +47,24 @@ class RunOutcome:
     message: str = ""
 
 
-class Budget:
-    """The run's money: the cap, what was spent, what the tasks in flight have reserved."""
-
-    def __init__(self, max_usd: Decimal, spent: Decimal = Decimal(0)) -> None:
-        self.max_usd = max_usd
-        self.spent = spent
-        self.reserved = Decimal(0)
-
-    def reserve(self, task: Task) -> Decimal | None:
-        """Reserve what `task` may cost; None when that would pass `max_usd`."""
-        need = task.est_cost
-        if self.spent + self.reserved + need > self.max_usd:
-            return None
-        self.reserved += need
-        return need
-
-    def settle(self, reservation: Decimal, charged: Decimal | None) -> None:
-        """The task's cost is known (None: the server reported none; the estimate counts)."""
-        self.reserved -= reservation
-        self.spent += reservation if charged is None else charged
-
-    def release(self, reservation: Decimal, maybe_charged: bool) -> None:
-        """The task ended without a cost: it may have been charged (counted) or not."""
-        self.reserved -= reservation
-        if maybe_charged:
-            self.spent += reservation
+def _price_of(tasks: Sequence[Task]) -> Decimal:
+    """The table price per image the plan used (its tasks' estimate per image)."""
+    for t in tasks:
+        if t.number_results:
+            return t.est_cost / t.number_results
+    return Decimal(0)
 
 
 class Executor:
-    """Runs `tasks` (already in the record's plan) to completion, recording everything."""
+    """Runs `tasks` (already in the record's plan) to completion, recording everything.
+
+    `max_usd` caps the whole campaign of the record (earlier runs included); `price` is the
+    table price per image (default: the plan's estimate per image).
+    """
 
     def __init__(self, tasks: Sequence[Task], record: Record, client: RunwareClient,
                  execution: Execution, max_usd: Decimal, run_id: int, *,
+                 price: Decimal | None = None,
                  sleep: Sleep = default_sleep, rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
@@ -85,7 +74,10 @@ class Executor:
         self.execution, self.run_id = execution, run_id
         self.sleep, self.rng, self.wall, self.clock = sleep, rng or random.Random(), wall, clock
         self.backoff, self.redact = backoff, redact
-        self.budget = Budget(max_usd)
+        self.max_usd = max_usd
+        self.table_price = price if price is not None else _price_of(tasks)
+        self.budget = Budget(max_usd, self.table_price)
+        self._settled = anyio.Event()  # set whenever a task's cost becomes known
         self.counters = Counters(total=len(tasks), limit=execution.concurrency)
         self.limit = AdaptiveLimit(execution.concurrency, clock, on_change=self._limit_changed)
         self._draining = False
@@ -101,6 +93,7 @@ class Executor:
     def drain(self) -> None:
         """Stop dispatching; let the tasks in flight finish (first Ctrl-C)."""
         self._draining = self._interrupted = True
+        self._settled.set()  # a dispatcher waiting for the first price goes on to stop
 
     def cancel(self) -> None:
         """Cancel the tasks in flight too (second Ctrl-C); they stay in doubt in the record."""
@@ -121,7 +114,19 @@ class Executor:
                               retry_budget=RetryBudget(self.execution.retry_budget_ratio),
                               backoff=self.backoff, sleep=self.sleep, rng=self.rng,
                               wall=self.wall)
-        jobs = self._jobs(self.record.task_states())
+        states = self.record.task_states()
+        jobs = self._jobs(states)
+        self._budget_for(states, jobs)
+        need = sum(j.task.number_results for j in jobs)
+        if jobs and not self.budget.fits(need):
+            self._budget_hit = True
+            self._stop_message = (
+                f"budget: the campaign has spent {money(self.budget.campaign_spent)} of its "
+                f"{money(self.max_usd)}; the {len(jobs):,} task(s) still to run need "
+                f"{money(self.budget.cost_of(need))} more: nothing was sent (raise --max-usd "
+                f"to at least {money(self.budget.campaign_spent + self.budget.cost_of(need))}"
+                " to run them)")
+            return self._outcome()
         async with anyio.create_task_group() as outer:
             outer.start_soon(log.serve)
             try:
@@ -143,45 +148,80 @@ class Executor:
             job = Job(t, st.state, st.generation, st.task_uuid,
                       recorded=st.results if st.state in ("received", "failed") else ())
             if st.state == "failed" and not st.results:
-                # A finished failure, documented as not charged: again, under a fresh UUID
-                # (recorded before it is sent).
-                job.generation += 1
-                job.uuid = runware.task_uuid(t.task_key, job.generation)
+                if runware.documented_not_charged(st.error_code):
+                    # Again, under a fresh UUID (recorded before it is sent).
+                    job.generation += 1
+                    job.uuid = runware.task_uuid(t.task_key, job.generation)
+                else:  # it may have run and been billed: ask about its UUID first
+                    job.state = "in_doubt"
             jobs.append(job)
         return jobs
+
+    def _budget_for(self, states: dict[str, TaskState], jobs: list[Job]) -> None:
+        """The run's Budget: the price the record has seen, and what the campaign spent (or
+        may have spent) on every task this run will not send again."""
+        budget = Budget(self.max_usd, self.table_price, reported=self.record.reported_prices())
+        scale = budget.price / self.table_price if self.table_price else Decimal(1)
+        todo = {j.key for j in jobs}
+        before = Decimal(0)
+        for key, st in states.items():
+            if key in todo:
+                continue  # its reservation covers whatever it may already have cost
+            if st.state == "done":
+                before += st.cost if st.cost is not None else st.est_cost * scale
+            elif st.results:
+                before += sum((r.cost if r.cost is not None else budget.price
+                               for r in st.results), Decimal(0))
+            elif st.state in IN_DOUBT_STATES or (
+                    st.state == "failed" and not runware.documented_not_charged(st.error_code)):
+                before += st.est_cost * scale  # it may have run and been billed
+        budget.spent_before = before
+        self.budget = budget
+        self._update()
+
+    def _update(self) -> None:
+        """The counters the progress line and the summary show, from the budget."""
+        c, b = self.counters, self.budget
+        c.spent, c.campaign_spent = b.spent, b.campaign_spent
+        c.price, c.table_price, c.price_source = b.price, b.table_price, b.source
 
     async def _dispatch(self, jobs: list[Job], work: anyio.abc.TaskGroup) -> None:
         """Start each job once a slot is free and the budget takes it; stop at the first job
         refused (draining, or the budget is reached)."""
         limiter = self.limit.limiter
         for job in jobs:
+            while not self.budget.may_dispatch() and not self._draining:
+                self._settled = anyio.Event()
+                await self._settled.wait()  # slow start: the first price is not known yet
             token = object()
             await limiter.acquire_on_behalf_of(token)
             if self._draining:
                 limiter.release_on_behalf_of(token)
                 return
-            reservation = self.budget.reserve(job.task)
-            if reservation is None:
+            if not self.budget.reserve(job.task.number_results):
                 limiter.release_on_behalf_of(token)
                 self._budget_hit = True
                 return
             self.counters.in_flight += 1
-            work.start_soon(self._worker, job, token, reservation)
+            work.start_soon(self._worker, job, token)
 
-    async def _worker(self, job: Job, token: object, reservation: Decimal) -> None:
+    async def _worker(self, job: Job, token: object) -> None:
         c, log = self.counters, self.ctx.log
         held = [token]  # the slot, until given back (once)
         settled = False
+        asked = job.task.number_results
 
         def release() -> None:
             if held:
                 self.limit.limiter.release_on_behalf_of(held.pop())
 
-        def settle(cost: Decimal | None) -> None:
+        def settle(cost: Decimal | None, returned: int) -> None:
             nonlocal settled
             if not settled:
                 settled = True
-                self.budget.settle(reservation, cost)
+                self.budget.settle(asked, cost, returned)
+                self._update()
+                self._settled.set()
 
         try:
             with anyio.move_on_after(self.execution.task_deadline_s) as deadline:
@@ -207,27 +247,36 @@ class Executor:
         finally:
             c.in_flight -= 1
             if not settled:
-                self.budget.release(reservation, maybe_charged=job.state in IN_DOUBT_STATES
+                self.budget.release(asked, maybe_charged=job.state in IN_DOUBT_STATES
                                     and (job.sends > 0 or bool(job.recorded)))
+                self._settled.set()
             if job.state == "done":
                 c.done += 1
             elif job.state == "failed":
                 c.failed += 1
             elif job.state != "planned":
                 c.in_doubt += 1
-            c.spent = self.budget.spent
+            self._update()
             release()
 
     def _outcome(self) -> RunOutcome:
         c = self.counters
-        c.spent = self.budget.spent
+        self._update()
+        if self._stop_message:  # it may quote the server, which may quote the request
+            self._stop_message = self.redact(self._stop_message)
+        if self._budget_hit and self._stop_message:
+            return RunOutcome("budget", c, self._stop_message)
         if self._stop_message:
             return RunOutcome("stopped", c, self._stop_message)
         if self._interrupted:
             return RunOutcome("interrupted", c)
         if self._budget_hit:
-            return RunOutcome("budget", c, f"budget of ${self.budget.max_usd} reached")
-        if c.failed or c.in_doubt:
+            return RunOutcome("budget", c, f"budget: the campaign reached its "
+                              f"{money(self.max_usd)} (spent {money(c.campaign_spent)})")
+        if c.failed:
             return RunOutcome("failed", c)
+        if c.in_doubt:
+            return RunOutcome("incomplete", c, f"{c.in_doubt} task(s) in doubt: run again to "
+                              "finish (the next run asks the server about them first)")
         return RunOutcome("complete", c)
 

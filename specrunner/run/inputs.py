@@ -1,15 +1,13 @@
 """A run's local image inputs: read once, checked against the plan's hash, sent once per
 content (uploaded, or inlined as a data URI), reusing uploads the record still holds; and
-`substitute`, which puts what stands for them into a task's request.
+`substitute`, the request a task sends.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import random
-import re
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,35 +26,14 @@ if TYPE_CHECKING:
     from specrunner.run.context import Backoff, Sleep
     from specrunner.spec.types import Execution
 
-_INDEX = re.compile(r"^(.*)\[([0-9]+)\]$")
 
 
 def substitute(task: Task, task_uuid: str, resolved: dict[str, str]) -> dict[str, Any]:
-    """The request to send: the plan's, with `task_uuid` and every local input replaced by
-    what stands for it. Keys of `resolved` (as of `Task.local_inputs`) are `seedImage` and
-    `maskImage` (under `inputs`), or a dotted request path whose list items carry their index:
-    `providerSettings.ideogram.styleReferenceImages[0]`."""
-    req = dict(task.request)
+    """The request to send: the plan's (Task.request_with: each local input's value at its
+    path), with `task_uuid`."""
+    req = task.request_with(resolved) if resolved else dict(task.request)
     req["taskUUID"] = task_uuid
-    if not resolved:
-        return req
-    req = copy.deepcopy(req)  # nested mappings are shared between the plan's tasks
-    for key, value in resolved.items():
-        path = ["inputs", key] if key in ("seedImage", "maskImage") else key.split(".")
-        node: Any = req
-        for part in path[:-1]:
-            node = _step(node, part)
-        last = _INDEX.match(path[-1])
-        if last:
-            _step(node, last.group(1))[int(last.group(2))] = value
-        else:
-            node[path[-1]] = value
     return req
-
-
-def _step(node: Any, part: str) -> Any:
-    m = _INDEX.match(part)
-    return node[m.group(1)][int(m.group(2))] if m else node[part]
 
 
 class Inputs:

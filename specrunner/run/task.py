@@ -143,11 +143,12 @@ class TaskRun:
     """Takes one job to done (`run()`), or raises GiveUp / StopRun.
 
     `release` gives the task's concurrency slot back as soon as its requests are over (its
-    files are written after that); `settle` is told the task's cost (None: unknown) before.
+    files are written after that); `settle(cost, images)` is told what the task cost (None:
+    the answers said nothing) and how many images came back, as soon as its results are in.
     """
 
     def __init__(self, ctx: RunContext, job: Job, *, release: Callable[[], None],
-                 settle: Callable[[Decimal | None], None]) -> None:
+                 settle: Callable[[Decimal | None, int], None]) -> None:
         self.ctx, self.job = ctx, job
         self.release, self.settle = release, settle
         self.ex = ctx.execution
@@ -184,6 +185,10 @@ class TaskRun:
         while True:
             if tries:
                 if job.sends >= self.ex.max_attempts:
+                    if job.may_be_billed:  # ask once more before leaving it in doubt
+                        found = await self._ask()
+                        if found is not None or job.state == "accepted":
+                            return found
                     raise GiveUp(job.ends(), RunnerCode.ATTEMPTS_EXHAUSTED,
                                  f"no answer after {job.sends} sends")
                 await self._backoff(tries - 1, retry_after)
@@ -319,6 +324,22 @@ class TaskRun:
                 raise StopRun(out.code or "refused", out.message or "")
         return await self._details()
 
+    async def _ask(self) -> list[Mapping[str, Any]] | None:
+        """Does the server have this UUID? Its results (returned), or None; the job is left
+        "accepted" when the server says it is still running (the caller polls it then)."""
+        job = self.job
+        out = await self._get_response()
+        if out is not None:
+            if out.kind is Kind.RESULTS:
+                found = job.take(out)
+                if found is not None:
+                    return found
+            if out.kind is Kind.RESULTS or (out.kind is Kind.PENDING and out.processing):
+                self.ctx.log.accepted(job.key, job.state, "running")
+                job.state = "accepted"
+                return None
+        return await self._details()
+
     async def _get_response(self) -> Outcome | None:
         """One getResponse for the job, recorded as a poll; None after a transient fault."""
         job, ctx = self.job, self.ctx
@@ -389,14 +410,14 @@ class TaskRun:
         if not recorded:
             ctx.log.results(job.key, job.state, items)
             job.state = "received"
+        costs = [it.get("cost") for it in items]
+        cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
+                if all(isinstance(c, (int, float, str)) for c in costs) else None)
+        self.settle(cost, len(items))  # what it cost counts before anything else is sent
         files: list[tuple[str, bytes, str]] = []
         for i, item in enumerate(items):
             data, fmt = await self._output(item)
             files.append((self._path(i, fmt), data, hashlib.sha256(data).hexdigest()))
-        costs = [it.get("cost") for it in items]
-        cost = (sum((Decimal(str(c)) for c in costs), Decimal(0))
-                if all(isinstance(c, (int, float, str)) for c in costs) else None)
-        self.settle(cost)
         self.release()  # every request is over: the slot goes to the next task
         partial = (f"{job.refused} of {job.task.number_results} results refused"
                    if job.refused else None)

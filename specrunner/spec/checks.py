@@ -9,7 +9,8 @@ positives. `redact` removes every secret from messages before they leave.
 Cross-references (`check_references`): templates parse (templates.py) and use only defined
 variables; every combination key is `input`, `prompt`, a request field (with a valid value)
 or a variable some template uses; `input`/`prompt` are named when there are several; inputs
-are checked as images (images.py): seed and mask exist, same size, mask not empty.
+are checked as images (images.py): seed and mask exist, same size, mask not empty; so are
+the images of list fields in `defaults` (styleReferenceImages), without the mask checks.
 
 Image references: `https://` URLs (no user:password@, no credential-like query parameters),
 Runware image UUIDs (8-4-4-4-12 hex), anything else is a local path relative to the spec's
@@ -18,22 +19,23 @@ folder. Other schemes (http:, ftp:, file:, data:) are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jsonschema
 
 from specrunner import models
 
-from specrunner.spec import images
+from specrunner.spec import images, suggest
 
 from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
 from specrunner.spec.schema import (
     GROUP_FILES, GROUP_REFS, GROUP_SECRET, RUNNER_SET, Collector, did_you_mean,
-    field_validators, schema_error,
+    field_validators, image_list_fields, schema_error,
 )
 
 SECRET_KEYS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
@@ -71,7 +73,7 @@ def redact(diags: list[Diagnostic], secrets: Sequence[str]) -> list[Diagnostic]:
             if s:
                 message = message.replace(s, "[redacted]")
                 hint = hint.replace(s, "[redacted]") if hint else hint
-        out.append(Diagnostic(message, d.path, d.loc, d.code, hint, d.severity))
+        out.append(dataclasses.replace(d, message=message, hint=hint))
     return out
 
 
@@ -92,7 +94,10 @@ def image_ref(ctx: Any, value: str, path: str, folder: Path,
             cache[full] = exc
     info = cache[full]
     if isinstance(info, images.ImageProblem):
-        ctx.add(GROUP_FILES, f"{value}: {info.message}", path, info.code)
+        hint = (suggest.missing_file_hint(value, full, folder)
+                if info.code == "image-missing" else None)
+        shown = value if len(value) <= 120 else f"{value[:60]}... ({len(value):,} characters)"
+        ctx.add(GROUP_FILES, f"{shown}: {info.message}", path, info.code, hint=hint)
         return None
     return ImageRef(kind="file", value=str(full), display=value, sha256=info.sha256,
                     size=info.size, format=info.format)
@@ -182,7 +187,17 @@ def _check_output_name(ctx: Collector, output: dict) -> list[str] | None:
     return names
 
 
-Entry = tuple[str, Any, str, str]  # key, value, path of the value, path of the key
+# key, value, path of the value, path of the key, and whether the value only selects
+# combinations (an exclude entry, or an include entry's axis key) rather than being sent.
+Entry = tuple[str, Any, str, str, bool]
+
+
+def loosely_in(value: Any, choices: Iterable[Any]) -> bool:
+    """Whether `value` equals one of the text `choices` under GitHub's matrix `==`: text
+    compares case-insensitively; a non-text value never equals text that is not a number,
+    which enum values and input/prompt names are not."""
+    return isinstance(value, str) and any(
+        isinstance(c, str) and c.casefold() == value.casefold() for c in choices)
 
 
 def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, set[str]]]]:
@@ -196,21 +211,22 @@ def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, se
     if isinstance(matrix, dict):
         keys: set[str] = set()
         groups: list[dict] = []
-        axes: dict[str, list] = {}
+        axes: dict[str, list] = {k: v for k, v in matrix.items()
+                                 if k not in ("include", "exclude") and isinstance(v, list)}
         for k, v in matrix.items():
             if k in ("include", "exclude") and isinstance(v, list):
                 for i, entry in enumerate(v):
                     if isinstance(entry, dict):
                         base = f"$.matrix.{k}[{i}]"
-                        entries += [(ek, ev, f"{base}.{ek}", f"{base}.{ek}")
+                        entries += [(ek, ev, f"{base}.{ek}", f"{base}.{ek}",
+                                     k == "exclude" or ek in axes)
                                     for ek, ev in entry.items()]
                         if k == "include":
                             keys |= set(entry)
                             groups.append(entry)
             elif isinstance(v, list):
-                axes[k] = v
                 keys.add(k)
-                entries += [(k, item, f"$.matrix.{k}[{i}]", f"$.matrix.{k}")
+                entries += [(k, item, f"$.matrix.{k}[{i}]", f"$.matrix.{k}", False)
                             for i, item in enumerate(v)]
         ax_in = axes.get("input") or [sole_in]
         ax_pr = axes.get("prompt") or [sole_pr]
@@ -225,7 +241,7 @@ def _combinations(data: dict) -> tuple[list[Entry], list[tuple[str, Any, Any, se
         for i, entry in enumerate(variants):
             if not isinstance(entry, dict):
                 continue
-            entries += [(k, v, f"$.variants[{i}].{k}", f"$.variants[{i}].{k}")
+            entries += [(k, v, f"$.variants[{i}].{k}", f"$.variants[{i}].{k}", False)
                         for k, v in entry.items() if k != "id"]
             inp, prm = entry.get("input", sole_in), entry.get("prompt", sole_pr)
             contexts.append((f"variants[{i}]", inp, prm, set(entry) - {"id"}))
@@ -236,16 +252,19 @@ def _check_keys(ctx: Collector, entries: list[Entry], fields: dict, used: set[st
                 inputs: dict, prompts: dict) -> None:
     aliases = [a for a in fields if "." not in a]
     seen_keys: set[str] = set()
-    for key, value, vpath, kpath in entries:
+    for key, value, vpath, kpath, selects in entries:
+        # A value that only selects combinations matches as GitHub compares (`BAKERY` selects
+        # `bakery`); the value sent is still the axis's own.
         if key in BUILTIN_KEYS:
             names = inputs if key == "input" else prompts
-            if not isinstance(value, str) or value not in names:
+            if not (isinstance(value, str) and value in names) and not (
+                    selects and loosely_in(value, names)):
                 ctx.add(GROUP_REFS, f"unknown {key} `{value}`", vpath, f"unknown-{key}",
                         hint=did_you_mean(str(value), names) or
                         f"declared: {', '.join(names) or 'none'}")
         elif key in fields:
             errors = list(fields[key].iter_errors(value))
-            if errors:
+            if errors and not (selects and loosely_in(value, fields[key].schema.get("enum", ()))):
                 schema_error(ctx, jsonschema.exceptions.best_match(errors), vpath, GROUP_REFS)
         elif key not in used and kpath not in seen_keys:
             seen_keys.add(kpath)
@@ -282,6 +301,28 @@ def _check_implied(ctx: Collector, data: dict, inputs: dict, prompts: dict) -> N
                         f"$.variants[{i}].id", "duplicate-id")
             elif isinstance(vid, str):
                 ids[vid] = i
+
+
+def check_reference_images(ctx: Collector, data: dict, model: str,
+                           folder: Path) -> dict[str, ImageRef]:
+    """The images of `defaults` fields that hold image lists (styleReferenceImages), checked
+    like a seed (exists, PNG/JPEG/WEBP, size caps; no mask checks), keyed by request path
+    with the list index: `providerSettings.ideogram.styleReferenceImages[0]`."""
+    cache: dict[Path, images.ImageInfo | images.ImageProblem] = {}
+    refs: dict[str, ImageRef] = {}
+    for path in image_list_fields(model):
+        node: Any = data.get("defaults")
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, list):
+            continue  # absent, or the schema error says what is wrong
+        dotted = ".".join(path)
+        for i, value in enumerate(node):
+            if isinstance(value, str) and value:
+                ref = image_ref(ctx, value, f"$.defaults.{dotted}[{i}]", folder, cache)
+                if ref is not None:
+                    refs[f"{dotted}[{i}]"] = ref
+    return refs
 
 
 def _check_inputs(ctx: Collector, inputs: dict, folder: Path) -> dict[str, InputPair]:

@@ -64,11 +64,17 @@ def sha256_file(path: Path) -> str:
 
 
 def _open(path: Path) -> Image.Image:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+        size = path.stat().st_size if is_file else 0
+    except OSError as exc:  # e.g. a name too long to be a path (base64 text pasted in)
+        raise ImageProblem("image-invalid", f"cannot use this path ({exc.strerror or exc}); "
+                           "give the path of an image file, an https URL or an image UUID"
+                           ) from None
+    if not exists:
         raise ImageProblem("image-missing", "file not found")
-    if not path.is_file():
+    if not is_file:
         raise ImageProblem("image-not-file", "is not a file")
-    size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ImageProblem(
             "image-too-large",

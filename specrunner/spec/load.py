@@ -20,10 +20,10 @@ from specrunner import models
 
 from specrunner.spec import yamlload
 from specrunner.spec.types import (
-    Budget, Execution, InputPair, Matrix, OutputSettings, Spec, VariantDecl,
+    Budget, Execution, ImageRef, InputPair, Matrix, OutputSettings, Spec, VariantDecl,
 )
 from specrunner.errors import Diagnostic, SpecError
-from specrunner.spec.checks import check_references, redact, scan_secrets
+from specrunner.spec.checks import check_reference_images, check_references, redact, scan_secrets
 from specrunner.spec.schema import (  # noqa: F401 (SCHEMA_FILE, build_schema: public API)
     GROUP_LOADER, GROUP_REFS, GROUP_SCHEMA, SCHEMA_FILE, Collector, build_schema, did_you_mean,
     integer_fields, schema_error, spec_validator,
@@ -70,10 +70,12 @@ def load_spec_checked(path: str | Path, *,
                 "known: " + ", ".join(models.MODELS))
     folder = Path(path).resolve().parent
     refs = check_references(ctx, data, model if known else models.DEFAULT_MODEL, folder)
+    images = check_reference_images(ctx, data, model if known else models.DEFAULT_MODEL,
+                                    folder)
     if ctx.errors():
         raise SpecError(redact(ctx.sorted(), secrets))
     warnings = redact(ctx.sorted(), secrets)
-    return _build(Path(path).resolve(), loaded, data, refs), warnings
+    return _build(Path(path).resolve(), loaded, data, refs, images), warnings
 
 
 def _whole(value: Any) -> Any:
@@ -97,7 +99,8 @@ def _ints_nested(defaults: dict, paths: Iterable[tuple[str, ...]]) -> dict:
     return out
 
 
-def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, InputPair]) -> Spec:
+def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, InputPair],
+           images: dict[str, ImageRef]) -> Spec:
     model = data.get("model", models.DEFAULT_MODEL)
     ints = integer_fields(model)
     prices = {m.id: m.price_per_image for m in models.MODELS.values()}
@@ -150,4 +153,5 @@ def _build(path: Path, loaded: yamlload.Loaded, data: dict, refs: dict[str, Inpu
         prices=prices,
         locs=dict(loaded.locs),
         description=data.get("description", ""),
+        images=images,
     )

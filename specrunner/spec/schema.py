@@ -8,16 +8,16 @@ jsonschema error into messages a person can act on (did-you-mean, "quote it", ra
 
 from __future__ import annotations
 
-import difflib
 import json
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 
 from specrunner import models
 
 from specrunner.spec import yamlload
+from specrunner.spec.suggest import did_you_mean
 from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
@@ -30,13 +30,6 @@ RUNNER_SET = {
 RUNNER_OWNED = models.RUNNER_FIELDS | frozenset(RUNNER_SET)
 # Diagnostic groups, in the order they are listed.
 GROUP_SECRET, GROUP_LOADER, GROUP_SCHEMA, GROUP_REFS, GROUP_FILES = range(5)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean `x`?' hint for a misspelled name, or None."""
-    pool = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(pool), n=1, cutoff=0.6)
-    return f"did you mean `{pool[close[0]]}`?" if close else None
 
 
 def defaults_schema(model_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -87,6 +80,22 @@ def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]
         sub = dict(sub, **{"$defs": request.get("$defs", {})})
         out[alias] = jsonschema.Draft202012Validator(sub)
     return out
+
+
+@lru_cache(maxsize=None)
+def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
+    """Request paths of the fields that hold a list of images (the request schema says
+    `items: {$ref: #/$defs/imageInput}`), e.g. providerSettings.ideogram.styleReferenceImages."""
+    request = models.load_schema(models.get_model(model_id).request_schema)
+    out = []
+    for path in dict.fromkeys(models.field_paths(model_id).values()):
+        sub: Any = request
+        for part in path:
+            sub = sub["properties"][part]
+        if sub.get("type") == "array" and sub.get("items", {}).get("$ref", "").endswith(
+                "/imageInput"):
+            out.append(path)
+    return tuple(out)
 
 
 @lru_cache(maxsize=None)
@@ -187,7 +196,8 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
         for k in e.validator_value:
             if isinstance(inst, dict) and k not in inst and not _misspelled(k, inst, schema):
                 ctx.add(GROUP_SCHEMA, f"missing required field `{k}`", f"{path}.{k}",
-                        "missing-field", rank=rank)
+                        "missing-field", rank=rank,
+                        hint=_what_to_write(k, schema.get("properties", {}).get(k, {})))
         return
     if v == "oneOf" and path == "$":
         if "matrix" in inst and "variants" in inst:
@@ -202,6 +212,10 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
                 "invalid-value", rank=rank)
         return
     hint = None
+    if v == "type":
+        hint = _unquote_hint(inst, _as_list(e.validator_value))
+    elif v == "const":
+        hint = _unquote_hint(inst, [type(e.validator_value).__name__])
     if custom:
         message = custom
     elif v == "type":
@@ -234,6 +248,46 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
         message = e.message
     ctx.add(group, message, path, f"invalid-{v}" if v in ("type", "enum") else
             "invalid-value", hint=hint, rank=rank)
+
+
+# JSON Schema type (or a Python type name, for `const`) -> Python types of a value of it.
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,), "int": (int,), "number": (int, float), "float": (int, float),
+    "boolean": (bool,), "bool": (bool,)}
+
+
+def _unquote_hint(inst: Any, types: list[str]) -> str | None:
+    """"remove the quotes" when a quoted text (`max_usd: "1"`) would be the expected number
+    or boolean without them."""
+    if not isinstance(inst, str):
+        return None
+    value = yamlload.resolve_scalar(inst.strip())
+    for t in types:
+        want = _PY_TYPES.get(t, ())
+        if isinstance(value, want) and (bool in want) == isinstance(value, bool):
+            return f"remove the quotes: {inst.strip()}"
+    return None
+
+
+def _flow(value: Any) -> str:
+    """A value as YAML flow text, as a user would type it: 1, text, {max_usd: 10}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and yamlload.resolve_scalar(value) != value:
+        return json.dumps(value)  # would read as a number, boolean or null: quote it
+    return str(value)
+
+
+def _what_to_write(name: str, prop: dict) -> str | None:
+    """The hint of a missing field: its only value (`const`), else its first example."""
+    if "const" in prop:
+        return f"add `{name}: {_flow(prop['const'])}`"
+    examples = prop.get("examples")
+    if examples:
+        return f"add it, for example `{name}: {_flow(examples[0])}`"
+    return None
 
 
 def _misspelled(name: str, inst: dict, schema: dict) -> bool:

@@ -17,7 +17,7 @@ BUILTIN_KEYS = ("input", "prompt")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A seed or mask image: a local file, an https URL, or a Runware image UUID."""
+    """A seed, mask or reference image: a local file, an https URL, or a Runware image UUID."""
 
     kind: str  # "file" | "url" | "uuid"
     value: str  # absolute path for files; the URL or UUID otherwise
@@ -102,6 +102,10 @@ class Spec:
     prices: Mapping[str, Decimal]  # model id -> USD per image (package table + overrides)
     locs: Mapping[str, Loc] = field(default_factory=dict, compare=False, repr=False)
     description: str = ""
+    # Images in `defaults` list fields (styleReferenceImages), by request path with the list
+    # index ("providerSettings.ideogram.styleReferenceImages[0]"); `defaults` keeps the
+    # values as written, the plan puts "local:<sha256>" where a local file goes.
+    images: Mapping[str, ImageRef] = field(default_factory=dict)
 
     def loc(self, path: str) -> Loc | None:
         """The source position of `path`, or of its nearest ancestor that has one."""

@@ -46,6 +46,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from specrunner.errors import Diagnostic, Loc, SpecError
+from specrunner.spec.suggest import missing_file_hint
 
 MAX_BYTES = 5 * 1024 * 1024
 MAX_DEPTH = 64
@@ -347,20 +348,21 @@ def _yaml11_hint(new: Any, old: Any) -> str | None:
 
 
 def _read_text(path: Path, file: str) -> tuple[str, bytes]:
-    first = Loc(file, 1, 1)
-
-    def fail(message: str, code: str, loc: Loc | None = first) -> SpecError:
-        return SpecError([Diagnostic(message, loc=loc, code=code)])
+    def fail(message: str, code: str, loc: Loc | None = None,
+             hint: str | None = None) -> SpecError:
+        # Without a loc the Diagnostic is about the whole file: no position is made up.
+        return SpecError([Diagnostic(message, loc=loc, code=code, file=file, hint=hint)])
 
     if not path.exists():
-        raise fail(f"no such file: {file}", "file-missing")
+        raise fail("no such file", "file-missing",
+                   hint=missing_file_hint(file, path.absolute()))
     if path.is_dir():
-        raise fail(f"{file} is a folder, not a spec file", "file-is-folder")
+        raise fail("is a folder, not a spec file", "file-is-folder")
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror or exc}", "file-unreadable") from None
+        raise fail(f"cannot read: {exc.strerror or exc}", "file-unreadable") from None
     if len(raw) > MAX_BYTES:
         raise fail(f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB", "file-too-large")
     bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 BOM is not content
@@ -413,8 +415,8 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
         if composer is not None:
             composer.dispose()  # type: ignore[attr-defined]
     if root is None:
-        raise SpecError([Diagnostic("file is empty (no YAML content)", loc=Loc(file, 1, 1),
-                                    code="file-empty")])
+        raise SpecError([Diagnostic("file is empty (no YAML content)", code="file-empty",
+                                    file=file)])
     builder = _Builder(where, composer.alias_marks if composer else {})
     data = builder.build(root, "$")
     paths = {}
