@@ -1252,7 +1252,7 @@ def _merge(rec: Record, here: _Folder, folders: list[_Folder],
                 ids[_run_identity(r)] = -1  # placeholder, numbered below
                 new_runs.append((f, r))
     new_runs.sort(key=lambda fr: fr[1][_R["started_at"]])
-    for f, r in new_runs:
+    for _, r in new_runs:
         ids[_run_identity(r)] = next_id
         next_id += 1
     remap = {id(f): {r[0]: ids[_run_identity(r)] for r in f.rows["runs"]} for f in folders}

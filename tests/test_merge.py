@@ -20,7 +20,6 @@ import pytest
 
 from specrunner import cli
 from specrunner.plan import build_plan
-from specrunner.plan.shard import Shard, shard_plan
 from specrunner.record import RunMeta, open_record, read_snapshot, record_path
 from specrunner.spec import load_spec
 from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
@@ -72,8 +71,8 @@ def test_three_shards_merge_into_one_complete_folder(tmp_path: Path, server, sha
     images = sum(len(read_snapshot(f).tasks) for f in folders)
     size = sum(p.stat().st_size for f in folders for p in f.iterdir() if p.is_file())
     assert out.splitlines() == [
-        f"merged 3 folder(s) into {merged.resolve()}: 3 run(s), 30 task(s) added, 0 replaced "
-        f"by a copy further along, {images} image(s) copied ({size:,} bytes)",
+        (f"merged 3 folder(s) into {merged.resolve()}: 3 run(s), 30 task(s) added, 0 replaced "
+         f"by a copy further along, {images} image(s) copied ({size:,} bytes)"),
         "shards: 1/3, 2/3, 3/3",
         "plan: 30 of 30 tasks recorded, 30 done",
         "duplicates: none",

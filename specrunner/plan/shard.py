@@ -16,9 +16,9 @@ An explicit budget for the shard (`--max-usd`) replaces the share.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Iterable
 
 from specrunner import models
 from specrunner.errors import PlanLimitError, UsageError
