@@ -1068,6 +1068,10 @@ class _Folder:
             self.results.setdefault(r[0], []).append(r)
 
 
+_Row = tuple[Any, ...]
+_Copy = tuple[_Folder, _Row]  # a task's row as one folder holds it
+
+
 def _rows(conn: sqlite3.Connection, db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, in one read transaction (columns a record of an older schema
     lacks read as NULL)."""
@@ -1146,10 +1150,9 @@ def _run_identity(row: Sequence[Any]) -> tuple[Any, ...]:
             row[_R["shard"]], row[_R["spec_path"]])
 
 
-def _choose(copies: list[tuple[_Folder, tuple[Any, ...]]], here: _Folder
-            ) -> tuple[_Folder, tuple[Any, ...]]:
+def _choose(copies: list[_Copy], here: _Folder) -> _Copy:
     """The copy of a task to keep (see the section's head)."""
-    def rank(copy: tuple[_Folder, tuple[Any, ...]]) -> tuple[Any, ...]:
+    def rank(copy: _Copy) -> tuple[Any, ...]:
         f, row = copy
         state = row[_T["state"]]
         if state == "done":  # the first done, whatever its generation
@@ -1239,31 +1242,31 @@ def merge_records(dest: Path, sources: Sequence[Path]) -> MergeResult:
             os.close(fd)
 
 
+def _insert(table: str, cols: Sequence[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
 def _merge(rec: Record, here: _Folder, folders: list[_Folder],
            plan_keys: tuple[str, ...]) -> MergeResult:
     current = set(plan_keys)
-    # -- runs: each once, new ones in the order they started, ids after the destination's
-    ids = {_run_identity(r): r[0] for r in here.rows["runs"]}
-    next_id = max(ids.values(), default=0) + 1
-    new_runs: list[tuple[_Folder, tuple[Any, ...]]] = []
-    for f in folders:
-        for r in f.rows["runs"]:
-            if _run_identity(r) not in ids:
-                ids[_run_identity(r)] = -1  # placeholder, numbered below
-                new_runs.append((f, r))
-    new_runs.sort(key=lambda fr: fr[1][_R["started_at"]])
-    for _, r in new_runs:
-        ids[_run_identity(r)] = next_id
-        next_id += 1
+    ids, new_runs = _number_runs(here, folders)
     remap = {id(f): {r[0]: ids[_run_identity(r)] for r in f.rows["runs"]} for f in folders}
-    added_runs = {(id(f), r[0]) for f, r in new_runs}
-
-    # -- tasks: one copy each
-    copies: dict[str, list[tuple[_Folder, tuple[Any, ...]]]] = {}
+    copies: dict[str, list[_Copy]] = {}
     for f in (here, *folders):
         for key, row in f.tasks.items():
             copies.setdefault(key, []).append((f, row))
     chosen = {key: _choose(c, here) for key, c in copies.items()}
+    copied, nbytes, broken = _copy_images(here, chosen, copies, current)
+    ops = _run_ops(here, new_runs, ids)
+    ops += _log_ops(folders, remap, {(id(f), r[0]) for f, r in new_runs})
+    added = replaced = 0
+    for key, (f, row) in chosen.items():
+        if f is not here:
+            added += key not in here.tasks
+            replaced += key in here.tasks
+            ops += _task_ops(key, f, row, remap[id(f)], key in broken)
+    _transaction(rec._conn, ops)
+
     done_twice = billed_again = 0
     duplicate_cost = Decimal(0)
     for key, c in copies.items():
@@ -1274,110 +1277,10 @@ def _merge(rec: Record, here: _Folder, folders: list[_Folder],
         billed_again += bool(extra)
         for row in extra.values():
             duplicate_cost += Decimal(row[_T["cost"]] or row[_T["est_cost"]])
-
-    # -- images: where each kept done task's files come from (the current plan's first)
-    wanted: dict[str, tuple[tuple[Any, ...], str, str]] = {}  # rel -> (priority, sha, key)
-    for key, (f, row) in chosen.items():
-        if row[_T["state"]] != "done":
-            continue
-        for r in f.results.get(key, ()):
-            rel, sha = r[_RS["output_path"]], r[_RS["sha256"]]
-            if rel and sha and _safe_rel(rel):
-                prio = (key in current, r[_RS["received_at"]])
-                if rel not in wanted or prio > wanted[rel][0]:
-                    wanted[rel] = (prio, sha, key)
-    sources_of = {key: [f for f, row in c if row[_T["state"]] == "done"]
-                  for key, c in copies.items()}
-    made: set[Path] = set()
-    copied = nbytes = 0
-    broken: set[str] = set()  # current done tasks no folder has intact images of
-    for rel, (_, sha, key) in sorted(wanted.items()):
-        target = here.path / rel
-        if target.is_file() and _sha256_of(target) == sha:
-            continue
-        data = None
-        first = chosen[key][0]
-        for f in sorted(sources_of[key], key=lambda x: x is not first):
-            if f is here:
-                continue
-            try:
-                candidate = (f.path / rel).read_bytes()
-            except OSError:
-                continue
-            if hashlib.sha256(candidate).hexdigest() == sha:
-                data = candidate
-                break
-        if data is None:
-            if key in current and chosen[key][0] is not here:
-                broken.add(key)
-            continue
-        _place_copy(data, target, made)
-        copied += 1
-        nbytes += len(data)
-    for d in made:
-        _fsync_dir(d)
-
-    # -- one transaction: everything the destination lacks
-    ops: list[Op] = []
-    have_plans = {r[_R["plan_sha256"]] for r in here.rows["runs"] if r[_R["plan_json"]]}
-    cols = _COLS["runs"]
-    for f, r in new_runs:
-        row = list(r)
-        row[0] = ids[_run_identity(r)]
-        digest = row[_R["plan_sha256"]]
-        if row[_R["plan_json"]] is None or digest in have_plans:
-            row[_R["plan_json"]] = None
-            if digest not in have_plans:  # another row of its folder holds this plan
-                plan = next((x[_R["plan_json"]] for x in f.rows["runs"]
-                             if x[_R["plan_sha256"]] == digest and x[_R["plan_json"]]), None)
-                row[_R["plan_json"]] = plan
-        if row[_R["plan_json"]] is not None:
-            have_plans.add(digest)
-        ops.append((f"INSERT INTO runs ({', '.join(cols)}) VALUES "
-                    f"({', '.join('?' * len(cols))})", row))
-    for f in folders:
-        m = remap[id(f)]
-        for r in f.rows["task_uuids"]:
-            ops.append(("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
-                        (*r[:3], m.get(r[3]), r[4])))
-        for table in ("transitions", "attempts"):
-            c = _COLS[table][1:]  # without the id: rows get the destination's
-            sql = (f"INSERT INTO {table} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})")
-            at = c.index("run_id") + 1
-            for r in f.rows[table]:
-                if (id(f), r[at]) in added_runs:
-                    ops.append((sql, (*r[1:at], m[r[at]], *r[at + 1:])))
-        for r in f.rows["uploads"]:
-            ops.append(("INSERT INTO uploads VALUES (?,?,?,?) ON CONFLICT (sha256, inverted) "
-                        "DO UPDATE SET image_uuid=excluded.image_uuid, "
-                        "uploaded_at=excluded.uploaded_at "
-                        "WHERE excluded.uploaded_at > uploads.uploaded_at", r))
-    added = replaced = 0
-    tcols, rcols = _COLS["tasks"], _COLS["results"]
-    for key, (f, row) in chosen.items():
-        if f is here:
-            continue
-        added += key not in here.tasks
-        replaced += key in here.tasks
-        new = list(row)
-        new[_T["run_id"]] = remap[id(f)].get(row[_T["run_id"]])
-        results = [list(r) for r in f.results.get(key, ())]
-        if key in broken:
-            new[_T["state"]] = "received"
-            for r in results:
-                r[_RS["output_path"]] = r[_RS["sha256"]] = r[_RS["bytes"]] = None
-        ops.append((f"INSERT OR REPLACE INTO tasks ({', '.join(tcols)}) VALUES "
-                    f"({', '.join('?' * len(tcols))})", new))
-        ops.append(("DELETE FROM results WHERE task_key=?", (key,)))
-        ops += [(f"INSERT INTO results ({', '.join(rcols)}) VALUES "
-                 f"({', '.join('?' * len(rcols))})", r) for r in results]
-    _transaction(rec._conn, ops)
-
-    # -- what the merged record holds
-    states = {k: (row[_T["state"]] if k not in broken else "received")
+    states = {k: "received" if k in broken else row[_T["state"]]
               for k, (_, row) in chosen.items()}
-    shards = sorted({r[_R["shard"]] or "whole" for f in (here, *folders)
-                     for r in f.rows["runs"]}, key=_shard_order)
+    runs = [r for f in (here, *folders) for r in f.rows["runs"]]
+    shards = sorted({r[_R["shard"]] or "whole" for r in runs}, key=_shard_order)
     ns = {s.split("/")[1] for s in shards if "/" in s}
     missing: list[str] = []
     if len(ns) == 1 and "whole" not in shards:
@@ -1391,8 +1294,130 @@ def _merge(rec: Record, here: _Folder, folders: list[_Folder],
         done=sum(states.get(k) == "done" for k in current), done_twice=done_twice,
         billed_again=billed_again, duplicate_cost=duplicate_cost,
         refetch=tuple(sorted(chosen[k][1][_T["variant_id"]] for k in broken)),
-        spec_path=max((r for f in (here, *folders) for r in f.rows["runs"]),
-                      key=lambda r: r[_R["started_at"]])[_R["spec_path"]])
+        spec_path=max(runs, key=lambda r: r[_R["started_at"]])[_R["spec_path"]])
+
+
+def _number_runs(here: _Folder, folders: list[_Folder]
+                 ) -> tuple[dict[tuple[Any, ...], int], list[_Copy]]:
+    """Every run's id in the destination (by identity), and the runs it lacks, each once, in
+    the order they started, numbered after its own."""
+    ids = {_run_identity(r): r[0] for r in here.rows["runs"]}
+    first = max(ids.values(), default=0) + 1
+    new_runs: list[_Copy] = []
+    for f in folders:
+        for r in f.rows["runs"]:
+            if _run_identity(r) not in ids:
+                ids[_run_identity(r)] = 0  # numbered below
+                new_runs.append((f, r))
+    new_runs.sort(key=lambda fr: fr[1][_R["started_at"]])
+    for i, (_, r) in enumerate(new_runs):
+        ids[_run_identity(r)] = first + i
+    return ids, new_runs
+
+
+def _copy_images(here: _Folder, chosen: Mapping[str, _Copy], copies: Mapping[str, list[_Copy]],
+                 current: set[str]) -> tuple[int, int, set[str]]:
+    """Place the images of every kept done task in the destination (a path two tasks claim
+    goes to the current plan's, then the later one's): (files copied, bytes, the current
+    tasks no folder holds intact images of)."""
+    wanted: dict[str, tuple[tuple[bool, float], str, str]] = {}  # rel -> (priority, sha, key)
+    for key, (f, row) in chosen.items():
+        if row[_T["state"]] != "done":
+            continue
+        for r in f.results.get(key, ()):
+            rel, sha = r[_RS["output_path"]], r[_RS["sha256"]]
+            if rel and sha and _safe_rel(rel):
+                prio = (key in current, r[_RS["received_at"]])
+                if rel not in wanted or prio > wanted[rel][0]:
+                    wanted[rel] = (prio, sha, key)
+    made: set[Path] = set()
+    copied = nbytes = 0
+    broken: set[str] = set()
+    for rel, (_, sha, key) in sorted(wanted.items()):
+        target = here.path / rel
+        if target.is_file() and _sha256_of(target) == sha:
+            continue
+        kept = chosen[key][0]
+        # the same taskUUID gives the same image: any folder that has the task done will do
+        holders = sorted((f for f, row in copies[key] if row[_T["state"]] == "done"
+                          and f is not here), key=lambda f: f is not kept)
+        data = next((d for d in ((_read(f.path / rel) for f in holders))
+                     if d is not None and hashlib.sha256(d).hexdigest() == sha), None)
+        if data is None:
+            if key in current and kept is not here:
+                broken.add(key)
+            continue
+        _place_copy(data, target, made)
+        copied += 1
+        nbytes += len(data)
+    for d in made:
+        _fsync_dir(d)
+    return copied, nbytes, broken
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _run_ops(here: _Folder, new_runs: list[_Copy], ids: Mapping[tuple[Any, ...], int]
+             ) -> list[Op]:
+    """The runs the destination lacks; each plan's JSON stored once, as begin_run does."""
+    ops: list[Op] = []
+    have_plans = {r[_R["plan_sha256"]] for r in here.rows["runs"] if r[_R["plan_json"]]}
+    plan, digest_at = _R["plan_json"], _R["plan_sha256"]
+    for f, r in new_runs:
+        run = list(r)
+        run[0] = ids[_run_identity(r)]
+        digest = run[digest_at]
+        if digest in have_plans:
+            run[plan] = None
+        elif run[plan] is None:  # another run of its folder stored this plan
+            run[plan] = next((x[plan] for x in f.rows["runs"]
+                              if x[digest_at] == digest and x[plan]), None)
+        if run[plan] is not None:
+            have_plans.add(digest)
+        ops.append((_insert("runs", _COLS["runs"]), run))
+    return ops
+
+
+def _log_ops(folders: list[_Folder], remap: Mapping[int, Mapping[int, int]],
+             added: set[tuple[int, int]]) -> list[Op]:
+    """Every UUID, the attempts and transitions of the runs added (run ids remapped), and the
+    newest upload of each input."""
+    ops: list[Op] = []
+    for f in folders:
+        m = remap[id(f)]
+        ops += [("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
+                 (*r[:3], m.get(r[3]), r[4])) for r in f.rows["task_uuids"]]
+        for table in ("transitions", "attempts"):
+            cols = _COLS[table][1:]  # not the id: the rows get the destination's
+            at = cols.index("run_id") + 1  # in a row, which starts with the id
+            ops += [(_insert(table, cols), (*r[1:at], m[r[at]], *r[at + 1:]))
+                    for r in f.rows[table] if (id(f), r[at]) in added]
+        ops += [("INSERT INTO uploads VALUES (?,?,?,?) ON CONFLICT (sha256, inverted) DO "
+                 "UPDATE SET image_uuid=excluded.image_uuid, uploaded_at=excluded.uploaded_at "
+                 "WHERE excluded.uploaded_at > uploads.uploaded_at", r)
+                for r in f.rows["uploads"]]
+    return ops
+
+
+def _task_ops(key: str, f: _Folder, row: _Row, remap: Mapping[int, int], broken: bool
+              ) -> list[Op]:
+    """A task's row and results as `f` holds them (as received, without its files, when no
+    folder had them intact)."""
+    task = list(row)
+    task[_T["run_id"]] = remap.get(row[_T["run_id"]])
+    results = [list(r) for r in f.results.get(key, ())]
+    if broken:
+        task[_T["state"]] = "received"
+        for r in results:
+            r[_RS["output_path"]] = r[_RS["sha256"]] = r[_RS["bytes"]] = None
+    return [(_insert("tasks", _COLS["tasks"], "INSERT OR REPLACE"), task),
+            ("DELETE FROM results WHERE task_key=?", (key,)),
+            *((_insert("results", _COLS["results"]), r) for r in results)]
 
 
 def _shard_order(shard: str) -> tuple[int, int]:
