@@ -78,8 +78,10 @@ COMMANDS: dict[str, Command] = {
          ("specrunner run spec.yaml", "run against Runware (RUNWARE_API_KEY set)"),
          ("specrunner run spec.yaml --dry-run", "validate and plan, send nothing")),
         ((0, "every task done"), (1, "some tasks failed, or the API stopped the run"),
-         (2, "invalid spec or usage, no key, locked or damaged run record"),
-         (3, "stopped at the budget"), (130, "interrupted (Ctrl-C)")),
+         (2, "invalid spec or usage, no key, stale lock (--locked), locked or damaged record"),
+         (3, "stopped at the budget (or the tasks to run do not fit it: nothing sent)"),
+         (4, "incomplete: tasks in doubt, none failed; run again to finish"),
+         (130, "interrupted (Ctrl-C)")),
         (("RUNWARE_API_KEY", "the API key (or --key-file); not needed with --local"),
          ("RUNWARE_BASE_URL", "the API endpoint (or --base-url; default Runware's)"))),
     "report": Command(
@@ -103,6 +105,20 @@ COMMANDS: dict[str, Command] = {
          ("specrunner merge out/shard-* --out out/merged", "again later: adds only what is new")),
         ((0, "merged, or nothing new to merge"),
          (2, "folders of different campaigns, a missing, damaged or busy record, bad usage"))),
+    "review": Command(
+        "specrunner.commands.review", "approve and reject a run's images in the browser",
+        (("specrunner review out/storefront-local", "open the review page for a run folder"),
+         ("specrunner review spec.yaml --no-open --port 8800",
+          "serve it without opening a browser")),
+        ((0, "stopped"), (2, "no run record, an unreadable review file, or bad usage")),
+        (KEY_IN_SPEC,)),
+    "export": Command(
+        "specrunner.commands.export", "copy the approved (or other) images, with a manifest",
+        (("specrunner export out/storefront-local picked/", "the approved images and a manifest"),
+         ("specrunner export spec.yaml rejects/ --rejected", "the rejected ones instead")),
+        ((0, "exported (files already there and identical are left alone)"),
+         (2, "a different file is in the way (nothing written), no run record, bad usage")),
+        (KEY_IN_SPEC,)),
     "serve": Command(
         "specrunner.commands.serve", "start the local Runware-compatible server",
         (("specrunner serve --port 8765", "serve on 127.0.0.1:8765 (any non-empty key)"),

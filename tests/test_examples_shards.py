@@ -9,6 +9,7 @@ shards run against a fake API server)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.server
 import json
 import os
@@ -224,7 +225,10 @@ def test_the_workflow_runs_its_shards_then_merges_them(tmp_path: Path) -> None:
     snap = read_snapshot(merged)
     assert len(snap.tasks) == 12 and {t.state for t in snap.tasks} == {"done"}
     assert (merged / "report" / "index.html").is_file()
-    assert len(list(merged.rglob("*.jpg"))) == 12
+    images = [r for rs in snap.results.values() for r in rs]
+    assert len(images) == 12 and all(
+        hashlib.sha256((merged / r.output_path).read_bytes()).hexdigest() == r.sha256
+        for r in images if r.output_path)
 
 
 # == Kubernetes ===================================================================================

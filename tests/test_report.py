@@ -157,10 +157,10 @@ MARKDOWN = """\
 """
 
 CSV = """\
-variant,status,input,prompt,styleType,numberResults,image_index,path,sha256,bytes,cost_usd,seed,image_uuid,task_key
-bakery-DESIGN-2,done,bakery,neon,DESIGN,2,0,bakery-DESIGN-1.png,8cec3279e3ed3f66754af5081623825394f8541ba8351a7c111585e45077e842,2056,0.08,8445862697981787208,7b247919-5ac7-4209-b4c3-fb0794fb7fe5,03076767b0ade7f99b4ff00102faff0237f60bb4d1d3e91cccb1e41fc4144cbd
-diner-DESIGN,done,diner,neon,DESIGN,-,0,diner-DESIGN.png,62e861a97d4df36c38ac5a94de0d066a83788091a1f40f9d551cee43a44e995e,2300,0.08,6698897233646220573,10653c38-c009-43bf-94a4-aac9ee17615b,39eb46d527a4427b9ca0075a9353399bbecdd3c863712286001edc1aa10898ff
-remote-DESIGN,done,remote,neon,DESIGN,-,0,remote-DESIGN.png,eadedd947c7a3ab7f3e3af92b1b6e20a4702137a7e4233ee3967b6b462070b70,39235,0.08,823996025897669996,ea3d1603-b7e4-4d24-bf94-81ff841390a5,2fede8280b1914fb0eab9699b59d8ca9fa1df883303ffedbaf673833e13b8813
+variant,status,input,prompt,styleType,numberResults,image_index,path,sha256,bytes,cost_usd,seed,image_uuid,task_key,verdict,note
+bakery-DESIGN-2,done,bakery,neon,DESIGN,2,0,bakery-DESIGN-1.png,8cec3279e3ed3f66754af5081623825394f8541ba8351a7c111585e45077e842,2056,0.08,8445862697981787208,7b247919-5ac7-4209-b4c3-fb0794fb7fe5,03076767b0ade7f99b4ff00102faff0237f60bb4d1d3e91cccb1e41fc4144cbd,pending,
+diner-DESIGN,done,diner,neon,DESIGN,-,0,diner-DESIGN.png,62e861a97d4df36c38ac5a94de0d066a83788091a1f40f9d551cee43a44e995e,2300,0.08,6698897233646220573,10653c38-c009-43bf-94a4-aac9ee17615b,39eb46d527a4427b9ca0075a9353399bbecdd3c863712286001edc1aa10898ff,pending,
+remote-DESIGN,done,remote,neon,DESIGN,-,0,remote-DESIGN.png,eadedd947c7a3ab7f3e3af92b1b6e20a4702137a7e4233ee3967b6b462070b70,39235,0.08,823996025897669996,ea3d1603-b7e4-4d24-bf94-81ff841390a5,2fede8280b1914fb0eab9699b59d8ca9fa1df883303ffedbaf673833e13b8813,pending,
 """
 
 
@@ -178,6 +178,7 @@ def test_csv_exact_one_row_per_result_image(fixture_run: Path) -> None:
 
 def test_json_exact(fixture_run: Path) -> None:
     expected = (FIXTURE / "expected" / "report.json").read_text(encoding="utf-8")
+    expected = expected.replace("$FIXTURE", str(fixture_run))  # the review file's folder
     code, text, err = run_cli(str(fixture_run / "run"), "--format", "json")
     assert (code, err) == (0, "")
     assert text == expected

@@ -75,6 +75,7 @@ class Fake:
     uploads: list[str] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)  # sizes of multi-task requests
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -109,8 +110,26 @@ class Fake:
         self.bodies.append(request.content)
         self.auth_headers.append(request.headers.get("authorization"))
         body = json.loads(request.content)
-        assert isinstance(body, list) and len(body) == 1
-        task = body[0]
+        assert isinstance(body, list) and body
+        if len(body) > 1:  # the poller's batches: getResponse tasks only, answered together
+            assert {t["taskType"] for t in body} == {"getResponse"}, body
+            self.batches.append(len(body))
+            data: list[Any] = []
+            errors: list[Any] = []
+            for task in body:  # a fault of one task's answer is the whole request's
+                answer = self._one(request, task)
+                try:
+                    one = json.loads(answer.content)
+                except ValueError:
+                    return answer
+                if answer.status_code >= 500:
+                    return answer
+                data += one.get("data", [])
+                errors += one.get("errors", [])
+            return httpx.Response(200, json={"data": data, "errors": errors})
+        return self._one(request, body[0])
+
+    def _one(self, request: httpx.Request, task: dict[str, Any]) -> httpx.Response:
         kind, uuid = task["taskType"], task["taskUUID"]
         self.log.append((kind, uuid))
         n = self.counts[(kind, uuid)] = self.counts.get((kind, uuid), 0) + 1

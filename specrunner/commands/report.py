@@ -110,6 +110,15 @@ def suggest_targets(folder: Path) -> str | None:
     return None
 
 
+def review_state(run_dir: Path, data: Any, target: str, plan: Any) -> Any:
+    """The review state of the spec's `<stem>.review.yaml` (the SPEC given, else the spec the
+    record names); None when neither is known. An unreadable review file is an error."""
+    from specrunner.report.review import find_spec, review_of
+
+    spec = find_spec(target, run_dir, plan, data.spec_path)
+    return review_of(run_dir, data.tasks, data.axes, spec)
+
+
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Render the report; return the exit code."""
     from specrunner import report
@@ -119,15 +128,15 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("--thumb must be between 16 and 2048 pixels")
     run_dir, plan, warnings = locate(args.target)
     redact = Redactor([os.environ.get("RUNWARE_API_KEY", "")])  # a server may have quoted it
-    summary = report.summarize(report.load_run(run_dir, plan, warnings, redact), by)
+    data = report.load_run(run_dir, plan, warnings, redact)
+    summary = report.summarize(data, by, review_state(run_dir, data, args.target, plan))
     if args.format == "html":
         from specrunner.report import html as contact_sheet
 
         dest = Path(args.out) if args.out else run_dir / "report"
         sheet = contact_sheet.build(summary, run_dir, dest, rows=args.rows, cols=args.cols,
                                     size=args.thumb)
-        print(f"contact sheet: {sheet.index} ({sheet.cells} cells, {sheet.thumbs_made} "
-              f"thumbnails made, {sheet.thumbs_cached} cached)", file=out)
+        print(f"contact sheet: {sheet.describe()}", file=out)
         return EXIT_OK
     text = report.render(summary, args.format)
     if args.out:

@@ -25,9 +25,19 @@ indented, one task per line):
                            "in_doubt", "estimated_usd", "actual_usd"}, ...]},
      "errors": [{"code", "category", "tasks"}, ...],
      "failures": [{"variant", "status", "code", "category", "message"}, ...],
+     "review": null | {"file", "exists", "approved", "rejected", "pending", "stale",
+                       "approval_rate", "missing", "orphans",
+                       "by": {axis: [{"value", "approved", "rejected", "pending", "stale",
+                                      "approval_rate"}, ...]}},
      "tasks": [{"index", "variant", "status", "axes": {axis: value}, "task_key",
                 "estimated_usd", "actual_usd", "sends", "error": {"code", "message"} | null,
-                "images": [{"index", "path", "sha256", "bytes", "cost_usd", "seed"}]}, ...]}
+                "images": [{"index", "path", "sha256", "bytes", "cost_usd", "seed",
+                            "verdict", "note"}]}, ...]}
+
+Review state (report/review.py) is per result image: approved / rejected (a decision whose
+sha256 is the file's), stale (a decision for other bytes), pending (none), missing (no file);
+the approval rate is approved / (approved + rejected). Table and Markdown show it when the
+review file exists.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from specrunner.money import usd
 from specrunner.plan import identity
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
 from specrunner.redact import Redactor
+from specrunner.report.review import ReviewSummary, shown
 
 FORMATS = ("table", "markdown", "json", "csv")
 STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
@@ -339,6 +350,7 @@ class Summary:
     breakdown: tuple[tuple[str, tuple[Group, ...]], ...]
     errors: tuple[tuple[str, str, int], ...]  # (code, category, tasks)
     failures: tuple[TaskInfo, ...]
+    review: ReviewSummary | None = None  # None: the run's spec (so its review file) unknown
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -386,10 +398,12 @@ def check_axes(names: Iterable[str | None], axes: Sequence[str]) -> None:
                              + (", ".join(axes) or "none"))
 
 
-def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
+def summarize(data: RunData, by: Sequence[str] | None = None,
+              review: ReviewSummary | None = None) -> Summary:
     """Compute totals and per-axis breakdowns; `by` defaults to every axis with 2+ values.
 
-    Raises UsageError for an axis the run does not have.
+    `review` (report.review.review_of) adds the review state. Raises UsageError for an axis
+    the run does not have.
     """
     tasks = data.tasks
     if by is None:
@@ -444,7 +458,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None) -> Summary:
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
     problems = [t for t in tasks if t.status != "done" and t.status != "pending"
                 or t.error_code]
-    return Summary(data, tuple(by), totals, tuple(breakdown), errors, tuple(problems))
+    return Summary(data, tuple(by), totals, tuple(breakdown), errors, tuple(problems), review)
 
 
 def _lat(values: Sequence[float]) -> dict[str, Any]:
@@ -498,6 +512,7 @@ def to_json(s: Summary) -> dict[str, Any]:
         "failures": [{"variant": t.variant_id, "status": t.status, "code": t.error_code,
                       "category": t.category, "message": t.error_message}
                      for t in s.failures],
+        "review": review_json(s),
         "tasks": [{"index": t.index, "variant": t.variant_id, "status": t.status,
                    "axes": dict(t.axes), "task_key": t.task_key,
                    "estimated_usd": usd(t.est_cost), "actual_usd": usd(t.cost),
@@ -505,7 +520,8 @@ def to_json(s: Summary) -> dict[str, Any]:
                    "error": ({"code": t.error_code, "message": t.error_message}
                              if t.error_code else None),
                    "images": [{"index": i.index, "path": i.path, "sha256": i.sha256,
-                               "bytes": i.bytes, "cost_usd": usd(i.cost), "seed": i.seed}
+                               "bytes": i.bytes, "cost_usd": usd(i.cost), "seed": i.seed,
+                               **verdict_json(s, t, i)}
                               for i in t.images]}
                   for t in d.tasks],
     }
@@ -564,6 +580,32 @@ def notes(s: Summary) -> list[str]:
         out.append("the last run was made from a dirty tree: its commit alone does not "
                    "reproduce it")
     return out
+
+
+def review_json(s: Summary) -> dict[str, Any] | None:
+    """The `review` object of the JSON report (None when the spec is unknown)."""
+    r = s.review
+    if r is None:
+        return None
+    return {"file": str(r.file), "exists": r.exists, **r.totals.as_dict(),
+            "missing": r.missing, "orphans": r.orphans,
+            "by": {axis: [{"value": v, **c.as_dict()} for v, c in groups]
+                   for axis, groups in r.by if axis in s.by}}
+
+
+def _verdict(s: Summary, t: TaskInfo, i: Image) -> tuple[str | None, str | None]:
+    """(review state, note) of one image; (None, None) without a review file to read."""
+    item = s.review.of(t.variant_id, i.index) if s.review is not None else None
+    if item is None or item.task is not t:
+        return None, None
+    return item.state, item.decision.note if item.decision is not None else None
+
+
+def verdict_json(s: Summary, t: TaskInfo, i: Image) -> dict[str, Any]:
+    """`verdict` (approved | rejected | pending | stale | missing, null: no spec) and `note`
+    of one image: a superseded task's image has neither."""
+    verdict, note = _verdict(s, t, i)
+    return {"verdict": verdict, "note": note}
 
 
 def _fmt_total(key: str, value: Any) -> str:
@@ -637,6 +679,8 @@ def _text(s: Summary, fmt: str) -> str:
         rows = [(t.variant_id, t.status, t.error_code or "-", t.error_message or "-")
                 for t in s.failures]
         parts.append(table(rows, ["variant", "status", "code", "message"]))
+    if s.review is not None and s.review.exists:
+        parts += _review_text(s, table, head)
     for w in notes(s):
         parts += ["", f"note: {_cell(w, md)}"]
     return "\n".join(parts) + "\n"
@@ -648,18 +692,48 @@ def _cell(value: Any, md: bool) -> str:
     return cells.cell(value, md)
 
 
+def rate_text(rate: float | None) -> str:
+    """An approval rate as a whole percentage ("-" before any decision)."""
+    return "-" if rate is None else f"{round(rate * 100)}%"
+
+
+def _review_text(s: Summary, table: Callable[..., str], head: Callable[[str], str]
+                 ) -> list[str]:
+    r = s.review
+    assert r is not None
+    c = r.totals
+    line = (f"{c.approved} approved, {c.rejected} rejected, {c.pending} pending, "
+            f"{c.stale} stale; approval rate {rate_text(c.rate)} (approved of decided)")
+    extra = [f"{r.missing} image(s) missing on disk"] if r.missing else []
+    if r.orphans:
+        extra.append(f"{r.orphans} decision(s) for images this run does not have")
+    parts = ["", head(f"review ({shown(r.file)})"), "", line + "".join(f"; {e}" for e in extra)]
+    cols = ["approved", "rejected", "pending", "stale", "approval rate"]
+    for axis, groups in r.by:
+        if axis not in s.by:
+            continue
+        parts += ["", head(f"review by {axis}"), ""]
+        rows = [(v, g.approved, g.rejected, g.pending, g.stale, rate_text(g.rate))
+                for v, g in groups]
+        parts.append(table(rows, [axis, *cols], colalign=("left",) + ("right",) * len(cols)))
+    return parts
+
+
 def to_csv(s: Summary) -> str:
-    """One row per result image: variant, status, axes, index, path, sha256, bytes, cost."""
+    """One row per result image: variant, status, axes, index, path, sha256, bytes, cost,
+    seed, image UUID, task key, review verdict and note (empty when the spec is unknown)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     axes = list(s.data.axes)
     w.writerow(["variant", "status", *axes, "image_index", "path", "sha256", "bytes",
-                "cost_usd", "seed", "image_uuid", "task_key"])
+                "cost_usd", "seed", "image_uuid", "task_key", "verdict", "note"])
     for t in s.data.tasks:
         for i in t.images:
+            verdict, note = _verdict(s, t, i)
             w.writerow([t.variant_id, t.status, *(t.axis(a) for a in axes), i.index,
                         i.path or "", i.sha256 or "", "" if i.bytes is None else i.bytes,
-                        usd(i.cost) or "", i.seed or "", i.image_uuid or "", t.task_key])
+                        usd(i.cost) or "", i.seed or "", i.image_uuid or "", t.task_key,
+                        verdict or "", note or ""])
     return buf.getvalue()
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from specrunner.run.client import RunwareClient
     from specrunner.run.inputs import Inputs
     from specrunner.run.limit import AdaptiveLimit
+    from specrunner.run.poll import Poller
     from specrunner.spec.types import Execution
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -35,6 +36,11 @@ def set_testing(on: bool) -> None:
     """Turn every backoff and polling wait off (tests) or back on."""
     global _testing
     _testing = on
+
+
+def testing() -> bool:
+    """Whether waits are switched off (`set_testing`)."""
+    return _testing
 
 
 async def default_sleep(seconds: float) -> None:
@@ -142,6 +148,7 @@ class RunContext:
     execution: Execution
     limit: AdaptiveLimit
     inputs: Inputs
+    poller: Poller
     out_dir: Path
     counters: Counters = field(default_factory=Counters)
     retry_budget: RetryBudget = field(default_factory=lambda: RetryBudget(0.2))

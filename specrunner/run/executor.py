@@ -30,6 +30,7 @@ from specrunner.money import money
 from specrunner.run.budget import Budget
 from specrunner.run.inputs import Inputs
 from specrunner.run.limit import AdaptiveLimit
+from specrunner.run.poll import Poller
 from specrunner.run.task import Job, TaskRun
 from specrunner.runware import RunnerCode
 from specrunner.spec.types import Execution
@@ -108,8 +109,10 @@ class Executor:
         inputs = Inputs(self.record.uploads(), client=self.client, log=log,
                         execution=self.execution, wall=self.wall, sleep=self.sleep,
                         backoff=self.backoff, rng=self.rng)
+        poller = Poller(self.client, self.execution, self.counters, clock=self.clock,
+                        wall=self.wall)
         self.ctx = RunContext(client=self.client, log=log, execution=self.execution,
-                              limit=self.limit, inputs=inputs,
+                              limit=self.limit, inputs=inputs, poller=poller,
                               out_dir=self.record.out_dir, counters=self.counters,
                               retry_budget=RetryBudget(self.execution.retry_budget_ratio),
                               backoff=self.backoff, sleep=self.sleep, rng=self.rng,
@@ -129,11 +132,13 @@ class Executor:
             return self._outcome()
         async with anyio.create_task_group() as outer:
             outer.start_soon(log.serve)
+            outer.start_soon(poller.serve)
             try:
                 with anyio.CancelScope() as self._work:
                     async with anyio.create_task_group() as work:
                         await self._dispatch(jobs, work)
             finally:
+                poller.close()
                 await log.close()
         return self._outcome()
 

@@ -105,6 +105,8 @@ class Job:
     refused: int = 0
     refused_code: str | None = None
     durable: set[str] = field(default_factory=set)  # UUIDs the record holds for this task
+    accepted_at: float | None = None  # when the server acknowledged it (poller's clock)
+    poll_wait: float | None = None  # the last wait between two questions about it
 
     def __post_init__(self) -> None:
         self.durable.add(self.uuid)  # the record's current UUID for the task
@@ -224,6 +226,7 @@ class TaskRun:
             if out.kind in (Kind.PENDING, Kind.FETCH):
                 ctx.log.accepted(job.key, job.state, out.kind.value)  # polling needs no wait
                 job.state = "accepted"
+                job.accepted_at = ctx.poller.clock()
                 return None
             if out.kind is Kind.RETRY:
                 job.maybe_billed = job.maybe_billed or out.may_be_billed
@@ -273,21 +276,27 @@ class TaskRun:
 
     # -- asking ------------------------------------------------------------------------------
     async def _poll(self) -> list[Mapping[str, Any]] | None:
-        """Poll getResponse until every result is in; None if the provider failed the UUID."""
-        job = self.job
-        interval = self.ex.poll_interval_s
+        """Ask (getResponse, batched and paced by the poller) until every result is in; None
+        if the provider failed the UUID."""
+        job, poller = self.job, self.ctx.poller
         empty = 0
+        first = True
         while True:
             found = job.complete()
             if found is not None:
                 return found
-            await self.ctx.sleep(interval)
-            interval = min(interval * 1.5, self.ex.poll_max_interval_s)
-            out = await self._get_response()
+            if first and job.accepted_at is not None:
+                due = job.accepted_at + poller.first_wait()
+            else:
+                job.poll_wait = poller.next_wait(job.poll_wait)
+                due = poller.clock() + job.poll_wait
+            first = False
+            out = await self._get_response(due)
             if out is None or out.kind in (Kind.RETRY, Kind.FETCH):
                 continue
             if out.kind is Kind.RESULTS:
-                job.take(out)
+                if job.take(out) is not None and job.accepted_at is not None:
+                    poller.observe(poller.clock() - job.accepted_at)
             elif out.kind is Kind.PENDING:
                 empty += 1
                 if empty % 8 == 0:  # getResponse cannot tell "unknown" from "running"
@@ -340,14 +349,14 @@ class TaskRun:
                 return None
         return await self._details()
 
-    async def _get_response(self) -> Outcome | None:
-        """One getResponse for the job, recorded as a poll; None after a transient fault."""
+    async def _get_response(self, due: float | None = None) -> Outcome | None:
+        """getResponse for the job (now, or at `due` on the poller's clock), in the poller's
+        next batch; recorded as a poll. None after a transient fault."""
         job, ctx = self.job, self.ctx
-        ctx.counters.polls += 1
         started = ctx.wall()
         try:
-            reply = await ctx.client.send([{"taskType": "getResponse", "taskUUID": job.uuid}],
-                                          self.ex.request_timeout_s)
+            reply, started = await ctx.poller.ask(job.uuid, ctx.poller.clock()
+                                                  if due is None else due)
         except Fault as f:
             self._fault("poll", started, f)
             return None

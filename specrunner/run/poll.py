@@ -1,0 +1,154 @@
+"""getResponse for every task waiting on its results, many in one request, paced by the
+processing time the run observes.
+
+Runware answers an async imageInference with an acknowledgement; the results come from
+getResponse, and one POST may carry the getResponse tasks of many UUIDs. A task waiting for
+its results asks the poller (`await poller.ask(...)`); the poller gathers every task that is
+due into one request (at most BATCH tasks per POST, at most POSTS_PER_S POSTs a second) and
+hands each task the reply.
+
+When a task is due: its first question comes when the run expects it done: the processing
+time observed so far (the 25th percentile of the completions seen: asking a little early
+costs one more poll, asking late costs the task's whole slot that long), or poll_interval_s
+before any was seen. After an answer that it is still running, it is asked again after a
+short interval (a tenth of the expected time, at least 0.25 s, at most poll_interval_s),
+growing x1.5 up to poll_max_interval_s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import anyio
+
+from specrunner.run import context
+from specrunner.run.client import Fault, Reply, RunwareClient
+
+if TYPE_CHECKING:
+    from specrunner.run.context import Counters
+    from specrunner.spec.types import Execution
+
+BATCH = 100  # getResponse tasks per POST
+POSTS_PER_S = 20.0  # at most this many poll POSTs a second, whatever the concurrency
+SLACK_S = 0.05  # tasks due this soon after the earliest ride along in the same POST
+_KEEP = 200  # completions remembered to estimate the processing time
+
+
+@dataclass
+class _Question:
+    uuid: str
+    due: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Reply | Fault | None = None
+    sent_at: float = 0.0  # wall clock, when its POST left
+
+
+class Poller:
+    """Batches and paces getResponse (see the module docstring); `serve()` in the run's task
+    group, `close()` when the run ends."""
+
+    def __init__(self, client: RunwareClient, execution: Execution, counters: Counters, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.client, self.execution, self.counters = client, execution, counters
+        self.clock, self.wall = clock, wall
+        self._waiting: list[_Question] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self._observed: list[float] = []
+        self._last_post = -math.inf
+        self.posts = 0
+
+    # -- pacing ------------------------------------------------------------------------------
+    def observe(self, seconds: float) -> None:
+        """A task's processing time (accepted -> its results seen)."""
+        self._observed.append(seconds)
+        if len(self._observed) > _KEEP:
+            del self._observed[0]
+
+    def expected(self) -> float | None:
+        """The processing time to plan for: the 25th percentile of those observed."""
+        if not self._observed:
+            return None
+        ordered = sorted(self._observed)
+        return ordered[len(ordered) // 4]
+
+    def first_wait(self) -> float:
+        """How long after its acknowledgement a task is first asked about."""
+        expected = self.expected()
+        return self.execution.poll_interval_s if expected is None else expected
+
+    def next_wait(self, previous: float | None) -> float:
+        """How long to wait before asking again about a task still running."""
+        if previous is None:
+            expected = self.expected()
+            short = self.execution.poll_interval_s if expected is None else expected / 10
+            return min(max(0.25, short), self.execution.poll_interval_s)
+        return min(previous * 1.5, self.execution.poll_max_interval_s)
+
+    # -- asking ------------------------------------------------------------------------------
+    async def ask(self, uuid: str, due: float) -> tuple[Reply, float]:
+        """The reply of the getResponse POST that carried `uuid`, sent once `due` (on the
+        poller's clock) has come, and when it left (wall clock); raises Fault when that POST
+        failed."""
+        q = _Question(uuid, due)
+        self._waiting.append(q)
+        self._wake.set()
+        try:
+            await q.done.wait()
+        finally:
+            if q in self._waiting:  # cancelled before its POST left: not asked any more
+                self._waiting.remove(q)
+        if isinstance(q.reply, Fault):
+            raise q.reply
+        assert q.reply is not None
+        return q.reply, q.sent_at
+
+    async def serve(self) -> None:
+        """Send the due questions, batch after batch, until `close()`."""
+        async with anyio.create_task_group() as tg:
+            while not self._closed:
+                if not self._waiting:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                now = self.clock()
+                earliest = min(q.due for q in self._waiting)
+                start = max(earliest, self._last_post + 1 / POSTS_PER_S)
+                if start > now and not context.testing():
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(start - now):
+                        await self._wake.wait()  # or a question due sooner came in
+                    continue
+                cut = now + SLACK_S
+                due = sorted((q for q in self._waiting if q.due <= cut or context.testing()),
+                             key=lambda q: q.due)[:BATCH]
+                for q in due:
+                    self._waiting.remove(q)
+                self._last_post = now
+                tg.start_soon(self._post, due)
+                await anyio.sleep(0)  # let the batch leave before gathering the next
+            tg.cancel_scope.cancel()
+
+    def close(self) -> None:
+        """Stop serving (the run is over: nobody is waiting any more)."""
+        self._closed = True
+        self._wake.set()
+
+    async def _post(self, questions: list[_Question]) -> None:
+        self.posts += 1
+        self.counters.polls += 1
+        body = [{"taskType": "getResponse", "taskUUID": q.uuid} for q in questions]
+        sent = self.wall()
+        for q in questions:
+            q.sent_at = sent
+        try:
+            result: Reply | Fault = await self.client.send(body, self.execution.request_timeout_s)
+        except Fault as f:
+            result = f
+        for q in questions:
+            q.reply = result
+            q.done.set()
