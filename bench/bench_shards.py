@@ -6,10 +6,10 @@ beside one process at the same total concurrency.
 
 Each configuration gets a fresh server (`--processing fixed:2 --no-render`: every edit takes
 2 s, answered with a tiny fixed image, so the figure is about pacing, not rendering) and a
-fresh folder per process; the spec's own execution settings apply (async delivery, polls from
-1 s growing by 1.5x), with `--concurrency` split evenly among the shards. Timed: from the
-start of the first process to the end of the last (interpreter start-up and planning the
-1,200 tasks in each process included), then the merge on its own. Checked: the server billed
+fresh folder per process; the spec's own delivery and polling settings apply, with
+`--concurrency` split evenly among the shards. Timed: from the start of the first process to
+the end of the last (interpreter start-up and planning the 1,200 tasks in each process
+included), then the merge on its own. Checked: the server billed
 each planned task exactly once and nothing else, the merged record holds every task done with
 every image on disk matching its sha256, and the shards' budgets add up to no more than the
 campaign's. The rounds alternate the configurations (1, 3, 8, 1, 3, 8, ...), so a load
