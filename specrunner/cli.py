@@ -98,6 +98,13 @@ COMMANDS: dict[str, Command] = {
          ("specrunner diff a.yaml b.yaml --format markdown", "the same for two specs' runs")),
         ((0, "comparison printed"), (2, "no run record, a damaged one, or bad usage")),
         (KEY_IN_SPEC,)),
+    "merge": Command(
+        "specrunner.commands.merge", "join run folders of one campaign (shards) into one",
+        (("specrunner merge out/shard-1 out/shard-2 out/shard-3 --out out/merged",
+          "one folder, one record, every image: report, diff and run work on it"),
+         ("specrunner merge out/shard-* --out out/merged", "again later: adds only what is new")),
+        ((0, "merged, or nothing new to merge"),
+         (2, "folders of different campaigns, a missing, damaged or busy record, bad usage"))),
     "review": Command(
         "specrunner.commands.review", "approve and reject a run's images in the browser",
         (("specrunner review out/storefront-local", "open the review page for a run folder"),

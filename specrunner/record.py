@@ -985,3 +985,443 @@ def _snapshot(conn: sqlite3.Connection, db: Path, version: int = SCHEMA_VERSION)
     return Snapshot(db, runs, tasks, {k: tuple(v) for k, v in results.items()}, sends, first,
                     done_at, latencies, new_uuids, uuids, int(uploads), plans,
                     spec[0] if spec else None)
+
+
+# == merge: run folders of one campaign joined into one (`specrunner merge`) ====================
+# Everything below serves `merge_records`; nothing above uses it.
+#
+# Same campaign: every folder's latest run planned the same set of task keys. A task key is the
+# sha256 of exactly what a task generates (request, input bytes, mask polarity, repeat index),
+# and a shard's run records the whole plan, not only its slice. So edits that change no task
+# (comments, budget, concurrency, prices, key order) merge; an edit of any task of the campaign,
+# even one another shard runs, or of an input file's bytes, is refused.
+#
+# One row per task key: done beats anything; then the higher generation (a generation exists
+# only once the server failed the one before it, and UUIDs follow from key and generation, so
+# that knowledge holds in every folder); then received > accepted > sending / in doubt >
+# failed > planned: a send whose outcome is unknown is kept in doubt, so the next run asks the
+# server before it sends again. Ties (and among done copies): the destination's own row, then
+# the earliest.
+
+def _table_columns() -> dict[str, tuple[str, ...]]:
+    """Each table's columns, read from _SCHEMA (the one list of them)."""
+    out = {}
+    for stmt in _SCHEMA_STATEMENTS:
+        m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)$", stmt, re.S)
+        if m:
+            out[m.group(1)] = tuple(re.findall(r"(?:^|,)\s*(\w+) (?:TEXT|INTEGER|REAL)",
+                                               m.group(2)))
+    return out
+
+
+_COLS = _table_columns()
+_T = {name: i for i, name in enumerate(_COLS["tasks"])}  # tasks column -> index in a row
+_R = {name: i for i, name in enumerate(_COLS["runs"])}
+_RS = {name: i for i, name in enumerate(_COLS["results"])}
+_MERGE_RANK = {"received": 4, "accepted": 3, "sending": 2, "in_doubt": 2, "failed": 1,
+               "planned": 0}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What `merge_records` did (`changed` False: the destination already held it all), and
+    what the merged record holds of the campaign's plan."""
+
+    dest: Path
+    sources: tuple[Path, ...]
+    runs_added: int
+    tasks_added: int
+    tasks_replaced: int  # by a copy further along (e.g. done elsewhere, in doubt here)
+    files_copied: int
+    bytes_copied: int
+    shards: tuple[str, ...]  # the shards the merged record's runs ran ("whole" for no shard)
+    missing_shards: tuple[str, ...]  # shards of a common N that no folder ran
+    planned: int  # tasks of the campaign's plan
+    recorded: int  # of those, in the merged record
+    done: int  # of those, done
+    done_twice: int  # tasks done in more than one source folder
+    billed_again: int  # of those, done under more than one taskUUID (each billed)
+    duplicate_cost: Decimal  # what the extra taskUUIDs cost
+    refetch: tuple[str, ...]  # variant ids merged as received: no folder had their images
+    spec_path: str | None  # the spec the latest run ran
+
+    @property
+    def changed(self) -> bool:
+        """Whether the merge added or replaced anything."""
+        return bool(self.runs_added or self.tasks_added or self.tasks_replaced
+                    or self.files_copied)
+
+
+@dataclass
+class _Folder:
+    """A run folder's snapshot and every row of its record, as stored."""
+
+    path: Path
+    snap: Snapshot
+    rows: dict[str, list[tuple[Any, ...]]]
+    tasks: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    results: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tasks = {r[0]: r for r in self.rows["tasks"]}
+        for r in self.rows["results"]:
+            self.results.setdefault(r[0], []).append(r)
+
+
+_Row = tuple[Any, ...]
+_Copy = tuple[_Folder, _Row]  # a task's row as one folder holds it
+
+
+def _rows(conn: sqlite3.Connection, db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in one read transaction (columns a record of an older schema
+    lacks read as NULL)."""
+    try:
+        conn.execute("BEGIN")
+        out = {}
+        for table, cols in _COLS.items():
+            have = _columns(conn, table)
+            order = " ORDER BY idx" if table == "results" else ""
+            out[table] = list(conn.execute(
+                f"SELECT {', '.join(c if c in have else 'NULL' for c in cols)} FROM {table}"
+                + order))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise _damaged(db, exc) from None
+    return out
+
+
+def _read_folder(path: Path) -> _Folder:
+    snap = read_snapshot(path)  # the checks: a specrunner record of a known schema
+    conn = sqlite3.connect(f"{snap.path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return _Folder(path, snap, _rows(conn, snap.path))
+    finally:
+        conn.close()
+
+
+def _hold(path: Path) -> int | None:
+    """Lock a source folder for the merge (a run cannot start in it meanwhile); RecordError if a
+    run holds it now. None when it has no lock file (no run ever locked it here)."""
+    lock = record_dir(path) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RecordError(f"cannot open {lock}: {exc.strerror}") from None
+    if not _try_lock(fd):
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise RecordError(f"the run folder {path} is in use by a running specrunner (pid {pid}): "
+                          "merge it once that run has finished")
+    return fd
+
+
+def _campaign(folders: Sequence[_Folder]) -> tuple[str, ...]:
+    """The task keys of the plan every folder's latest run planned; UsageError if they differ."""
+    from specrunner.errors import UsageError
+
+    first: tuple[_Folder, tuple[str, ...]] | None = None
+    for f in folders:
+        keys = f.snap.plan_keys()
+        if keys is None:
+            raise UsageError(f"the record in {f.path} holds no plan (no run, or a record older "
+                             "than plans): cannot tell which campaign it belongs to")
+        if first is None:
+            first = (f, keys)
+            continue
+        a, b = set(first[1]), set(keys)
+        if a != b:
+            f0 = first[0]
+            older = min((f0, f), key=lambda x: x.snap.runs[-1].started_at).path
+            raise UsageError(
+                f"{f0.path} and {f.path} hold different plans ({len(a):,} and {len(b):,} tasks, "
+                f"{len(a & b):,} in common; the specs: {f0.snap.runs[-1].spec_path} and "
+                f"{f.snap.runs[-1].spec_path}): merge joins run folders of one campaign. If the "
+                f"spec or an input file changed between these runs, run {older} again with "
+                "the current spec (its done tasks are kept), then merge")
+    assert first is not None
+    return first[1]
+
+
+def _run_identity(row: Sequence[Any]) -> tuple[Any, ...]:
+    """What makes a run the same run in every folder it was merged into."""
+    return (row[_R["started_at"]], row[_R["spec_sha256"]], row[_R["plan_sha256"]],
+            row[_R["shard"]], row[_R["spec_path"]])
+
+
+def _choose(copies: list[_Copy], here: _Folder) -> _Copy:
+    """The copy of a task to keep (see the section's head)."""
+    def rank(copy: _Copy) -> tuple[Any, ...]:
+        f, row = copy
+        state = row[_T["state"]]
+        if state == "done":  # the first done, whatever its generation
+            return (1, 0, 0, f is here, -row[_T["updated_at"]])
+        return (0, row[_T["generation"]], _MERGE_RANK.get(state, 0), f is here,
+                -row[_T["updated_at"]])
+    return max(copies, key=rank)
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _safe_rel(rel: str) -> bool:
+    """An output path a record may name: relative, inside the folder, not in the record's."""
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts \
+        and parts[0] != RECORD_DIR
+
+
+def _place_copy(data: bytes, target: Path, made: set[Path]) -> None:
+    """Write `data` at `target` atomically: temporary name beside it, fsync, rename (the folders
+    are fsynced by the caller, once each, from `made`)."""
+    folder = target.parent
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        made.add(d.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.merge.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    os.replace(tmp, target)
+    made.add(target.parent)
+
+
+def merge_records(dest: Path, sources: Sequence[Path]) -> MergeResult:
+    """Join the run folders `sources` (shards, or any run folders of one campaign) into `dest`:
+    one record holding every run (with its shard), every UUID minted, every attempt and
+    transition (run ids remapped), one copy of each task with its results and images (copied
+    atomically, sha256 checked), every upload. Idempotent. Every folder is locked meanwhile.
+
+    Raises UsageError for folders of different campaigns (or none to merge), RecordError for a
+    missing, damaged or busy record; nothing is written then. A done task whose images no
+    folder holds intact is merged as received: the next run fetches them (not paid again).
+    """
+    from specrunner.errors import UsageError
+
+    dest = Path(dest).resolve()
+    paths = list(dict.fromkeys(Path(s).resolve() for s in sources))
+    paths = [p for p in paths if p != dest]
+    if not paths:
+        raise UsageError("nothing to merge: name at least one run folder other than --out")
+    held: list[int] = []
+    try:
+        folders = []
+        for p in paths:
+            if not record_path(p).is_file():
+                raise RecordError(f"no run record in {p} (expected {record_path(p)})")
+            fd = _hold(p)
+            if fd is not None:
+                held.append(fd)
+            folders.append(_read_folder(p))
+        _campaign(folders)  # before the destination is touched
+        with open_record(dest) as rec:
+            here = _Folder(dest, rec.snapshot(), _rows(rec._conn, rec.path))
+            keys = _campaign([here, *folders] if here.snap.runs else folders)
+            return _merge(rec, here, folders, keys)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _insert(table: str, cols: Sequence[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+def _merge(rec: Record, here: _Folder, folders: list[_Folder],
+           plan_keys: tuple[str, ...]) -> MergeResult:
+    current = set(plan_keys)
+    ids, new_runs = _number_runs(here, folders)
+    remap = {id(f): {r[0]: ids[_run_identity(r)] for r in f.rows["runs"]} for f in folders}
+    copies: dict[str, list[_Copy]] = {}
+    for f in (here, *folders):
+        for key, row in f.tasks.items():
+            copies.setdefault(key, []).append((f, row))
+    chosen = {key: _choose(c, here) for key, c in copies.items()}
+    copied, nbytes, broken = _copy_images(here, chosen, copies, current)
+    ops = _run_ops(here, new_runs, ids)
+    ops += _log_ops(folders, remap, {(id(f), r[0]) for f, r in new_runs})
+    added = replaced = 0
+    for key, (f, row) in chosen.items():
+        if f is not here:
+            added += key not in here.tasks
+            replaced += key in here.tasks
+            ops += _task_ops(key, f, row, remap[id(f)], key in broken)
+    _transaction(rec._conn, ops)
+
+    done_twice = billed_again = 0
+    duplicate_cost = Decimal(0)
+    for key, c in copies.items():
+        done = [(f, row) for f, row in c if row[_T["state"]] == "done"]
+        done_twice += sum(f is not here for f, _ in done) > 1
+        keep = chosen[key][1][_T["task_uuid"]]
+        extra = {row[_T["task_uuid"]]: row for _, row in done if row[_T["task_uuid"]] != keep}
+        billed_again += bool(extra)
+        for row in extra.values():
+            duplicate_cost += Decimal(row[_T["cost"]] or row[_T["est_cost"]])
+    states = {k: "received" if k in broken else row[_T["state"]]
+              for k, (_, row) in chosen.items()}
+    runs = [r for f in (here, *folders) for r in f.rows["runs"]]
+    shards = sorted({r[_R["shard"]] or "whole" for r in runs}, key=_shard_order)
+    ns = {s.split("/")[1] for s in shards if "/" in s}
+    missing: list[str] = []
+    if len(ns) == 1 and "whole" not in shards:
+        n = int(next(iter(ns)))
+        missing = [f"{k}/{n}" for k in range(1, n + 1) if f"{k}/{n}" not in shards]
+    return MergeResult(
+        dest=here.path, sources=tuple(f.path for f in folders), runs_added=len(new_runs),
+        tasks_added=added, tasks_replaced=replaced, files_copied=copied, bytes_copied=nbytes,
+        shards=tuple(shards), missing_shards=tuple(missing), planned=len(current),
+        recorded=sum(k in states for k in current),
+        done=sum(states.get(k) == "done" for k in current), done_twice=done_twice,
+        billed_again=billed_again, duplicate_cost=duplicate_cost,
+        refetch=tuple(sorted(chosen[k][1][_T["variant_id"]] for k in broken)),
+        spec_path=max(runs, key=lambda r: r[_R["started_at"]])[_R["spec_path"]])
+
+
+def _number_runs(here: _Folder, folders: list[_Folder]
+                 ) -> tuple[dict[tuple[Any, ...], int], list[_Copy]]:
+    """Every run's id in the destination (by identity), and the runs it lacks, each once, in
+    the order they started, numbered after its own."""
+    ids = {_run_identity(r): r[0] for r in here.rows["runs"]}
+    first = max(ids.values(), default=0) + 1
+    new_runs: list[_Copy] = []
+    for f in folders:
+        for r in f.rows["runs"]:
+            if _run_identity(r) not in ids:
+                ids[_run_identity(r)] = 0  # numbered below
+                new_runs.append((f, r))
+    new_runs.sort(key=lambda fr: fr[1][_R["started_at"]])
+    for i, (_, r) in enumerate(new_runs):
+        ids[_run_identity(r)] = first + i
+    return ids, new_runs
+
+
+def _copy_images(here: _Folder, chosen: Mapping[str, _Copy], copies: Mapping[str, list[_Copy]],
+                 current: set[str]) -> tuple[int, int, set[str]]:
+    """Place the images of every kept done task in the destination (a path two tasks claim
+    goes to the current plan's, then the later one's): (files copied, bytes, the current
+    tasks no folder holds intact images of)."""
+    wanted: dict[str, tuple[tuple[bool, float], str, str]] = {}  # rel -> (priority, sha, key)
+    for key, (f, row) in chosen.items():
+        if row[_T["state"]] != "done":
+            continue
+        for r in f.results.get(key, ()):
+            rel, sha = r[_RS["output_path"]], r[_RS["sha256"]]
+            if rel and sha and _safe_rel(rel):
+                prio = (key in current, r[_RS["received_at"]])
+                if rel not in wanted or prio > wanted[rel][0]:
+                    wanted[rel] = (prio, sha, key)
+    made: set[Path] = set()
+    copied = nbytes = 0
+    broken: set[str] = set()
+    for rel, (_, sha, key) in sorted(wanted.items()):
+        target = here.path / rel
+        if target.is_file() and _sha256_of(target) == sha:
+            continue
+        kept = chosen[key][0]
+        # the same taskUUID gives the same image: any folder that has the task done will do
+        holders = sorted((f for f, row in copies[key] if row[_T["state"]] == "done"
+                          and f is not here), key=lambda f: f is not kept)
+        data = next((d for d in ((_read(f.path / rel) for f in holders))
+                     if d is not None and hashlib.sha256(d).hexdigest() == sha), None)
+        if data is None:
+            if key in current and kept is not here:
+                broken.add(key)
+            continue
+        _place_copy(data, target, made)
+        copied += 1
+        nbytes += len(data)
+    for d in made:
+        _fsync_dir(d)
+    return copied, nbytes, broken
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _run_ops(here: _Folder, new_runs: list[_Copy], ids: Mapping[tuple[Any, ...], int]
+             ) -> list[Op]:
+    """The runs the destination lacks; each plan's JSON stored once, as begin_run does."""
+    ops: list[Op] = []
+    have_plans = {r[_R["plan_sha256"]] for r in here.rows["runs"] if r[_R["plan_json"]]}
+    plan, digest_at = _R["plan_json"], _R["plan_sha256"]
+    for f, r in new_runs:
+        run = list(r)
+        run[0] = ids[_run_identity(r)]
+        digest = run[digest_at]
+        if digest in have_plans:
+            run[plan] = None
+        elif run[plan] is None:  # another run of its folder stored this plan
+            run[plan] = next((x[plan] for x in f.rows["runs"]
+                              if x[digest_at] == digest and x[plan]), None)
+        if run[plan] is not None:
+            have_plans.add(digest)
+        ops.append((_insert("runs", _COLS["runs"]), run))
+    return ops
+
+
+def _log_ops(folders: list[_Folder], remap: Mapping[int, Mapping[int, int]],
+             added: set[tuple[int, int]]) -> list[Op]:
+    """Every UUID, the attempts and transitions of the runs added (run ids remapped), and the
+    newest upload of each input."""
+    ops: list[Op] = []
+    for f in folders:
+        m = remap[id(f)]
+        ops += [("INSERT OR IGNORE INTO task_uuids VALUES (?,?,?,?,?)",
+                 (*r[:3], m.get(r[3]), r[4])) for r in f.rows["task_uuids"]]
+        for table in ("transitions", "attempts"):
+            cols = _COLS[table][1:]  # not the id: the rows get the destination's
+            at = cols.index("run_id") + 1  # in a row, which starts with the id
+            ops += [(_insert(table, cols), (*r[1:at], m[r[at]], *r[at + 1:]))
+                    for r in f.rows[table] if (id(f), r[at]) in added]
+        ops += [("INSERT INTO uploads VALUES (?,?,?,?) ON CONFLICT (sha256, inverted) DO "
+                 "UPDATE SET image_uuid=excluded.image_uuid, uploaded_at=excluded.uploaded_at "
+                 "WHERE excluded.uploaded_at > uploads.uploaded_at", r)
+                for r in f.rows["uploads"]]
+    return ops
+
+
+def _task_ops(key: str, f: _Folder, row: _Row, remap: Mapping[int, int], broken: bool
+              ) -> list[Op]:
+    """A task's row and results as `f` holds them (as received, without its files, when no
+    folder had them intact)."""
+    task = list(row)
+    task[_T["run_id"]] = remap.get(row[_T["run_id"]])
+    results = [list(r) for r in f.results.get(key, ())]
+    if broken:
+        task[_T["state"]] = "received"
+        for r in results:
+            r[_RS["output_path"]] = r[_RS["sha256"]] = r[_RS["bytes"]] = None
+    return [(_insert("tasks", _COLS["tasks"], "INSERT OR REPLACE"), task),
+            ("DELETE FROM results WHERE task_key=?", (key,)),
+            *((_insert("results", _COLS["results"]), r) for r in results)]
+
+
+def _shard_order(shard: str) -> tuple[int, int]:
+    if "/" not in shard:
+        return (0, 0)
+    k, n = shard.split("/")
+    return (int(n), int(k))

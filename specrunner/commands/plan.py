@@ -69,6 +69,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="run folder whose record says what is done (default: the spec's "
                         "output.dir; a status column appears when it holds a run record)")
+    parser.add_argument("--shard", metavar="K/N",
+                        help="only shard K of N (1-based), with its totals and its share of "
+                        "the budget (--max-usd: the shard's own budget)")
 
 
 def _positive_decimal(text: str, option: str) -> Decimal:
@@ -98,10 +101,15 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from specrunner.plan.check import limit_diagnostic
     from specrunner.plan.reproducibility import reproducibility_diagnostics
 
+    from specrunner.plan.shard import Shard, describe, shard_of, shard_plan
+
+    shard = None if args.shard is None else Shard.parse(args.shard)
     limit = None if args.all else _positive_int(args.limit, "--limit")
     overrides: dict[str, Any] = {}
-    if args.max_usd is not None:
-        overrides["max_usd"] = _positive_decimal(args.max_usd, "--max-usd")
+    cap = None if args.max_usd is None else _positive_decimal(args.max_usd, "--max-usd")
+    if cap is not None:
+        # with --shard, --max-usd is the shard's budget, not the whole campaign's
+        overrides["max_usd"] = cap if shard is None else Decimal("Infinity")
     if args.max_tasks is not None:
         overrides["max_tasks"] = _positive_int(args.max_tasks, "--max-tasks")
     secrets = (os.environ.get("RUNWARE_API_KEY", ""),)
@@ -114,6 +122,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if overrides:
             spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, **overrides))
         plan = planmod.build_plan(spec)
+        whole, plan = plan, plan if shard is None else shard_plan(plan, shard, cap)
     except SpecError as exc:
         if not github:
             raise
@@ -125,22 +134,32 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         writer.write([limit_diagnostic(exc, spec)])
         return EXIT_INVALID
     if args.explain is not None:
-        status, text = planmod.explain(plan, args.explain)
+        status, text = planmod.explain(whole, args.explain)
         if status == "unknown":
             print(f"error: {text}", file=err)
             return EXIT_INVALID
         print(text, file=out)
+        if shard is not None and status == "found":
+            keys = [t.task_key for t in whole.tasks if t.variant_id == args.explain]
+            print(f"  shard: {', '.join(f'{shard_of(k, shard.n)}/{shard.n}' for k in keys)}"
+                  f" (this is {shard})", file=out)
         return EXIT_OK
     record = _record_status(plan, args.out)  # RecordError before any other output
     diagnostics = [*warnings, *reproducibility_diagnostics(plan)]
     writer.write(diagnostics)
+    note = None if shard is None else describe(whole, plan, shard, cap is not None)
     if github:
-        write_github(plan, out, record)
+        write_github(plan, out, record, note)
         return EXIT_OK
+    if note is not None and args.format in ("table", "markdown"):
+        print(note, file=out)
     if args.format == "markdown":
         write_markdown(plan, out, limit, record, diagnostics)
     elif args.format == "json":
-        write_json(plan, out, limit, record, diagnostics)
+        write_json(plan, out, limit, record, diagnostics,
+                   None if shard is None else {"shard": str(shard), "of_tasks": len(whole.tasks),
+                                               "of_est_cost": str(whole.total_cost),
+                                               "budget": "max_usd" if cap else "share"})
     else:
         {"table": write_table, "csv": write_csv}[args.format](plan, out, limit, record)
     return EXIT_OK
@@ -311,8 +330,9 @@ def task_json(t: Any) -> dict[str, Any]:
 
 
 def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = None,
-               diagnostics: Sequence[Diagnostic] = ()) -> None:
-    """The whole plan as one JSON document (always all tasks), streamed one task a line."""
+               diagnostics: Sequence[Diagnostic] = (), shard: Any = None) -> None:
+    """The whole plan as one JSON document (always all tasks), streamed one task a line;
+    `shard`: the "shard" member of a shard's plan."""
     spec = plan.spec
     head = {
         "spec": str(spec.path), "name": spec.name, "model": spec.model,
@@ -331,6 +351,8 @@ def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = N
                           "would_run": sum(s.would_run for s in record.statuses),
                           "est_cost_to_run": str(record.to_run_cost),
                           "not_in_plan": record.not_in_plan}
+    if shard is not None:
+        head["shard"] = shard
     text = json.dumps(head, ensure_ascii=False)
     out.write(text[:-1] + ', "tasks": [')
     for i, t in enumerate(plan.tasks):
@@ -341,11 +363,12 @@ def write_json(plan: Any, out: TextIO, limit: int | None = None, record: Any = N
     out.write("\n]}\n")
 
 
-def write_github(plan: Any, out: TextIO, record: Any = None) -> None:
+def write_github(plan: Any, out: TextIO, record: Any = None, note: str | None = None) -> None:
     """The plan's summary (and record status) as a GitHub notice on the spec, for CI logs;
     the diagnostics were written before it."""
     from specrunner.annotations import workflow_command
 
     text = _summary(plan) + (f"\n{_record_line(record)}" if record is not None else "")
+    text += f"\n{note}" if note is not None else ""
     print(workflow_command("notice", text, file=plan.spec.loc("$").file,
                            title="specrunner plan"), file=out)

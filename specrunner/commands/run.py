@@ -42,6 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="S",
                         help="seconds between plain progress lines")
     parser.add_argument("--jitter-seed", type=int, help="seed the backoff jitter (reproducible)")
+    parser.add_argument("--shard", metavar="K/N",
+                        help="run only shard K of N (1-based; each task's shard follows from "
+                             "its task key), under its share of the budget unless --max-usd; "
+                             "give each shard its own --out and join them with `merge`")
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -72,9 +76,11 @@ def _max_usd(text: str | None) -> Decimal | None:
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run the campaign; return the exit code."""
     from specrunner.plan import build_plan
+    from specrunner.plan.shard import Shard, describe, shard_plan
     from specrunner.run import Runner
     from specrunner.spec import load_spec
 
+    shard = None if args.shard is None else Shard.parse(args.shard)
     if args.faults and not args.local:
         raise UsageError("--faults only applies to --local")
     key = _api_key(args)
@@ -96,6 +102,9 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # The same secret scan as validate and plan: a key written in the spec is refused.
     spec = load_spec(Path(args.spec), secrets=[key or ""]).with_limits(
         max_usd=cap, concurrency=args.concurrency)
+    if shard is not None and cap is not None:
+        # --max-usd is this shard's budget (shard_plan checks it), not the whole campaign's
+        spec = spec.with_limits(max_usd=Decimal("Infinity"))
     plan = build_plan(spec)  # full validation before any network call
     if args.locked:
         from specrunner.plan.lock import check_lock
@@ -103,10 +112,15 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         status = check_lock(plan, args.spec)
         if not status.ok:  # missing, unreadable or stale: the lines `lock --check` prints
             raise UsageError(status.message())
+    part = plan if shard is None else shard_plan(plan, shard, cap)
+    if shard is not None:
+        print(describe(plan, part, shard, cap is not None), file=err)
     if args.dry_run:
-        return _dry_run(plan, args, out)
+        return _dry_run(part, args, out)
     runner = Runner(plan, out_dir=args.out, api_key=key, base_url=base_url, local=args.local,
-                    faults=faults, jitter_seed=args.jitter_seed)
+                    faults=faults, jitter_seed=args.jitter_seed,
+                    shard=None if shard is None else str(shard),
+                    max_usd=cap if shard is not None else None)
     result = _run(runner, args, err)
     from specrunner.run.progress import summary_table
 

@@ -30,8 +30,9 @@ from specrunner import __version__, runware
 from specrunner.errors import (EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK,
                                EXIT_TASKS_FAILED, UsageError)
 from specrunner.plan.build import Plan
+from specrunner.plan.shard import Shard, shard_plan
 from specrunner.provenance import Provenance, provenance
-from specrunner.record import RunMeta, open_record, record_dir, record_path
+from specrunner.record import Record, RunMeta, open_record, record_dir, record_path
 from specrunner.redact import Redactor
 from specrunner.run.client import PooledTransport, RunwareClient
 from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
@@ -117,6 +118,18 @@ def local_server(faults: FaultConfig | None = None,
                                               state_dir=state_dir))
 
 
+def _refuse_other_shards(record: Record, shard: str) -> None:
+    """UsageError if the folder of `record` holds runs of a shard other than `shard`, or of
+    the whole plan: one folder, one slice, so `merge` can tell which folder ran what."""
+    other = sorted(s or "the whole plan (runs without --shard)"
+                   for s in record.shards() if s != shard)
+    if other:
+        held = ", ".join(f"shard {s}" if "/" in s else s for s in other)
+        raise UsageError(f"the run folder {record.out_dir} holds {held}; this run is shard "
+                         f"{shard}: give each shard its own --out, then join them with "
+                         "`specrunner merge`")
+
+
 class Runner:
     """One run of a plan: where it sends, where it writes, under what limits.
 
@@ -126,6 +139,12 @@ class Runner:
     header. `out_dir` defaults to the spec's output.dir; `concurrency` and `max_usd` override
     the spec's. `transport` replaces the network entirely (tests). Raises UsageError for bad
     options and RecordError for a locked or damaged record, before any request.
+
+    `shard` ("K/N") runs only that slice of `plan` (plan/shard.py), under its share of the
+    budget unless `max_usd` is given; pass the whole plan: the run records it (its task keys
+    say which campaign the folder belongs to, which `merge` checks) and the shard it ran. A
+    folder that holds runs of another shard, or of the whole plan, refuses a shard
+    (UsageError, before any request); a run of the whole plan is welcome anywhere.
     """
 
     def __init__(self, plan: Plan, *, out_dir: str | Path | None = None,
@@ -134,17 +153,20 @@ class Runner:
                  faults: FaultConfig | None = None, concurrency: int | None = None,
                  max_usd: Decimal | None = None, jitter_seed: int | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Sleep = default_sleep) -> None:
+                 sleep: Sleep = default_sleep, shard: str | None = None) -> None:
         if concurrency is not None and not 1 <= concurrency <= 1024:
             raise UsageError("concurrency must be between 1 and 1024")
         if max_usd is not None and (not max_usd.is_finite() or max_usd <= 0):
             raise UsageError("max_usd must be a positive number")
-        spec = plan.spec.with_limits(max_usd=max_usd, concurrency=concurrency)
+        self.shard = None if shard is None else Shard.parse(shard)
+        part = plan if self.shard is None else shard_plan(plan, self.shard, max_usd)
+        spec = part.spec.with_limits(max_usd=None if self.shard else max_usd,
+                                     concurrency=concurrency)
         if faults is not None and not local:
             raise UsageError("faults only apply to the local server (local=True)")
         if not local and transport is None and not api_key:
             raise UsageError("no API key: set RUNWARE_API_KEY or pass --key-file (or use --local)")
-        self.plan, self.spec = plan, spec
+        self.plan, self.part, self.spec = plan, part, spec
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else spec.output.dir
         self.api_key = api_key or ("local" if local else None)
         if local:
@@ -159,7 +181,7 @@ class Runner:
         self.rng = random.Random(jitter_seed) if jitter_seed is not None else random.Random()
         self.sleep = sleep
         self.executor: Executor | None = None
-        self._counters = Counters(total=len(plan.tasks), limit=spec.execution.concurrency)
+        self._counters = Counters(total=len(part.tasks), limit=spec.execution.concurrency)
 
     @property
     def counters(self) -> Counters:
@@ -189,9 +211,11 @@ class Runner:
             raise _single(group) from None
 
     async def _run(self) -> RunResult:
-        spec, tasks = self.spec, list(self.plan.tasks)
+        spec, tasks = self.spec, list(self.part.tasks)
         record = open_record(self.out_dir)
         try:
+            if self.shard is not None:
+                _refuse_other_shards(record, str(self.shard))
             where = provenance(spec.path, {img.path for t in tasks
                                            for img in t.local_inputs.values()})
             run_id = record.begin_run(RunMeta(
@@ -199,9 +223,10 @@ class Runner:
                 spec_sha256=spec.source_sha256,
                 plan_json=json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
                                        "task_uuid": t.task_uuid, "est_cost": str(t.est_cost)}
-                                      for t in tasks]),
+                                      for t in self.plan.tasks]),
                 max_usd=spec.budget.max_usd, git_commit=where.commit, git_dirty=where.dirty,
                 lock_sha256=where.lock_sha256, provenance=where.to_json(),
+                shard=None if self.shard is None else str(self.shard),
                 versions={"specrunner": __version__, "python": platform.python_version(),
                           "sqlite": sqlite3.sqlite_version}))
             record.plan(run_id, tasks)
