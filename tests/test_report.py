@@ -94,6 +94,8 @@ variant           status    code                    message
 ----------------  --------  ----------------------  -----------------------------------------------
 bakery-DESIGN-2   done      contentPolicyViolation  1 of 2 results refused
 bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the content policy (injected)
+
+note: 5 task(s) ran with magicPrompt ON or AUTO: the provider may rewrite their prompts, so the same spec can give other images
 """
 
 MARKDOWN = """\
@@ -154,6 +156,8 @@ MARKDOWN = """\
 |------------------|----------|------------------------|-------------------------------------------------|
 | bakery-DESIGN-2  | done     | contentPolicyViolation | 1 of 2 results refused                          |
 | bakery-REALISTIC | failed   | contentPolicyViolation | result blocked by the content policy (injected) |
+
+note: 5 task(s) ran with magicPrompt ON or AUTO: the provider may rewrite their prompts, so the same spec can give other images
 """
 
 CSV = """\
@@ -295,8 +299,8 @@ def test_a_record_made_before_axes_were_recorded_takes_them_from_the_requests(
     assert (code, err) == (0, "")
     assert db.read_bytes() == before
     doc = json.loads(text)
-    assert doc["run"]["notes"] == ["this record predates recorded axes: they come from the "
-                                   "requests"]
+    assert doc["run"]["notes"][0] == ("this record predates recorded axes: they come from the "
+                                      "requests")
     assert list(doc["breakdown"]) == ["seedImage", "numberResults", "styleType"]
     assert [t["axes"] for t in doc["tasks"][:2]] == [
         {"seedImage": "local:a7b845aba86f", "numberResults": "2", "styleType": "DESIGN"},
@@ -308,8 +312,7 @@ def test_a_record_made_before_axes_were_recorded_takes_them_from_the_requests(
         {"value": "REALISTIC", "tasks": 2, "images": 0, "succeeded": 0, "failed": 1,
          "pending": 1, "in_doubt": 0, "estimated_usd": "0.16", "actual_usd": "0.00"}]
     code, text, _ = run_cli(str(tmp_path))
-    assert text.endswith("note: this record predates recorded axes: they come from the "
-                         "requests\n")
+    assert "note: this record predates recorded axes: they come from the requests\n" in text
 
 
 def test_percentile_is_nearest_rank() -> None:
