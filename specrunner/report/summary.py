@@ -68,8 +68,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
              **dict.fromkeys(sorted(IN_DOUBT_STATES), "in_doubt")}
 STATUSES = ("done", "failed", "pending", "in_doubt")
-_SKIP_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs",
-                          "includeCost", "deliveryMethod"})
+
 
 @dataclass(frozen=True)
 class Image:
@@ -194,7 +193,7 @@ def text_of(value: Any) -> str:
 def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     if isinstance(node, Mapping):
         for k, v in node.items():
-            if not prefix and k in _SKIP_FIELDS:
+            if not prefix and k in runware.RUNNER_OWNED:
                 continue
             yield from _leaves(v, f"{prefix}{k}.")
     else:
