@@ -320,3 +320,32 @@ def test_percentile_is_nearest_rank() -> None:
     assert report.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert report.percentile([float(i) for i in range(1, 101)], 95) == 95.0
     assert report.percentile([1.0, 10.0], 95) == 10.0
+
+
+def test_after_an_edit_and_a_rerun_the_report_counts_the_current_plan(tmp_path: Path) -> None:
+    """The tasks an edited prompt replaced are kept in the record (they were paid for) but
+    reported apart, as superseded: a 12-task spec reports 12 tasks, not 18."""
+    from specrunner.run import set_testing
+
+    set_testing(True)
+    try:
+        code = cli.run(["init", str(tmp_path / "demo")], io.StringIO(), io.StringIO())
+        spec = tmp_path / "demo" / "storefront-local.yaml"
+        out = tmp_path / "o"
+        assert code == 0 and cli.run(["run", str(spec), "--local", "--out", str(out),
+                                      "--progress", "none"], io.StringIO(),
+                                     io.StringIO()) == 0
+        text = spec.read_text()
+        assert "warm pink and teal" in text
+        spec.write_text(text.replace("warm pink and teal", "warm pink and blue"))
+        assert cli.run(["run", str(spec), "--local", "--out", str(out), "--progress", "none",
+                        "--max-usd", "2"], io.StringIO(), io.StringIO()) == 0
+    finally:
+        set_testing(False)
+    doc = json.loads(run_cli(str(out), "--format", "json")[1])
+    assert doc["totals"]["tasks"] == 12 and doc["totals"]["succeeded"] == 12
+    assert doc["totals"]["actual_usd"] == "0.96" and doc["totals"]["campaign_usd"] == "1.44"
+    assert any(n.startswith("6 recorded task(s) belong to earlier plans (superseded)")
+               for n in doc["run"]["notes"])
+    by_prompt = {g["value"]: g["tasks"] for g in doc["breakdown"]["prompt"]}
+    assert by_prompt == {"artdeco": 6, "neon": 6}
