@@ -38,7 +38,7 @@ from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, t
     base_id, canonical_json, framed_key, key_of, prompt_frame, task_key, text_of,
 )
 from specrunner.plan.outpaths import fold, path_problem
-from specrunner.spec.schema import RUNNER_OWNED
+from specrunner.runware import RUNNER_OWNED
 from specrunner.spec.suggest import did_you_mean
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
