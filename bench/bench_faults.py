@@ -43,6 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from specrunner import cli  # noqa: E402
+from specrunner.commands.report import FORMATS as REPORT_FORMATS  # noqa: E402
 from specrunner.local import ALL_FAULTS, FaultConfig, LocalConfig, create_app  # noqa: E402
 from specrunner.local.faults import DOWNLOAD_FAULTS, REQUEST_FAULTS, TASK_FAULTS  # noqa: E402
 from specrunner.plan import build_plan  # noqa: E402
@@ -57,7 +58,6 @@ PRICE = Decimal("0.08")  # the table price of ideogram:3@3 per image
 # 20% of requests (as the tests), 5% of tasks billed then answered with an error, and the
 # task and download faults of the tests.
 RATES = {**EVERY_FAULT, "billed_then_error": 0.05}
-REPORT_FORMATS = ("table", "markdown", "json", "csv", "html")
 
 SPEC = """\
 version: 1
