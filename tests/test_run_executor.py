@@ -334,6 +334,17 @@ def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
     assert sorted(o for _, k, o, _ in rows if k == "download") == ["fault"] * 3 + ["ok"] * 3
 
 
+def test_a_task_said_to_be_processing_is_not_asked_about_with_get_task_details(
+        tmp_path: Path) -> None:
+    # getTaskDetails is one POST per task; it is for an empty answer ("unknown" and "running"
+    # look alike), not for one that says "processing".
+    fake = Fake(polls_before_ready=20)
+    tasks = make_tasks(3)
+    assert run(tmp_path, fake, tasks).status == "complete"
+    kinds = [k for k, _ in fake.log]
+    assert kinds.count("getResponse") >= 3 * 21 and "getTaskDetails" not in kinds
+
+
 def test_every_send_finds_its_uuid_already_durable(tmp_path: Path) -> None:
     """Read by another connection at the moment each imageInference request arrives."""
     seen: list[tuple[str, str | None, str | None]] = []

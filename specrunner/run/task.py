@@ -309,9 +309,12 @@ class TaskRun:
                     poller.observe(None if job.running_at is None else job.running_at - start,
                                    poller.clock() - start)
             elif out.kind is Kind.PENDING:
-                empty += 1
-                if empty % 8 == 0:  # getResponse cannot tell "unknown" from "running"
-                    await self._details()
+                # An empty answer cannot tell "unknown" from "running" (one that says
+                # "processing" can): every eighth, ask getTaskDetails, which is not batched.
+                if not out.processing:
+                    empty += 1
+                    if empty % 8 == 0:
+                        await self._details()
             elif out.kind is Kind.NEW_UUID:
                 return None
             elif out.kind is Kind.STOP:
