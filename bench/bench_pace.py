@@ -7,7 +7,8 @@
 1. Pace. `specrunner serve --no-render --processing P` in its own process, on 127.0.0.1;
    specrunner runs 4 x concurrency tasks through it (Runner with a base URL, as `run
    --base-url` does). Ideal = P x waves, the waves being ceil(tasks / concurrency) plus one
-   for the price probe (a run that starts without a known price sends one task alone first).
+   for the price probe (a run that starts without a known price sends one task alone first);
+   for a spread (uniform:LO,HI) the mean makespan of simulated perfect schedules (`_ideal`).
    Figures: makespan / ideal, and POSTs to /v1 per task (counted on the client's transport).
    Targets (issue 13): <= 1.10 at 2 s and 10 s, concurrency 64 and 256, both modes; async
    <= 1.5 POSTs per task.
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -123,15 +126,13 @@ def pace(args: argparse.Namespace, scratch: Path) -> list[list[object]]:
     for processing in args.processing:
         server = Serve("--processing", processing)
         try:
-            seconds = _mean(processing)
             for conc in args.concurrency:
                 for delivery in args.delivery:
                     folder = Path(tempfile.mkdtemp(dir=scratch))
                     tasks = 4 * conc
                     spec = write_spec(folder, tasks, conc, delivery)
                     took, posts, n, status = run_specrunner(server.url, spec, folder / "out")
-                    waves = math.ceil(n / conc) + 1
-                    ideal = waves * seconds
+                    ideal = _ideal(processing, n, conc)
                     rows.append([processing, conc, delivery, n, f"{took:.1f}", f"{ideal:.1f}",
                                  f"{took / ideal:.3f}", f"{posts / n:.2f}", status])
                     print("  ", rows[-1], flush=True)
@@ -141,13 +142,24 @@ def pace(args: argparse.Namespace, scratch: Path) -> list[list[object]]:
     return rows
 
 
-def _mean(processing: str) -> float:
-    """The mean of a --processing value: S, fixed:S or uniform:LO,HI."""
+def _ideal(processing: str, tasks: int, conc: int, draws: int = 200) -> float:
+    """The makespan of a perfect client: the price probe alone, then every task started the
+    instant a slot frees, no time lost between. For a fixed time S that is S x waves; for
+    uniform:LO,HI it is the mean over `draws` simulated schedules of the same distribution
+    (a spread's last wave ends with its longest edit, so the mean x waves would be too low)."""
     kind, _, params = processing.partition(":")
-    if not params:
-        return float(kind)
-    values = [float(x) for x in params.split(",")]
-    return sum(values) / len(values) if kind == "uniform" else values[0]
+    values = [float(x) for x in (params or kind).split(",")]
+    if kind != "uniform":
+        return (math.ceil(tasks / conc) + 1) * values[-1]
+    rng = random.Random(13)
+    total = 0.0
+    for _ in range(draws):
+        probe = rng.uniform(*values)
+        free = [probe] * conc  # when each slot is next free
+        for _ in range(tasks - 1):
+            heapq.heappush(free, heapq.heappop(free) + rng.uniform(*values))
+        total += max(free)
+    return total / draws
 
 
 def _task(i: int) -> dict:
