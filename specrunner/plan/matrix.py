@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from operator import getitem
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -78,7 +79,7 @@ class MatrixTooLarge(Exception):
         self.what, self.size, self.limit, self.at_least = what, size, limit, at_least
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Combination:
     """One result combination and where it came from.
 
@@ -219,21 +220,31 @@ def expand(
     inc_extra = [{k: v for k, v in e.items() if k not in axis_keys} for e in include]
 
     def matches(masks: list[tuple[int, list[bool]]], idx: tuple[int, ...]) -> bool:
-        return all(m[idx[pos]] for pos, m in masks)
+        for pos, m in masks:
+            if not m[idx[pos]]:
+                return False
+        return True
 
+    # (A million combinations: the walk below is per combination, so it avoids generators.)
+    ex_live = [m for m, ok in ex_masks if ok]
     survivors: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
     excluded: list[tuple[int, int]] = []
     joined = [False] * len(include)
     ranges = [range(len(v)) for _, v in axes] if axes else []
     index_iter = itertools.product(*ranges) if axes else iter(())
+    inc_enum = list(enumerate(inc_masks))
     for pidx, idx in enumerate(index_iter):
-        hit = next((j for j, (m, ok) in enumerate(ex_masks) if ok and matches(m, idx)), None)
-        if hit is not None:
-            excluded.append((pidx, hit))
-            continue
-        touched = tuple(j for j, m in enumerate(inc_masks) if matches(m, idx))
-        for j in touched:
-            joined[j] = True
+        if ex_live:
+            hit = next((j for j, (m, ok) in enumerate(ex_masks) if ok and matches(m, idx)),
+                       None)
+            if hit is not None:
+                excluded.append((pidx, hit))
+                continue
+        touched: tuple[int, ...] = ()
+        if inc_enum:
+            touched = tuple([j for j, m in inc_enum if matches(m, idx)])
+            for j in touched:
+                joined[j] = True
         survivors.append((pidx, idx, touched))
     created = [j for j in range(len(include)) if not joined[j]]
     total = len(survivors) + len(created)
@@ -243,11 +254,14 @@ def expand(
     combos: list[Combination] = []
     keys = [k for k, _ in axes]
     vals = [v for _, v in axes]
+    extra_of = [bool(e) for e in inc_extra]
     for pidx, idx, touched in survivors:
-        values = {k: vals[p][i] for p, (k, i) in enumerate(zip(keys, idx))}
-        for j in touched:
-            values.update(inc_extra[j])
-        combos.append(Combination(values, pidx, None, tuple(t for t in touched if inc_extra[t])))
+        values = dict(zip(keys, map(getitem, vals, idx)))
+        if touched:
+            for j in touched:
+                values.update(inc_extra[j])
+            touched = tuple([t for t in touched if extra_of[t]])
+        combos.append(Combination(values, pidx, None, touched))
     for j in created:
         combos.append(Combination(dict(include[j]), None, j, ()))
     return Expansion(tuple(combos), size, tuple(excluded), tuple(axes))
