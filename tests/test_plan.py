@@ -667,6 +667,47 @@ def test_repeat_suffix_cannot_collide_with_another_variant_id() -> None:
     assert [d.code for d in diags(axes)] == ["duplicate-id"]
 
 
+def _task_id_clashes(ids: list[str], repeat: int) -> list[str]:
+    """What a registry of every task id (first claim wins) reports, as the planner once
+    kept it: the model the planner's cheaper check must agree with."""
+    seen: set[str] = set()
+    held: dict[str, tuple[str, int]] = {}
+    out = []
+
+    def which(v: str, r: int) -> str:
+        return f"variant `{v}`" if r == 0 else f"repeat {r + 1} of variant `{v}`"
+
+    for i, vid in enumerate(ids):
+        if vid in seen:
+            out.append(f"variant id `{vid}` is used twice")
+            continue
+        seen.add(vid)
+        for r in range(repeat):
+            tid = vid if r == 0 else f"{vid}-r{r + 1}"
+            if tid in held:
+                out.append(f"task id `{tid}` is used twice: {which(*held[tid])} and "
+                           f"{which(vid, r)}")
+                continue
+            held[tid] = (vid, r)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "a-r2", "a-r3", "a-r2-r2", "a-r02", "a-r1", "b",
+                                 "b-r2", "a-r", "a-r-r2", "c-r10"]), min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=3))
+def test_task_id_clashes_are_those_of_a_registry_of_every_id(ids: list[str],
+                                                             repeat: int) -> None:
+    spec = make_spec(repeat=repeat, variants=[VariantDecl({"shop": f"S{i}"}, id=v)
+                                              for i, v in enumerate(ids)])
+    try:
+        got = [] if len(build_plan(spec).tasks) == len(ids) * repeat else ["tasks missing"]
+    except SpecError as exc:
+        got = [d.message.split(" (combinations")[0] for d in exc.diagnostics
+               if d.code == "duplicate-id"]
+    assert got == _task_id_clashes(ids, repeat)
+
+
 def test_a_plan_without_tasks_is_an_error() -> None:
     spec = with_matrix(make_spec(), Matrix(axes=(("shop", ("x",)),),
                                            exclude=({"shop": "X"},)))

@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import re
+from hashlib import sha256
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -31,11 +33,12 @@ from specrunner.plan import matrix
 
 from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
-from specrunner.plan.task import LocalImage, Task, local_input_path
+from specrunner.plan.task import LocalImage, PlannedRequest, Task, local_input_path
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.money import money
-from specrunner.plan.identity import (  # noqa: F401 (base_id, canonical_json, task_key: public API)
-    base_id, canonical_json, framed_key, key_of, prompt_frame, task_key, text_of,
+from specrunner.plan.identity import (  # noqa: F401 (framed_key, task_key: public API)
+    base_id, canonical_json, framed_key, key_head, key_of, key_tail, prompt_frame, task_key,
+    text_of,
 )
 from specrunner.plan.outpaths import fold, path_problem
 from specrunner.spec.schema import RUNNER_OWNED
@@ -177,13 +180,14 @@ def _key_path(src: str, key: str, spec: Spec, exp: Any, ci: int) -> str:
     return src
 
 
-def _resolve(kind: str, values: Mapping[str, Scalar], names: Iterable[str], src: str,
+def _resolve(kind: str, values: Mapping[str, Scalar], names: Mapping[str, Any], src: str,
              diags: _Diags) -> str | None:
-    pool = list(names)
     if kind in values:
         name = values[kind]
-        if isinstance(name, str) and name in pool:
+        if isinstance(name, str) and name in names:
             return name
+    pool = list(names)
+    if kind in values:
         diags.add(f"unknown {kind} `{text_of(name)}`", f"{src}.{kind}" if "[" in src else src,
                   f"unknown-{kind}", did_you_mean(text_of(name), pool) or
                   "declared: " + ", ".join(pool))
@@ -264,15 +268,25 @@ def _build_plan(spec: Spec) -> Plan:
     delivery = spec.execution.delivery
     defaults, reference_local = _reference_images(spec)
     ext_default = "jpg"
-    sig_cache: dict[tuple, tuple[dict[str, Any], int, str]] = {}
+    # field settings -> (merged fields, numberResults, extension, per input name: the request
+    # shape, its key frame and the body a key hashes)
+    sig_cache: dict[tuple, tuple[dict[str, Any], int, str, dict[str, Any]]] = {}
     input_cache: dict[str, tuple[dict[str, str], dict[str, LocalImage]]] = {}
     prompt_cache: dict[tuple, tuple[str, bytes]] = {}
-    frame_cache: dict[tuple, tuple[bytes, bytes] | None] = {}
-    polarity_json = {p.polarity: json.dumps(p.polarity).encode() for p in spec.inputs.values()}
+    heads = {p.polarity: [key_head(json.dumps(p.polarity).encode(), r) for r in range(repeat)]
+             for p in spec.inputs.values()}
+    repeat_text = [str(r + 1) for r in range(repeat)]
+    render_stem = out_tpl.render
     cost_cache: dict[int, Decimal] = {}
     tasks: list[Task] = []
     ids: dict[str, int] = {}
-    task_ids: dict[str, tuple[str, int]] = {}  # task id -> (variant id, repeat index)
+    # Task ids: a repeat's id `vid-rN` can only clash with a variant id that itself ends in
+    # -r<number> (two repeat ids never clash, nor two variant ids that `ids` let through).
+    # So only those variant ids are registered, and a later one is checked
+    # against the repeat ids made before it by reading it as `vid-rN`. Equivalent to a
+    # registry of every task id, without a million-entry dict.
+    suffixed: dict[str, tuple[str, int]] = {}
+    broke: dict[str, int] = {}  # variant id -> the repeat whose output name failed
     keys: dict[str, int] = {}
     name_path = "$.output.name" if "$.output.name" in spec.locs else None
     outputs: dict[str, int] = {}
@@ -302,7 +316,8 @@ def _build_plan(spec: Spec) -> Plan:
             nres = merged.get("numberResults", 1)
             nres = nres if isinstance(nres, int) and not isinstance(nres, bool) and nres > 0 else 1
             fmt = merged.get("outputFormat")
-            cached = (merged, nres, _EXT.get(fmt, ext_default) if isinstance(fmt, str) else "jpg")
+            cached = (merged, nres, _EXT.get(fmt, ext_default) if isinstance(fmt, str) else "jpg",
+                      {})
             sig_cache[sig] = cached
             probe = {"taskType": "imageInference", "taskUUID": runware.task_uuid("probe"),
                      "model": model.id, "positivePrompt": "x", **merged,
@@ -320,7 +335,7 @@ def _build_plan(spec: Spec) -> Plan:
                           "this include entry matches no combination of the axes, so it "
                           "makes a new one and its values are sent as written" if created
                           else None)
-        merged, nres, ext = cached
+        merged, nres, ext, shapes = cached
         inp = input_cache.get(in_name)
         if inp is None:
             ins, local = {}, {}
@@ -370,48 +385,59 @@ def _build_plan(spec: Spec) -> Plan:
         cost = cost_cache.get(nres)
         if cost is None:
             cost = cost_cache[nres] = (price or Decimal(0)) * nres
+        shaped = shapes.get(in_name)
+        if shaped is None:
+            # What every task of these field settings and this input sends, but its UUID and
+            # prompt (PlannedRequest); and the body its key hashes, framed around the prompt.
+            body = {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins}
+            shape = {"taskType": "imageInference", "taskUUID": "", "model": model.id,
+                     "positivePrompt": "", **merged, "inputs": ins, "includeCost": True,
+                     "deliveryMethod": delivery}
+            shaped = shapes[in_name] = (shape, body, prompt_frame(body))
+        shape, body, halves = shaped
+        tail = key_tail(halves, prompt_json) if halves else None
+        head = heads[pair.polarity]
         for r in range(repeat):
-            tid = vid if r == 0 else f"{vid}-r{r + 1}"
-            if tid in task_ids:
-                diags.add(f"task id `{tid}` is used twice: {_which(*task_ids[tid])} and "
+            if r == 0:
+                tid = vid
+                held = _repeat_holding(vid, ids, broke, repeat) if repeat > 1 else None
+            else:
+                tid = f"{vid}-r{r + 1}"
+                held = suffixed.get(tid) if suffixed else None
+            if held is not None:
+                diags.add(f"task id `{tid}` is used twice: {_which(*held)} and "
                           f"{_which(vid, r)}", src, "duplicate-id",
                           "give explicit ids that do not end in -r<number>")
                 continue
-            task_ids[tid] = (vid, r)
-            ns["variant"], ns["repeat"] = tid, str(r + 1)
+            if r == 0 and repeat > 1 and _SUFFIXED.fullmatch(vid):
+                suffixed[vid] = (vid, 0)
+            ns["variant"], ns["repeat"] = tid, repeat_text[r]
             try:
-                stem = out_tpl.render(ns)
+                stem = render_stem(ns)
             except KeyError as exc:
                 diags.add(f"output name uses {{{exc.args[0]}}}, which is not defined for "
                           f"variant `{tid}`", "$.output.name", "undefined-variable")
+                broke[vid] = r
                 break
+            idx = len(tasks)
+            if stem == tid:
+                stem = tid  # the default name is the task id: keep one string, not two
             problem = path_problem(stem)
             if problem:
                 diags.add(f"output name for variant `{tid}` renders to {stem!r}, which "
                           f"{problem}", name_path or src, "output-path")
-            halves = frame_cache.get((sig, in_name))
-            if halves is None:
-                halves = frame_cache[(sig, in_name)] = prompt_frame(
-                    {"taskType": "imageInference", "model": model.id, **merged, "inputs": ins})
-            if halves:
-                key = framed_key(halves, prompt_json, polarity_json[pair.polarity], r)
+            if tail is not None:
+                key = sha256(head[r] + tail).hexdigest()
             else:  # the placeholder occurs in a field value: take the plain road
-                key = key_of({"taskType": "imageInference", "model": model.id,
-                              "positivePrompt": text, **merged, "inputs": ins}, pair.polarity, r)
+                key = key_of({**body, "positivePrompt": text}, pair.polarity, r)
             if key in keys:
                 other = tasks[keys[key]].variant_id
                 diags.add(f"variants `{other}` and `{tid}` send identical requests (same task "
                           "key, so the same taskUUID)", src, "duplicate-request",
                           "a value only used in output names does not change the request")
-            keys[key] = len(tasks)
-            uuid = runware.task_uuid(key)
-            request = {"taskType": "imageInference", "taskUUID": uuid, "model": model.id,
-                       "positivePrompt": text, **merged, "inputs": ins, "includeCost": True,
-                       "deliveryMethod": delivery}
-            task = Task(index=len(tasks), variant_id=tid, task_key=key, task_uuid=uuid,
-                        request=request, input_name=in_name, prompt_name=pr_name,
-                        axes=values, repeat=r, number_results=nres, est_cost=cost,
-                        output_stem=stem, output_ext=ext, local_inputs=local)
+            keys[key] = idx
+            task = Task(idx, tid, key, PlannedRequest(shape, key, text), in_name, pr_name,
+                        values, r, nres, cost, stem, ext, local)
             paths = (f"{stem}.{ext}",) if nres == 1 else task.output_paths()
             for p in paths:
                 f = p.lower() if p.isascii() else fold(p)
@@ -423,7 +449,7 @@ def _build_plan(spec: Spec) -> Plan:
                               name_path or src, "output-collision",
                               "put {variant} in output.name")
                 else:
-                    outputs[f] = len(tasks)
+                    outputs[f] = idx
             tasks.append(task)
     if not tasks and not diags.items:
         why = ("exclude removes every combination of the matrix" if exp and exp.excluded
@@ -439,6 +465,23 @@ def _build_plan(spec: Spec) -> Plan:
                              needed=total_cost, allowed=spec.budget.max_usd)
     return Plan(spec, tuple(tasks), total_cost, total_images,
                 _breakdown(tasks, repeat, fields, price), exp)
+
+
+_SUFFIXED = re.compile(r"(.*)-r([1-9][0-9]*)")  # a task id as `vid-rN`, N as planned
+
+
+def _repeat_holding(vid: str, ids: Mapping[str, int], broke: Mapping[str, int],
+                    repeat: int) -> tuple[str, int] | None:
+    """(variant id, repeat) of the earlier task whose id is `vid`, read as `other-rN`, or None.
+    `ids` holds the variant ids planned so far (not `vid`); `broke` the repeat where a
+    variant's output name failed (its later repeats were never made)."""
+    m = _SUFFIXED.fullmatch(vid)
+    if m is None:
+        return None
+    other, r = m.group(1), int(m.group(2)) - 1
+    if other in ids and 1 <= r < repeat and broke.get(other, repeat) >= r:
+        return other, r
+    return None
 
 
 def _which(variant_id: str, repeat: int) -> str:

@@ -85,6 +85,17 @@ def framed_key(frame: tuple[bytes, bytes], prompt_json: bytes, polarity_json: by
                repeat: int) -> str:
     """key_of(body + positivePrompt, ...) from a `prompt_frame` of body and the canonical JSON
     of the prompt and of the polarity, without serialising the request again."""
-    return hashlib.sha256(b"".join((
-        b'{"maskPolarity":', polarity_json, b',"repeat":', str(repeat).encode(),
-        b',"request":', frame[0], prompt_json, frame[1], b"}"))).hexdigest()
+    return hashlib.sha256(key_head(polarity_json, repeat)
+                          + key_tail(frame, prompt_json)).hexdigest()
+
+
+def key_head(polarity_json: bytes, repeat: int) -> bytes:
+    """The bytes a task key hashes before its request: polarity and repeat index."""
+    return b'{"maskPolarity":' + polarity_json + b',"repeat":' + str(repeat).encode() \
+        + b',"request":'
+
+
+def key_tail(frame: tuple[bytes, bytes], prompt_json: bytes) -> bytes:
+    """The bytes a task key hashes from its request on: the same for every repeat of a
+    combination, so the planner joins them once (`framed_key` = head + tail)."""
+    return frame[0] + prompt_json + frame[1] + b"}"
