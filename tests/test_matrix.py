@@ -15,7 +15,7 @@ from specrunner import runware
 
 from specrunner.plan import matrix
 from specrunner.spec.types import Matrix
-from specrunner.plan.matrix import MatrixTooLarge, expand, github_equals
+from specrunner.plan.matrix import Combination, MatrixTooLarge, expand, github_equals
 from specrunner.plan import build_plan
 from test_plan import make_spec, with_matrix
 
@@ -330,3 +330,14 @@ def test_task_uuids_valid_v4_and_unique(spec: Any) -> None:
     assert len({t.task_uuid for t in tasks}) == len(tasks)
     assert len({t.variant_id for t in tasks}) == len(tasks)
     assert sum((t.est_cost for t in tasks), Decimal(0)) == build_plan(spec).total_cost
+
+
+def test_a_plain_product_makes_the_same_combinations_as_the_constructor() -> None:
+    axes = [("a", (1, 2)), ("b", ("x", "y", "z"))]
+    exp = expand(axes)
+    assert exp.combinations == tuple(
+        Combination({"a": a, "b": b}, i, None, ()) for i, (a, b) in enumerate(
+            [(a, b) for a in (1, 2) for b in ("x", "y", "z")]))
+    assert [repr(c) for c in exp.combinations] == [
+        repr(Combination(dict(c.values), c.product_index)) for c in exp.combinations]
+

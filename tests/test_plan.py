@@ -22,7 +22,7 @@ from specrunner.plan import identity
 
 from specrunner.plan import outpaths
 from specrunner import plan as planmod
-from specrunner.plan.task import LocalImage
+from specrunner.plan.task import LocalImage, Task
 from specrunner.spec.types import (Budget, Execution, ImageRef, InputPair, Matrix,
                                    OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
@@ -629,6 +629,18 @@ def test_fast_task_keys_equal_reference_keys() -> None:
                                                           + identity._SENTINEL})
     (t,) = build_plan(sentinel).tasks  # the sentinel in a field value takes the plain road
     assert t.task_key == planmod.task_key(t.request, "white-edits", 0)
+
+
+def test_the_planner_makes_tasks_equal_to_the_dataclass_constructor() -> None:
+    spec = make_spec(("a", "b"), repeat=2, defaults={"outputFormat": "WEBP"})
+    for t in build_plan(spec).tasks:
+        made = Task(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Task)})
+        assert made == t and repr(made) == repr(t)
+        assert [getattr(made, f.name) for f in dataclasses.fields(Task)] == \
+            [getattr(t, f.name) for f in dataclasses.fields(Task)]
+    assert dataclasses.replace(t, repeat=5).repeat == 5  # still a frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.repeat = 1  # type: ignore[misc]
 
 
 def test_exclude_key_must_be_an_axis() -> None:

@@ -38,19 +38,19 @@ def text_of(value: Scalar) -> str:
 
 def slug(value: Scalar) -> str:
     """A value as an id segment: characters other than [A-Za-z0-9._-] become '_'."""
-    return _slug_text(text_of(value))
+    return slug_text(value if type(value) is str else text_of(value))
 
 
 @lru_cache(maxsize=1 << 16)
-def _slug_text(text: str) -> str:
-    # Memoised on the text, which is all a slug depends on: a plan slugs the same few axis
-    # values for every combination.
+def slug_text(text: str) -> str:
+    """`slug` of a text value. Memoised on the text, which is all a slug depends on: a plan
+    slugs the same few axis values for every combination."""
     return _SLUG.sub("_", text)
 
 
 def base_id(values: Mapping[str, Scalar], index: int) -> str:
     """The default variant id of a combination: its values in key order, slugified."""
-    return "-".join(slug(v) for v in values.values()) or f"variant{index + 1}"
+    return "-".join(map(slug, values.values())) or f"variant{index + 1}"
 
 
 def canonical_json(obj: Any) -> bytes:

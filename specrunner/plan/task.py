@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -155,3 +155,36 @@ class Task:
         if self.number_results == 1:
             return [f"{self.output_stem}.{self.output_ext}"]
         return [f"{self.output_stem}-{i}.{self.output_ext}" for i in range(1, self.number_results + 1)]
+
+
+_FIELDS = ("index", "variant_id", "task_key", "request", "input_name", "prompt_name", "axes",
+           "repeat", "number_results", "est_cost", "output_stem", "output_ext", "local_inputs")
+assert tuple(f.name for f in fields(Task)) == _FIELDS, "planned_task must set every field"
+(_index, _variant_id, _task_key, _request, _input_name, _prompt_name, _axes, _repeat,
+ _number_results, _est_cost, _output_stem, _output_ext, _local_inputs) = (
+    Task.__dict__[name].__set__ for name in _FIELDS)  # the slots' own setters
+_new = object.__new__
+
+
+def planned_task(index: int, variant_id: str, task_key: str, request: Mapping[str, Any],
+                 input_name: str, prompt_name: str | None, axes: Mapping[str, Scalar],
+                 repeat: int, number_results: int, est_cost: Decimal, output_stem: str,
+                 output_ext: str, local_inputs: Mapping[str, LocalImage]) -> Task:
+    """`Task(...)` with the same arguments, made the planner's way: the frozen dataclass's
+    __init__ sets each field through object.__setattr__, twice the cost of setting the slots
+    directly, and a plan makes up to a million tasks (tests/test_plan.py checks both agree)."""
+    t = _new(Task)
+    _index(t, index)
+    _variant_id(t, variant_id)
+    _task_key(t, task_key)
+    _request(t, request)
+    _input_name(t, input_name)
+    _prompt_name(t, prompt_name)
+    _axes(t, axes)
+    _repeat(t, repeat)
+    _number_results(t, number_results)
+    _est_cost(t, est_cost)
+    _output_stem(t, output_stem)
+    _output_ext(t, output_ext)
+    _local_inputs(t, local_inputs)
+    return t
