@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -37,6 +38,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter, methodcaller
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -129,6 +131,22 @@ def _dec(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
 
 
+class _Decimals(dict):  # type: ignore[type-arg]
+    """Decimal(text), made once per distinct text: a record's 50,000 costs are a few values.
+    (Decimals are immutable, so tasks may share one.)"""
+
+    def __missing__(self, text: str) -> Decimal:
+        value = self[text] = Decimal(text)
+        return value
+
+    def __call__(self, text: str) -> Decimal:
+        return self[text]
+
+    def maybe(self, text: str | None) -> Decimal | None:
+        """`_dec(text)`: None for no text."""
+        return self[text] if text else None
+
+
 # -- values ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunMeta:
@@ -137,7 +155,9 @@ class RunMeta:
     spec_path: str
     spec_text: str
     spec_sha256: str
-    plan_json: str  # [{"task_key", "variant_id", "task_uuid", "est_cost"}, ...] of the plan
+    # [{"task_key", "variant_id", "est_cost"}, ...] of the plan (older runs' also hold each
+    # "task_uuid"); readers use the task keys
+    plan_json: str
     max_usd: Decimal
     versions: Mapping[str, str] = field(default_factory=dict)
     git_commit: str | None = None
@@ -183,6 +203,15 @@ class TaskState:
     est_cost: Decimal
     error_code: str | None = None
     results: tuple[Result, ...] = ()
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a record's tasks stand as a run starts (`Record.standing`)."""
+
+    done: tuple[tuple[Decimal | None, Decimal, int], ...]  # (cost, estimate, how many) of the
+    # done tasks, one entry per distinct pair as recorded
+    open: dict[str, TaskState]  # the tasks not done, by key, in record order (with results)
 
 
 @dataclass(frozen=True)
@@ -428,6 +457,55 @@ _OUTPUT = "UPDATE results SET output_path=?, sha256=?, bytes=? WHERE task_key=? 
 _UPLOAD = "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?)"
 
 
+_PLACEMENT = "placement"  # meta key: "<placement digest> <run id that checked it>"
+_MARK = "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)"
+_FIELD, _COLUMN = "\x1f", "\x1e"  # separators of the placement digest's text
+
+
+def _placement_digest(tasks: Sequence[Task]) -> str:
+    """sha256 over every task's key and what `Record.plan` writes of its placement (index,
+    variant id, output names, axes, input and prompt names, inputs), in plan order.
+
+    Column by column, each joined in C (a 50,000-task plan in ~30 ms, where a JSON array
+    per task took 130): the text columns with separators no value of them holds (checked;
+    JSON otherwise), the numbers and the rare None as JSON, the axes as their key sets
+    (numbered) and values, the inputs (shared by many tasks) numbered and listed once."""
+    h = hashlib.sha256(b"specrunner.placement.v1\0")
+
+    def text(values: Sequence[Any]) -> None:
+        if all(type(v) is str for v in values):
+            joined = _FIELD.join(values)
+            if joined.count(_FIELD) == len(values) - 1 and _COLUMN not in joined:
+                h.update(b"s" + joined.encode("utf-8", "surrogatepass") + b"\x1e")
+                return
+        h.update(b"j" + json.dumps(values).encode() + b"\x1e")
+
+    for name in ("task_key", "variant_id", "output_stem", "output_ext", "input_name",
+                 "prompt_name"):
+        text(list(map(attrgetter(name), tasks)))
+    h.update(json.dumps([list(map(attrgetter("index"), tasks)),
+                         list(map(attrgetter("number_results"), tasks))]).encode())
+    axes = list(map(attrgetter("axes"), tasks))
+    key_sets: dict[tuple[str, ...], int] = {}
+    text([str(key_sets.setdefault(k, len(key_sets))) for k in map(tuple, axes)])
+    h.update(json.dumps(list(key_sets)).encode() + b"\x1e")
+    text(list(itertools.chain.from_iterable(map(methodcaller("values"), axes))))
+    shared: dict[tuple[int, int], int] = {}
+    table: list[str] = []
+    refs = []
+    for t in tasks:
+        r = t.request
+        shape = getattr(r, "shape", None)  # a PlannedRequest: its inputs are its shape's
+        ref = (id(shape) if shape is not None else id(r.get("inputs")), id(t.local_inputs))
+        n = shared.get(ref)
+        if n is None:
+            n = shared[ref] = len(table)
+            table.append(_inputs_of(t))
+        refs.append(n)
+    h.update(json.dumps([refs, table]).encode())
+    return h.hexdigest()
+
+
 def _inputs_of(task: Task) -> str:
     """The task's seed, mask and other image inputs as the report shows them (JSON)."""
     out: dict[str, dict[str, Any]] = {}
@@ -454,6 +532,7 @@ class Record:
         self.path = path
         self.out_dir = out_dir
         self._lock_fd = lock_fd
+        self._placed: str | None = None  # the placement digest `plan` checked or wrote
 
     def close(self) -> None:
         """Close the database and release the folder lock."""
@@ -490,10 +569,13 @@ class Record:
     def end_run(self, run_id: int, status: str, exit_code: int, spent: Decimal,
                 price: Mapping[str, str] | None = None) -> None:
         """Record how a run ended (and the price it learned, if any)."""
-        _transaction(self._conn, [(
+        ops: list[Op] = [(
             "UPDATE runs SET ended_at=?, status=?, exit_code=?, spent_usd=?, price_json=? "
             "WHERE run_id=?", (time.time(), status, exit_code, str(spent),
-                               None if price is None else json.dumps(dict(price)), run_id))])
+                               None if price is None else json.dumps(dict(price)), run_id))]
+        if self._placed is not None:  # this run's plan is what the rows say (see `plan`)
+            ops.append((_MARK, (_PLACEMENT, f"{self._placed} {run_id}")))
+        _transaction(self._conn, ops)
 
     def shards(self) -> set[str | None]:
         """The shards (e.g. "2/3"; None: the whole plan) earlier runs of this folder ran."""
@@ -506,7 +588,19 @@ class Record:
         Known tasks follow the plan's placement and naming (index, variant id, output names,
         axes, inputs): only rows that differ are written, so planning the same tasks again
         writes nothing. Generation 0 UUIDs are durable from here on.
+
+        The record keeps a digest of the keys and placement of the last run that ended (in
+        `meta`, with that run's id, written by `end_run`). When it equals this plan's and no
+        other run came in between (a crashed one, another specrunner, a merge), the rows
+        already say all this: none are read.
         """
+        digest = _placement_digest(tasks)
+        self._placed = digest
+        mark = self._conn.execute("SELECT value FROM meta WHERE key=?", (_PLACEMENT,)).fetchone()
+        previous = self._conn.execute("SELECT max(run_id) FROM runs WHERE run_id < ?",
+                                      (run_id,)).fetchone()[0]
+        if mark is not None and mark[0] == f"{digest} {previous}":
+            return
         now = time.time()
         known = {r[0]: r[1:] for r in self._conn.execute(
             "SELECT task_key, idx, variant_id, outputs_json, axes_json, input_name, "
@@ -514,19 +608,26 @@ class Record:
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         uuids: list[tuple[Any, ...]] = []
+        inputs_json: dict[tuple[int, int], str] = {}
         for t in tasks:
             outputs = json.dumps(t.output_paths())
+            shared = (id(t.request.get("inputs")), id(t.local_inputs))
+            ins = inputs_json.get(shared)
+            if ins is None:
+                ins = inputs_json[shared] = _inputs_of(t)
             placed = (t.index, t.variant_id, outputs, json.dumps(dict(t.axes)), t.input_name,
-                      t.prompt_name, _inputs_of(t))
+                      t.prompt_name, ins)
             have = known.get(t.task_key)
             if have is None:
-                inserts.append((t.task_key, t.index, t.variant_id, "planned", 0, t.task_uuid,
+                uuid = t.task_uuid
+                inserts.append((t.task_key, t.index, t.variant_id, "planned", 0, uuid,
                                 str(t.est_cost), json.dumps(dict(t.request), sort_keys=True),
                                 run_id, now, *placed[2:]))
-                uuids.append((t.task_uuid, t.task_key, 0, run_id, now))
+                uuids.append((uuid, t.task_key, 0, run_id, now))
             elif have != placed:
                 updates.append((*placed, t.task_key))
             known[t.task_key] = placed
+        del known
         if not (inserts or updates):
             return
         with _immediate(self._conn) as conn:
@@ -544,19 +645,52 @@ class Record:
     def task_states(self) -> dict[str, TaskState]:
         """Every recorded task's state by task key, with its results when it has some that
         are not yet finished (received, failed or in doubt)."""
+        return self._states("")
+
+    def open_states(self) -> dict[str, TaskState]:
+        """`task_states` of the tasks that are not done, in record order."""
+        return self._states(" WHERE state != 'done'")
+
+    def _states(self, where: str) -> dict[str, TaskState]:
+        states = self._conn.execute("SELECT task_key, state, generation, task_uuid, cost, "
+                                    "est_cost, error_code FROM tasks" + where).fetchall()
+        if not states:
+            return {}
         results: dict[str, list[Result]] = {}
         for r in self._conn.execute(_RESULTS_SQL + " WHERE task_key IN (SELECT task_key FROM "
                                     "tasks WHERE state != 'done') ORDER BY task_key, idx"):
             results.setdefault(r[0], []).append(_result(r))
-        return {r[0]: TaskState(r[1], r[2], r[3], _dec(r[4]), Decimal(r[5]), r[6],
-                                tuple(results.get(r[0], ())))
-                for r in self._conn.execute("SELECT task_key, state, generation, task_uuid, "
-                                            "cost, est_cost, error_code FROM tasks")}
+        money = _Decimals()
+        return {r[0]: TaskState(r[1], r[2], r[3], money.maybe(r[4]), money(r[5]), r[6],
+                                tuple(results.get(r[0], ()))) for r in states}
+
+    def standing(self) -> Standing:
+        """Where every recorded task stands, as a run starts: the done tasks counted by cost
+        (a few groups, summed by SQLite), the others in full (a resumed campaign of 50,000
+        done tasks makes no object per task)."""
+        money = _Decimals()
+        done, others = [], 0
+        for finished, cost, est, n in self._conn.execute(
+                "SELECT state = 'done', cost, est_cost, count(*) FROM tasks "
+                "GROUP BY 1, 2, 3 ORDER BY min(rowid)"):
+            if finished:
+                done.append((money[cost] if cost else None, money[est], n))
+            else:
+                others += n
+        return Standing(tuple(done), self.open_states() if others else {})
+
+    def task_costs(self) -> list[tuple[str, str, Decimal | None, Decimal]]:
+        """(task key, state, cost, estimate) of every recorded task, in record order."""
+        money = _Decimals()
+        return [(key, state, money[cost] if cost else None, money[est])
+                for key, state, cost, est in self._conn.execute(
+                    "SELECT task_key, state, cost, est_cost FROM tasks")]
 
     def reported_prices(self) -> list[Decimal]:
-        """Every cost per image the server reported in this record (to learn the price)."""
+        """Each distinct cost per image the server reported in this record (the price a run
+        learns is their maximum; a record of 50,000 images holds a handful)."""
         return [Decimal(r[0]) for r in self._conn.execute(
-            "SELECT cost FROM results WHERE cost IS NOT NULL")]
+            "SELECT DISTINCT cost FROM results WHERE cost IS NOT NULL")]
 
     def uploads(self) -> dict[tuple[str, bool], tuple[str, float]]:
         """Recorded uploads: (content sha256, inverted) -> (imageUUID, uploaded at)."""
@@ -1265,6 +1399,8 @@ def _merge(rec: Record, here: _Folder, folders: list[_Folder],
             added += key not in here.tasks
             replaced += key in here.tasks
             ops += _task_ops(key, f, row, remap[id(f)], key in broken)
+    # Rows from other folders may place tasks as their plan did: the next run checks them all.
+    ops.append(("DELETE FROM meta WHERE key=?", (_PLACEMENT,)))
     _transaction(rec._conn, ops)
 
     done_twice = billed_again = 0
