@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import jsonschema
 
+from specrunner import runware
+
 _CHECKOUT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 # A source checkout (or editable install) reads the top-level schemas/; a wheel carries the same
 # files as specrunner/_schemas (see pyproject.toml).
@@ -47,8 +49,6 @@ MODELS: dict[str, ModelInfo] = {
 
 DEFAULT_MODEL = "ideogram:3@3"
 
-# Fields the runner sets itself; a spec may not set them (see README "Fields the runner adds").
-RUNNER_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs"})
 
 
 @lru_cache(maxsize=None)
@@ -95,7 +95,7 @@ def field_paths(model_id: str) -> dict[str, tuple[str, ...]]:
     (`styleType`), when unambiguous, name a field. Runner-owned fields are excluded.
     """
     schema = load_schema(get_model(model_id).request_schema)
-    leaves = [p for p in _leaf_fields(schema) if p[0] not in RUNNER_FIELDS]
+    leaves = [p for p in _leaf_fields(schema) if p[0] not in runware.RUNNER_FIELDS]
     out: dict[str, tuple[str, ...]] = {}
     counts: dict[str, int] = {}
     for p in leaves:

@@ -20,6 +20,20 @@ UUID4_RE = re.compile(
 )
 
 
+# Request fields specrunner fills in itself (README "Fields the runner adds"): a spec may
+# not set them.
+RUNNER_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs"})
+# ... and the ones it sets from other settings, with what to write instead.
+RUNNER_SET = {
+    "deliveryMethod": "set `execution.delivery` instead",
+    "includeCost": "specrunner always asks for the cost",
+}
+RUNNER_OWNED = RUNNER_FIELDS | frozenset(RUNNER_SET)
+# Fields outside a task's identity: how the answer travels, not what is generated (switching
+# delivery between a crash and a resume must not mint new UUIDs and pay again).
+NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
+
+
 def is_uuid4(value: object) -> bool:
     """True if `value` is a string in UUID version 4 form."""
     return isinstance(value, str) and bool(UUID4_RE.match(value))

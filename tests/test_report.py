@@ -94,6 +94,8 @@ variant           status    code                    message
 ----------------  --------  ----------------------  -----------------------------------------------
 bakery-DESIGN-2   done      contentPolicyViolation  1 of 2 results refused
 bakery-REALISTIC  failed    contentPolicyViolation  result blocked by the content policy (injected)
+
+note: 5 task(s) ran with magicPrompt ON or AUTO: the provider may rewrite their prompts, so the same spec can give other images
 """
 
 MARKDOWN = """\
@@ -154,6 +156,8 @@ MARKDOWN = """\
 |------------------|----------|------------------------|-------------------------------------------------|
 | bakery-DESIGN-2  | done     | contentPolicyViolation | 1 of 2 results refused                          |
 | bakery-REALISTIC | failed   | contentPolicyViolation | result blocked by the content policy (injected) |
+
+note: 5 task(s) ran with magicPrompt ON or AUTO: the provider may rewrite their prompts, so the same spec can give other images
 """
 
 CSV = """\
@@ -295,8 +299,8 @@ def test_a_record_made_before_axes_were_recorded_takes_them_from_the_requests(
     assert (code, err) == (0, "")
     assert db.read_bytes() == before
     doc = json.loads(text)
-    assert doc["run"]["notes"] == ["this record predates recorded axes: they come from the "
-                                   "requests"]
+    assert doc["run"]["notes"][0] == ("this record predates recorded axes: they come from the "
+                                      "requests")
     assert list(doc["breakdown"]) == ["seedImage", "numberResults", "styleType"]
     assert [t["axes"] for t in doc["tasks"][:2]] == [
         {"seedImage": "local:a7b845aba86f", "numberResults": "2", "styleType": "DESIGN"},
@@ -308,8 +312,7 @@ def test_a_record_made_before_axes_were_recorded_takes_them_from_the_requests(
         {"value": "REALISTIC", "tasks": 2, "images": 0, "succeeded": 0, "failed": 1,
          "pending": 1, "in_doubt": 0, "estimated_usd": "0.16", "actual_usd": "0.00"}]
     code, text, _ = run_cli(str(tmp_path))
-    assert text.endswith("note: this record predates recorded axes: they come from the "
-                         "requests\n")
+    assert "note: this record predates recorded axes: they come from the requests\n" in text
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -317,3 +320,32 @@ def test_percentile_is_nearest_rank() -> None:
     assert report.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert report.percentile([float(i) for i in range(1, 101)], 95) == 95.0
     assert report.percentile([1.0, 10.0], 95) == 10.0
+
+
+def test_after_an_edit_and_a_rerun_the_report_counts_the_current_plan(tmp_path: Path) -> None:
+    """The tasks an edited prompt replaced are kept in the record (they were paid for) but
+    reported apart, as superseded: a 12-task spec reports 12 tasks, not 18."""
+    from specrunner.run import set_testing
+
+    set_testing(True)
+    try:
+        code = cli.run(["init", str(tmp_path / "demo")], io.StringIO(), io.StringIO())
+        spec = tmp_path / "demo" / "storefront-local.yaml"
+        out = tmp_path / "o"
+        assert code == 0 and cli.run(["run", str(spec), "--local", "--out", str(out),
+                                      "--progress", "none"], io.StringIO(),
+                                     io.StringIO()) == 0
+        text = spec.read_text()
+        assert "warm pink and teal" in text
+        spec.write_text(text.replace("warm pink and teal", "warm pink and blue"))
+        assert cli.run(["run", str(spec), "--local", "--out", str(out), "--progress", "none",
+                        "--max-usd", "2"], io.StringIO(), io.StringIO()) == 0
+    finally:
+        set_testing(False)
+    doc = json.loads(run_cli(str(out), "--format", "json")[1])
+    assert doc["totals"]["tasks"] == 12 and doc["totals"]["succeeded"] == 12
+    assert doc["totals"]["actual_usd"] == "0.96" and doc["totals"]["campaign_usd"] == "1.44"
+    assert any(n.startswith("6 recorded task(s) belong to earlier plans (superseded)")
+               for n in doc["run"]["notes"])
+    by_prompt = {g["value"]: g["tasks"] for g in doc["breakdown"]["prompt"]}
+    assert by_prompt == {"artdeco": 6, "neon": 6}

@@ -116,7 +116,6 @@ def test_executor_backs_off_on_overload_replies(tmp_path: Path, fault: str) -> N
     ex = run_with(tmp_path, fake, 12, concurrency=10)
     assert ex.limit.cuts == 1  # the clock never moves: one congestion event, one cut
     assert ex.limit.limit < 10 and ex.counters.limit == ex.limit.limit  # the progress line's
-    assert ex.counters.limit_reason.startswith("cut: ")  # and why it was cut
 
 
 def test_executor_keeps_full_concurrency_without_overload(tmp_path: Path) -> None:

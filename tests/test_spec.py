@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from fixtures.specfiles import BASE_SPEC, SIZE, run_cli, validate_json, write_spec
 
-from specrunner import models
+from specrunner import models, runware
 
 from specrunner.spec import images
 from specrunner.errors import Loc, SpecError
@@ -181,7 +181,7 @@ def test_committed_schema_is_generated_from_the_request_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(committed)
     ideogram = committed["$defs"]["defaults"]["properties"]["providerSettings"]
     assert "styleType" in ideogram["properties"]["ideogram"]["properties"]
-    assert not set(committed["$defs"]["defaults"]["properties"]) & models.RUNNER_FIELDS
+    assert not set(committed["$defs"]["defaults"]["properties"]) & runware.RUNNER_FIELDS
 
 
 def test_editor_schema_accepts_valid_and_rejects_invalid_specs(tmp_path: Path) -> None:

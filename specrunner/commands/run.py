@@ -129,13 +129,22 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(result.message, file=err)
     if result.provenance is not None:
         where = result.provenance
-        print(f"provenance: {where.summary()}", file=out)
+        print(f"provenance: {where.short()}", file=out)
         if where.dirty:
             print("note: this run was made from a dirty tree: the commit alone does not "
                   "reproduce it", file=err)
-    print(f"record: {result.record}", file=out)
-    print(f"report: specrunner report {shlex.quote(str(result.out_dir))}", file=out)
+    print(f"record: {_shown(result.record)}", file=out)
+    print(f"report: specrunner report {shlex.quote(_shown(result.out_dir))}", file=out)
     return result.exit_code
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it from here: relative below the current folder."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _dry_run(plan: Any, args: argparse.Namespace, out: TextIO) -> int:

@@ -381,7 +381,10 @@ class Simulator:
         async with lock:
             if record.done:
                 return
-            await anyio.to_thread.run_sync(self._render, record)
+            if self.render_images:
+                await anyio.to_thread.run_sync(self._render, record)
+            else:
+                self._render(record)  # a fixed tiny image: a thread hop would cost more
             req = record.request
             fmt = param(req, "outputFormat")
             for res in record.results:
@@ -412,6 +415,9 @@ class Simulator:
             item["imageBase64Data" if kind == "base64Data" else "imageDataURI"] = (
                 b64 if kind == "base64Data" else f"data:{engine.MIME[fmt]};base64,{b64}")
         item["seed"] = res.seed
+        if req.get("providerSettings", {}).get("ideogram", {}).get("magicPrompt") == "ON":
+            # What a provider that rewrote the prompt may answer with: the prompt it used.
+            item["positivePrompt"] = f"{req['positivePrompt']} (rewritten by magicPrompt)"
         if req.get("safety", {}).get("checkContent") or req.get("safety", {}).get("mode") == "fast":
             item["NSFWContent"] = False
         if req.get("includeCost") and record.price is not None:

@@ -45,7 +45,7 @@ from specrunner.plan.identity import (  # noqa: F401 (framed_key, task_key: publ
     task_key, text_of,
 )
 from specrunner.plan.outpaths import fold, path_problem
-from specrunner.spec.schema import RUNNER_OWNED
+from specrunner.runware import RUNNER_OWNED
 from specrunner.spec.suggest import did_you_mean
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion

@@ -21,12 +21,11 @@ import re
 from functools import lru_cache
 from typing import Any, Mapping
 
+from specrunner.runware import NOT_IN_KEY
 from specrunner.spec.types import Scalar
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SENTINEL = "\ue000specrunner-prompt\ue000"
-# Request fields outside the key: how the answer travels, not what is generated.
-NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 
 
 def text_of(value: Scalar) -> str:

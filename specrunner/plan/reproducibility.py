@@ -43,6 +43,19 @@ def _magic_path(model_id: str) -> tuple[tuple[str, ...], Any] | None:
     return path, node.get("default")
 
 
+def magic_prompt_of(request: Mapping[str, Any]) -> str | None:
+    """The magicPrompt a request runs with (the schema's default when it sends none), or None
+    for a model without one."""
+    model = request.get("model")
+    if not isinstance(model, str) or model not in models.MODELS:
+        return None
+    found = _magic_path(model)
+    if found is None:
+        return None
+    value = _get(request, found[0])
+    return str(value if value is not None else found[1])
+
+
 def _get(request: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = request
     for part in path:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from specrunner.errors import RecordError
 from specrunner.money import money
-from specrunner.plan.identity import NOT_IN_KEY, task_key
+from specrunner.plan.identity import task_key
+from specrunner.runware import NOT_IN_KEY
 from specrunner.record import IN_DOUBT_STATES, Snapshot, TaskRow, read_snapshot
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from tabulate import tabulate
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.report.cells import cell
-from specrunner.report.summary import Summary, TaskInfo, actual_cost, group, varying_axes
+from specrunner.report.summary import provenance_of, Summary, TaskInfo, actual_cost, group, varying_axes
 
 FORMATS = ("table", "markdown", "json")
 
@@ -149,7 +149,8 @@ def to_json(d: RunDiff) -> dict[str, Any]:
     ta, tb = _totals(d.a), _totals(d.b)
     return {
         "format": "specrunner.diff/1",
-        **{side: {"name": s.data.name, "status": s.data.status, "tasks": len(s.data.tasks)}
+        **{side: {"name": s.data.name, "status": s.data.status, "tasks": len(s.data.tasks),
+                  "provenance": provenance_of(s.data)}
            for side, s in (("a", d.a), ("b", d.b))},
         "added": list(d.added), "removed": list(d.removed),
         "changed": [{"variant": c.variant, "request_changed": c.request_changed,
@@ -160,6 +161,14 @@ def to_json(d: RunDiff) -> dict[str, Any]:
         "totals": {k: _triple(ta[k], tb[k]) for k in ta},
         "by_axis": {axis: _by_axis(d, axis) for axis in d.axes},
     }
+
+
+def _origin(prov: dict[str, Any] | None) -> str | None:
+    if not prov:
+        return None
+    from specrunner.provenance import Provenance
+
+    return Provenance.from_json(prov).short()
 
 
 def _signed(v: Any) -> str:
@@ -183,6 +192,12 @@ def _text(d: RunDiff, fmt: str) -> str:
              f"({b['status']}, {b['tasks']} tasks): {len(d.added)} added, {len(d.removed)} "
              f"removed, {len(d.changed)} changed, {d.unchanged} unchanged")
     parts = [f"## {cell(title, md)}" if md else title, ""]
+    pa, pb = (_origin(x["provenance"]) for x in (a, b))
+    if pa or pb:  # where each side comes from; said plainly when the code or lock differ
+        same = pa == pb
+        parts += [cell(f"A: {pa or 'no provenance recorded'}", md),
+                  cell(f"B: {pb or 'no provenance recorded'}"
+                       + ("" if same else " (differs from A)"), md), ""]
     rows: list[tuple[Any, ...]] = [(k.replace("_usd", " (USD)"), x, y, _signed(z))
                                    for k, (x, y, z) in doc["totals"].items()]
     parts.append(table(rows, ["total", "A", "B", "delta"],

@@ -68,8 +68,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 STATUS_OF = {"done": "done", "failed": "failed", "planned": "pending",
              **dict.fromkeys(sorted(IN_DOUBT_STATES), "in_doubt")}
 STATUSES = ("done", "failed", "pending", "in_doubt")
-_SKIP_FIELDS = frozenset({"taskType", "taskUUID", "model", "positivePrompt", "inputs",
-                          "includeCost", "deliveryMethod"})
+
 
 @dataclass(frozen=True)
 class Image:
@@ -126,6 +125,20 @@ class TaskInfo:
         return value if isinstance(value, str) else None
 
     @property
+    def magic_prompt(self) -> str | None:
+        """ON or AUTO: the provider may have rewritten the prompt (None: no such setting)."""
+        from specrunner.plan.reproducibility import magic_prompt_of
+
+        return magic_prompt_of(self.request)
+
+    @property
+    def provider_prompt(self) -> str | None:
+        """The prompt the provider says it used, when an answer said and it differs."""
+        sent = self.prompt
+        return next((i.provider_prompt for i in self.images
+                     if i.provider_prompt and i.provider_prompt != sent), None)
+
+    @property
     def category(self) -> str | None:
         """The error category of the task's error code, if any."""
         return category_of(self.error_code) if self.error_code else None
@@ -180,7 +193,7 @@ def text_of(value: Any) -> str:
 def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     if isinstance(node, Mapping):
         for k, v in node.items():
-            if not prefix and k in _SKIP_FIELDS:
+            if not prefix and k in runware.RUNNER_OWNED:
                 continue
             yield from _leaves(v, f"{prefix}{k}.")
     else:
@@ -495,7 +508,7 @@ def to_json(s: Summary) -> dict[str, Any]:
         "run": {"name": d.name, "spec_path": d.spec_path, "status": d.status, "runs": d.runs,
                 "started_at": _iso(d.started_at), "ended_at": _iso(d.ended_at),
                 "budget_usd": usd(d.budget), "notes": notes(s),
-                "price": price_of(d), "provenance": _provenance(d)},
+                "price": price_of(d), "provenance": provenance_of(d)},
         "totals": totals,
         "runs": [{"run_id": r.run_id, "started_at": _iso(r.started_at),
                   "ended_at": _iso(r.ended_at), "status": r.status, "shard": r.shard,
@@ -516,11 +529,12 @@ def to_json(s: Summary) -> dict[str, Any]:
         "tasks": [{"index": t.index, "variant": t.variant_id, "status": t.status,
                    "axes": dict(t.axes), "task_key": t.task_key,
                    "estimated_usd": usd(t.est_cost), "actual_usd": usd(t.cost),
-                   "sends": t.sends,
+                   "sends": t.sends, "magic_prompt": t.magic_prompt,
                    "error": ({"code": t.error_code, "message": t.error_message}
                              if t.error_code else None),
                    "images": [{"index": i.index, "path": i.path, "sha256": i.sha256,
                                "bytes": i.bytes, "cost_usd": usd(i.cost), "seed": i.seed,
+                               "provider_prompt": i.provider_prompt,
                                **verdict_json(s, t, i)}
                               for i in t.images]}
                   for t in d.tasks],
@@ -546,9 +560,12 @@ def _price_text(price: dict[str, str] | None) -> str | None:
     return f"${usd(learned)}"
 
 
-def _provenance(d: RunData) -> dict[str, Any] | None:
+def provenance_of(d: RunData) -> dict[str, Any] | None:
+    """The last run's provenance (git commit, what differed, lock, tool version), or None."""
     rows = d.run_rows
     return dict(rows[-1].provenance) if rows and rows[-1].provenance else None
+
+
 
 
 def _provenance_text(prov: dict[str, Any] | None) -> str | None:
@@ -575,7 +592,13 @@ def notes(s: Summary) -> list[str]:
     if t.get("actual_unreported_images"):
         out.append(f"the provider reported no cost for {t['actual_unreported_images']} "
                    "image(s): their spend is unknown (estimated at the table price)")
-    prov = _provenance(d)
+    rewritable = [x for x in d.tasks if x.magic_prompt in ("ON", "AUTO")]
+    if rewritable:
+        rewritten = sum(x.provider_prompt is not None for x in rewritable)
+        out.append(f"{len(rewritable)} task(s) ran with magicPrompt ON or AUTO: the provider "
+                   "may rewrite their prompts, so the same spec can give other images"
+                   + (f"; it reported a rewritten prompt for {rewritten}" if rewritten else ""))
+    prov = provenance_of(d)
     if prov and prov.get("dirty"):
         out.append("the last run was made from a dirty tree: its commit alone does not "
                    "reproduce it")
@@ -639,7 +662,7 @@ def _text(s: Summary, fmt: str) -> str:
              f"started {_iso(d.started_at) or '-'}, ended {_iso(d.ended_at) or '-'}")
     parts = [f"## {_cell(title, md)}" if md else title, ""]
     extra: list[tuple[str, Any]] = [("budget_usd", d.budget)] if d.budget is not None else []
-    price, prov = _price_text(price_of(d)), _provenance_text(_provenance(d))
+    price, prov = _price_text(price_of(d)), _provenance_text(provenance_of(d))
     extra += [("price", price)] if price else []
     extra += [("provenance", prov)] if prov else []
     t = s.totals
@@ -679,10 +702,10 @@ def _text(s: Summary, fmt: str) -> str:
         rows = [(t.variant_id, t.status, t.error_code or "-", t.error_message or "-")
                 for t in s.failures]
         parts.append(table(rows, ["variant", "status", "code", "message"]))
-    if s.review is not None and s.review.exists:
-        parts += _review_text(s, table, head)
     for w in notes(s):
         parts += ["", f"note: {_cell(w, md)}"]
+    if s.review is not None and s.review.exists:
+        parts += _review_text(s, table, head)
     return "\n".join(parts) + "\n"
 
 

@@ -74,7 +74,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     connections alive; requests go to the pools in turn.
     """
 
-    PER_POOL = 16
+    PER_POOL = 8
 
     def __init__(self, connections: int) -> None:
         n = max(1, -(-connections // self.PER_POOL))

@@ -241,7 +241,10 @@ class Executor:
                 self._settled = anyio.Event()
                 await self._settled.wait()  # slow start: the first price is not known yet
             token = object()
-            await limiter.acquire_on_behalf_of(token)
+            try:  # free slots are taken without yielding: one loop pass per task is costly
+                limiter.acquire_on_behalf_of_nowait(token)
+            except anyio.WouldBlock:
+                await limiter.acquire_on_behalf_of(token)
             if self._draining:
                 limiter.release_on_behalf_of(token)
                 return

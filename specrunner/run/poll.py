@@ -10,9 +10,9 @@ hands each task the reply.
 When a task is due. A slot idle after the edit is done costs far more than a poll (polls of
 many tasks share one POST), so the pacing errs early:
 - First question: at 95% of the processing time the run expects (the 25th percentile of the
-  processing times observed), or after poll_interval_s before any was observed.
-- Then at a steady short step: a twentieth of the expected time (0.25 s to poll_interval_s),
-  or poll_interval_s before any was observed; past twice the expected time (or 30 s with
+  processing times observed), or after half a second before any was observed.
+- Then at a steady short step: a twentieth of the expected time (0.1 s to poll_interval_s),
+  or half a second before any was observed; past twice the expected time (or 10 s with
   nothing observed) the step grows x1.5 up to poll_max_interval_s.
 - What is observed: a task's processing time lies between the last answer that said it was
   still running and the answer with its results; the midpoint counts (the upper bound alone
@@ -41,6 +41,11 @@ BATCH = 100  # getResponse tasks per POST
 POSTS_PER_S = 20.0  # at most this many poll POSTs a second, whatever the concurrency
 SLACK_S = 0.05  # tasks due this soon after the earliest ride along in the same POST
 _KEEP = 200  # completions remembered to estimate the processing time
+_MIN_STEP = 0.1  # the shortest wait between two questions about one task
+# Before any processing time was observed (the price probe runs alone): every half second for
+# 10 s, then growing. A 2 s edit is found by 2.5 s, not 3 s; a minute-long one costs its
+# probe ~30 polls in all.
+_UNKNOWN_STEP, _UNKNOWN_PATIENCE = 0.5, 10.0
 
 
 @dataclass
@@ -87,15 +92,17 @@ class Poller:
     def first_wait(self) -> float:
         """How long after its acknowledgement a task is first asked about."""
         expected = self.expected()
-        return self.execution.poll_interval_s if expected is None else 0.95 * expected
+        return _UNKNOWN_STEP if expected is None else 0.95 * expected
 
     def next_wait(self, previous: float | None, waited: float) -> float:
         """How long to wait before asking again about a task still running `waited` seconds
         after its acknowledgement (`previous`: the last wait, None after the first question)."""
         expected = self.expected()
-        interval = self.execution.poll_interval_s
-        step = interval if expected is None else min(max(0.25, expected / 20), interval)
-        patience = 30.0 if expected is None else 2 * expected
+        if expected is None:  # the first tasks (the price probe): one, or a few, at a time
+            step, patience = _UNKNOWN_STEP, _UNKNOWN_PATIENCE
+        else:
+            step = min(max(_MIN_STEP, expected / 20), self.execution.poll_interval_s)
+            patience = 2 * expected
         if waited < patience or previous is None:
             return step
         return min(max(previous, step) * 1.5, self.execution.poll_max_interval_s)

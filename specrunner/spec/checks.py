@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import jsonschema
 
 from specrunner import models
+from specrunner.runware import RUNNER_FIELDS, RUNNER_SET
 
 from specrunner.spec import images, suggest
 
@@ -34,7 +35,7 @@ from specrunner.spec import templates
 from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
 from specrunner.spec.schema import (
-    GROUP_FILES, GROUP_REFS, GROUP_SECRET, RUNNER_SET, Collector, did_you_mean,
+    GROUP_FILES, GROUP_REFS, GROUP_SECRET, Collector, did_you_mean,
     field_validators, image_list_fields, schema_error,
 )
 
@@ -269,7 +270,7 @@ def _check_keys(ctx: Collector, entries: list[Entry], fields: dict, used: set[st
         elif key not in used and kpath not in seen_keys:
             seen_keys.add(kpath)
             hint = RUNNER_SET.get(key) or (f"specrunner sets `{key}` itself"
-                                           if key in models.RUNNER_FIELDS else None)
+                                           if key in RUNNER_FIELDS else None)
             ctx.add(GROUP_REFS, f"unknown key `{key}`: not a request field, and no template "
                     f"uses {{{key}}}", kpath, "unknown-key", key=True,
                     hint=hint or did_you_mean(key, aliases + sorted(used) + list(BUILTIN_KEYS)))

@@ -15,19 +15,13 @@ from typing import Any
 import jsonschema
 
 from specrunner import models
+from specrunner.runware import RUNNER_FIELDS, RUNNER_OWNED, RUNNER_SET
 
 from specrunner.spec import yamlload
 from specrunner.spec.suggest import did_you_mean
 from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
-# Request fields the runner sets from other settings; a spec may not set them directly.
-RUNNER_SET = {
-    "deliveryMethod": "set `execution.delivery` instead",
-    "includeCost": "specrunner always asks for the cost",
-}
-# Every request field a spec may not set: the ones specrunner fills in, and RUNNER_SET.
-RUNNER_OWNED = models.RUNNER_FIELDS | frozenset(RUNNER_SET)
 # Diagnostic groups, in the order they are listed.
 GROUP_SECRET, GROUP_LOADER, GROUP_SCHEMA, GROUP_REFS, GROUP_FILES = range(5)
 
@@ -185,7 +179,7 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
             if k in allowed:
                 continue
             hint = RUNNER_SET.get(k) or (
-                f"specrunner sets `{k}` itself" if k in models.RUNNER_FIELDS else None
+                f"specrunner sets `{k}` itself" if k in RUNNER_FIELDS else None
             ) or did_you_mean(k, allowed)
             if hint is None and allowed:
                 hint = "allowed: " + ", ".join(allowed)
