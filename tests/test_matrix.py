@@ -335,9 +335,16 @@ def test_task_uuids_valid_v4_and_unique(spec: Any) -> None:
 def test_a_plain_product_makes_the_same_combinations_as_the_constructor() -> None:
     axes = [("a", (1, 2)), ("b", ("x", "y", "z"))]
     exp = expand(axes)
-    assert exp.combinations == tuple(
-        Combination({"a": a, "b": b}, i, None, ()) for i, (a, b) in enumerate(
-            [(a, b) for a in (1, 2) for b in ("x", "y", "z")]))
-    assert [repr(c) for c in exp.combinations] == [
-        repr(Combination(dict(c.values), c.product_index)) for c in exp.combinations]
+    made = tuple(Combination({"a": a, "b": b}, i, None, ()) for i, (a, b) in enumerate(
+        [(a, b) for a in (1, 2) for b in ("x", "y", "z")]))
+    assert exp.combinations == made and made == exp.combinations
+    assert list(exp.combinations) == list(made) and len(exp.combinations) == 6
+    assert (exp.combinations[-1], exp.combinations[1:3]) == (made[-1], made[1:3])
+    assert [repr(c) for c in exp.combinations] == [repr(c) for c in made]
+    assert exp.combinations != made[:-1]
+    with pytest.raises(IndexError):
+        exp.combinations[6]
+    # with an exclude or an include, the same combinations as the general walk makes
+    walked = expand(axes, exclude=[{"b": "nothing"}]).combinations
+    assert isinstance(walked, tuple) and walked == made
 

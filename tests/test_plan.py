@@ -643,6 +643,23 @@ def test_the_planner_makes_tasks_equal_to_the_dataclass_constructor() -> None:
         t.repeat = 1  # type: ignore[misc]
 
 
+def test_output_collisions_are_found_whatever_the_names_hash_to(monkeypatch) -> None:
+    """The planner holds output names by hash: names whose hashes collide are still told
+    apart, and every real collision (case only, or exact) is reported as before."""
+    spec = make_spec(("a", "b", "A"), repeat=2, output_name="{input}-{repeat}",
+                     defaults={"numberResults": 2})
+    spec = dataclasses.replace(spec, inputs={**spec.inputs, "A": pair("a-upper")})
+    first = [(d.code, d.message) for d in diags(spec)]
+    assert [c for c, _ in first] == ["output-collision"] * 4
+    for collide in (lambda name: 0, len):
+        monkeypatch.setattr(planmod.build, "_name_hash", collide)
+        assert [(d.code, d.message) for d in diags(spec)] == first
+    fine = make_spec(("a", "b"), repeat=3, output_name="{input}-{repeat}",
+                     defaults={"numberResults": 2})
+    monkeypatch.setattr(planmod.build, "_name_hash", lambda name: 0)
+    assert len(build_plan(fine).tasks) == 6  # all 12 names differ, all hashing to 0
+
+
 def test_exclude_key_must_be_an_axis() -> None:
     spec = with_matrix(make_spec(), Matrix(axes=(("styleType", ("DESIGN", "ANIME")),),
                                            include=({"magicPrompt": "ON"},),

@@ -18,8 +18,6 @@ Nested request mappings are shared between tasks: copy before changing one.
 from __future__ import annotations
 
 import copy
-import gc
-import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from specrunner import models, runware
+from specrunner.bulk import paused_gc
 
 from specrunner.plan import matrix
 
@@ -134,11 +133,12 @@ class _Diags:
 
 
 def _combinations(spec: Spec, repeat: int
-                  ) -> tuple[list[tuple[Mapping[str, Scalar], str | None]], Any]:
-    """(values, explicit id) per combination, plus the matrix Expansion (`_source` says
-    where a combination was declared)."""
+                  ) -> tuple[Sequence[Mapping[str, Scalar]], Sequence[str | None], Any]:
+    """The values and the explicit id (None: none) of each combination, plus the matrix
+    Expansion (`_source` says where a combination was declared)."""
     if spec.matrix is None:
-        return [(v.values, v.id) for v in spec.variants or ()], None
+        variants = spec.variants or ()
+        return [v.values for v in variants], [v.id for v in variants], None
     m = spec.matrix
     cap = max(spec.budget.max_tasks // max(repeat, 1), 0)
     try:
@@ -154,7 +154,10 @@ def _combinations(spec: Spec, repeat: int
                              f"combinations x repeat {repeat}); budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
                              needed=exc.size * repeat, allowed=spec.budget.max_tasks) from None
-    return list(zip(map(attrgetter("values"), exp.combinations), itertools.repeat(None))), exp
+    combos = exp.combinations
+    values = (combos.values if isinstance(combos, matrix.ProductCombinations)
+              else list(map(attrgetter("values"), combos)))
+    return values, [None] * len(combos), exp
 
 
 def _declared_values(spec: Spec) -> Iterable[Scalar]:
@@ -228,23 +231,11 @@ def _resolve(kind: str, values: Mapping[str, Scalar], names: Mapping[str, Any], 
 
 def build_plan(spec: Spec) -> Plan:
     """Expand `spec` into its Plan; SpecError lists every problem, PlanLimitError the limits."""
-    # Planning allocates ~10 containers per task and frees none of them: the cyclic
-    # collector would rescan them all many times over for nothing (a third of the time).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    # Planning makes a few objects per task and frees none of them: the cyclic collector
+    # would walk them all many times over for nothing (a third of the time; after it, two
+    # more walks of ~0.7 s each for a million tasks).
+    with paused_gc():
         return _build_plan(spec)
-    finally:
-        if enabled:
-            # Left in the youngest generation, the plan's objects (two per task) would be
-            # walked by the next young collection and again by the next middle one, only to
-            # be found alive (~0.7 s each for a million tasks): freeze + unfreeze moves every
-            # object to the oldest generation at once (a list splice), as surviving those
-            # collections would. Nothing stays frozen; garbage among them is found by the
-            # next full collection.
-            gc.freeze()
-            gc.unfreeze()
-            gc.enable()
 
 
 def _build_plan(spec: Spec) -> Plan:
@@ -295,7 +286,7 @@ def _build_plan(spec: Spec) -> Plan:
     diags.raise_if_any()
     assert isinstance(out_tpl, templates.Template)
 
-    combos, exp = _combinations(spec, repeat)
+    combos, explicit_ids, exp = _combinations(spec, repeat)
     if len(combos) * repeat > spec.budget.max_tasks:
         raise PlanLimitError(f"plan has {len(combos) * repeat:,} tasks; budget max_tasks is "
                              f"{spec.budget.max_tasks:,}", limit="max_tasks",
@@ -324,7 +315,10 @@ def _build_plan(spec: Spec) -> Plan:
     broke: dict[str, int] = {}  # variant id -> the repeat whose output name failed
     keys: dict[str, int] = {}
     name_path = "$.output.name" if "$.output.name" in spec.locs else None
-    outputs: dict[str, int] = {}
+    # Output names as file systems compare them, each held by the first task writing it:
+    # by hash (a million names were ~100 MB of lower-cased copies), checked on a match.
+    outputs: dict[int, int] = {}
+    more: dict[str, int] = {}  # names whose hash an earlier task's different name holds
     known_keys: set[str] = set()
     inputs, spec_prompts = spec.inputs, spec.prompts
     only_input = next(iter(inputs)) if len(inputs) == 1 else None
@@ -336,7 +330,7 @@ def _build_plan(spec: Spec) -> Plan:
     all_text = all(type(v) is str for v in _declared_values(spec))
     # (A combination per task when repeat is 1: what follows runs up to a million times, so
     # it takes fast paths first and keeps to comprehensions and C-level calls.)
-    for ci, (values, explicit_id) in enumerate(combos):
+    for ci, (values, explicit_id) in enumerate(zip(combos, explicit_ids)):
         if not known_keys.issuperset(values):
             for key in values:
                 if key in known_keys:
@@ -501,8 +495,11 @@ def _build_plan(spec: Spec) -> Plan:
             task = planned_task(idx, tid, key, PlannedRequest(shape, key, text), in_name,
                                 pr_name, values, r, nres, cost, stem, ext, local)
             for p in (f"{stem}.{ext}",) if nres == 1 else task.output_paths():
-                held_by = outputs.setdefault(p.lower() if p.isascii() else fold(p), idx)
-                if held_by != idx:
+                folded = p.lower() if p.isascii() else fold(p)
+                first = outputs.setdefault(_name_hash(folded), idx)
+                # the same hash as an earlier task's name: the same name, or (rarely) not
+                held_by = None if first == idx else _writer(folded, idx, tasks[first], more)
+                if held_by is not None:
                     other = tasks[held_by]
                     diags.add(f"variants `{other.variant_id}` and `{tid}` both write {p!r}"
                               + ("" if p in other.output_paths() else
@@ -550,6 +547,19 @@ def _repeat_holding(vid: str, ids: Mapping[str, int], broke: Mapping[str, int],
     if other in ids and 1 <= r < repeat and broke.get(other, repeat) >= r:
         return other, r
     return None
+
+
+_name_hash = hash  # (a test makes every name collide)
+
+
+def _writer(folded: str, idx: int, holder: Task, more: dict[str, int]) -> int | None:
+    """The index of the earlier task writing the file named `folded` (as file systems
+    compare names), given `holder`, the first task writing a name of the same hash; None
+    when task `idx` is the first."""
+    if any((p.lower() if p.isascii() else fold(p)) == folded for p in holder.output_paths()):
+        return holder.index
+    held_by = more.setdefault(folded, idx)
+    return None if held_by == idx else held_by
 
 
 def _which(variant_id: str, repeat: int) -> str:

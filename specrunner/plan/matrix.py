@@ -27,7 +27,7 @@ import itertools
 import math
 from operator import getitem
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 Scalar = Any  # str | int | float | bool | None
 Equals = Callable[[Scalar, Scalar], bool]
@@ -113,15 +113,53 @@ def _product_combination(values: Mapping[str, Scalar], product_index: int) -> Co
     return c
 
 
+class ProductCombinations(Sequence[Combination]):
+    """The combinations of a product that no exclude or include changed, made when read:
+    the one at position i is Combination(values[i], i). Only the values are kept (a product
+    of a million combinations keeps a million dicts, not also a million Combinations). Equal
+    to any sequence of the same combinations."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[Mapping[str, Scalar]]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self.values))))
+        n = len(self.values)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError("combination index out of range")
+        return _product_combination(self.values[j], j)
+
+    def __iter__(self) -> Iterator[Combination]:
+        return map(_product_combination, self.values, itertools.count())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ProductCombinations({len(self)} combinations)"
+
+
 @dataclass(frozen=True)
 class Expansion:
     """The combinations in GitHub's order, plus the product combinations excludes removed.
 
     `excluded` holds (product_index, first matching exclude entry index) pairs; use
-    `combination_at` to see the values of one.
+    `combination_at` to see the values of one. `combinations` is a tuple, or for a product
+    that no exclude or include changed a ProductCombinations.
     """
 
-    combinations: tuple[Combination, ...]
+    combinations: Sequence[Combination]
     product_size: int
     excluded: tuple[tuple[int, int], ...]
     axes: tuple[tuple[str, tuple[Scalar, ...]], ...]
@@ -256,9 +294,10 @@ def expand(
     combos: list[Combination] = []
     if not axes:
         pass
-    elif not ex_live and not inc_enum:
-        combos = [_product_combination(dict(zip(keys, combo)), pidx)
-                  for pidx, combo in enumerate(itertools.product(*vals))]
+    elif not ex_live and not inc_enum and not include:
+        return Expansion(ProductCombinations([dict(zip(keys, combo))
+                                              for combo in itertools.product(*vals)]),
+                         size, (), tuple(axes))
     else:
         for pidx, idx in enumerate(itertools.product(*[range(len(v)) for v in vals])):
             if ex_live:
