@@ -39,13 +39,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from operator import attrgetter, methodcaller
+from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import anyio
 
 from specrunner.errors import RecordError
+from specrunner.bulk import paused_gc
 
 if TYPE_CHECKING:
     from specrunner.plan.task import Task
@@ -156,8 +157,8 @@ class RunMeta:
     spec_path: str
     spec_text: str
     spec_sha256: str
-    # [{"task_key", "variant_id", "est_cost"}, ...] of the plan (older runs' also hold each
-    # "task_uuid"); readers use the task keys
+    # [{"task_key": ...}, ...] of the plan (older runs' also hold each "variant_id",
+    # "task_uuid" and "est_cost"); readers use the task keys
     plan_json: str
     max_usd: Decimal
     versions: Mapping[str, str] = field(default_factory=dict)
@@ -467,43 +468,45 @@ def _placement_digest(tasks: Sequence[Task]) -> str:
     """sha256 over every task's key and what `Record.plan` writes of its placement (index,
     variant id, output names, axes, input and prompt names, inputs), in plan order.
 
-    Column by column, each joined in C (a 50,000-task plan in ~30 ms, where a JSON array
-    per task took 130): the text columns with separators no value of them holds (checked;
-    JSON otherwise), the numbers and the rare None as JSON, the axes as their key sets
-    (numbered) and values, the inputs (shared by many tasks) numbered and listed once."""
+    Column by column, each made and joined in C (a 50,000-task plan in ~40 ms, where a JSON
+    array per task took 130): text columns joined with separators none of their values holds
+    (checked; JSON otherwise), numbers joined, the axes as their key sets (numbered) and
+    values, the inputs (shared by many tasks) numbered and listed once."""
     h = hashlib.sha256(b"specrunner.placement.v1\0")
 
-    def text(values: Sequence[Any]) -> None:
-        if all(type(v) is str for v in values):
-            joined = _FIELD.join(values)
-            if joined.count(_FIELD) == len(values) - 1 and _COLUMN not in joined:
-                h.update(b"s" + joined.encode("utf-8", "surrogatepass") + b"\x1e")
-                return
-        h.update(b"j" + json.dumps(values).encode() + b"\x1e")
+    def column(values: list[Any]) -> None:
+        try:
+            joined = _FIELD.join(values)  # TypeError unless every value is text
+        except TypeError:
+            joined = None
+        if joined is not None and joined.count(_FIELD) == len(values) - 1 \
+                and _COLUMN not in joined:
+            h.update(b"s" + joined.encode("utf-8", "surrogatepass") + b"\x1e")
+        else:
+            h.update(b"j" + json.dumps(values).encode() + b"\x1e")
 
     for name in ("task_key", "variant_id", "output_stem", "output_ext", "input_name",
                  "prompt_name"):
-        text(list(map(attrgetter(name), tasks)))
-    h.update(json.dumps([list(map(attrgetter("index"), tasks)),
-                         list(map(attrgetter("number_results"), tasks))]).encode())
+        column(list(map(attrgetter(name), tasks)))
+    for name in ("index", "number_results"):
+        column(list(map(str, map(attrgetter(name), tasks))))  # (ints: str() tells them apart)
     axes = list(map(attrgetter("axes"), tasks))
-    key_sets: dict[tuple[str, ...], int] = {}
-    text([str(key_sets.setdefault(k, len(key_sets))) for k in map(tuple, axes)])
-    h.update(json.dumps(list(key_sets)).encode() + b"\x1e")
-    text(list(itertools.chain.from_iterable(map(methodcaller("values"), axes))))
-    shared: dict[tuple[int, int], int] = {}
-    table: list[str] = []
-    refs = []
-    for t in tasks:
-        r = t.request
-        shape = getattr(r, "shape", None)  # a PlannedRequest: its inputs are its shape's
-        ref = (id(shape) if shape is not None else id(r.get("inputs")), id(t.local_inputs))
-        n = shared.get(ref)
-        if n is None:
-            n = shared[ref] = len(table)
-            table.append(_inputs_of(t))
-        refs.append(n)
-    h.update(json.dumps([refs, table]).encode())
+    key_sets = list(map(tuple, axes))
+    numbered = {k: str(n) for n, k in enumerate(dict.fromkeys(key_sets))}
+    h.update(json.dumps(list(numbered)).encode() + b"\x1e")
+    column(list(map(numbered.__getitem__, key_sets)))
+    column(list(itertools.chain.from_iterable(map(methodcaller("values"), axes))))
+    # inputs: a task's are its request's "inputs" and its local inputs (for a planned task,
+    # its shared request shape's), numbered by those objects
+    try:
+        holders: list[Any] = list(map(attrgetter("request.shape"), tasks))
+    except AttributeError:  # requests of other kinds
+        holders = [t.request.get("inputs") for t in tasks]
+    pairs = list(zip(map(id, holders), map(id, map(attrgetter("local_inputs"), tasks))))
+    first = dict(zip(pairs, tasks))  # a task of each pair (any: they share their inputs)
+    refs = {pair: str(n) for n, pair in enumerate(first)}
+    h.update(json.dumps([_inputs_of(t) for t in first.values()]).encode() + b"\x1e")
+    column(list(map(refs.__getitem__, pairs)))
     return h.hexdigest()
 
 
@@ -603,32 +606,38 @@ class Record:
         if mark is not None and mark[0] == f"{digest} {previous}":
             return
         now = time.time()
-        known = {r[0]: r[1:] for r in self._conn.execute(
-            "SELECT task_key, idx, variant_id, outputs_json, axes_json, input_name, "
-            "prompt_name, inputs_json FROM tasks")}
-        inserts: list[tuple[Any, ...]] = []
-        updates: list[tuple[Any, ...]] = []
-        uuids: list[tuple[Any, ...]] = []
+        placed: dict[str, tuple[Task, tuple[Any, ...]]] = {}
         inputs_json: dict[tuple[int, int], str] = {}
         for t in tasks:
-            outputs = json.dumps(t.output_paths())
             shared = (id(t.request.get("inputs")), id(t.local_inputs))
             ins = inputs_json.get(shared)
             if ins is None:
                 ins = inputs_json[shared] = _inputs_of(t)
-            placed = (t.index, t.variant_id, outputs, json.dumps(dict(t.axes)), t.input_name,
-                      t.prompt_name, ins)
-            have = known.get(t.task_key)
-            if have is None:
+            placed[t.task_key] = (t, (t.index, t.variant_id, json.dumps(t.output_paths()),
+                                      json.dumps(dict(t.axes)), t.input_name, t.prompt_name,
+                                      ins))
+        # The record's rows one at a time (not all of them at once: 35 MB at 50,000 tasks).
+        known: set[str] = set()
+        updates: list[tuple[Any, ...]] = []
+        for row in self._conn.execute("SELECT task_key, idx, variant_id, outputs_json, "
+                                      "axes_json, input_name, prompt_name, inputs_json "
+                                      "FROM tasks"):
+            got = placed.get(row[0])
+            if got is not None:
+                t, placement = got
+                known.add(t.task_key)
+                if row[1:] != placement:
+                    updates.append((*placement, t.task_key))
+        inserts: list[tuple[Any, ...]] = []
+        uuids: list[tuple[Any, ...]] = []
+        for t, placement in placed.values():
+            if t.task_key not in known:
                 uuid = t.task_uuid
                 inserts.append((t.task_key, t.index, t.variant_id, "planned", 0, uuid,
                                 str(t.est_cost), json.dumps(dict(t.request), sort_keys=True),
-                                run_id, now, *placed[2:]))
+                                run_id, now, *placement[2:]))
                 uuids.append((uuid, t.task_key, 0, run_id, now))
-            elif have != placed:
-                updates.append((*placed, t.task_key))
-            known[t.task_key] = placed
-        del known
+        del placed
         if not (inserts or updates):
             return
         with _immediate(self._conn) as conn:
@@ -1007,6 +1016,30 @@ def _json(text: str | None) -> Any:
         return None
 
 
+_scan = json.JSONDecoder().scan_once  # the C scanner behind json.loads
+
+
+def _outputs(text: str | None) -> tuple[str, ...]:
+    """A task's output names from their JSON: one printable name without escapes read as it
+    is (most tasks), anything else parsed."""
+    if text and text[:2] == '["' and text[-2:] == '"]' and '"' not in text[2:-2] \
+            and "\\" not in text and text.isprintable():
+        return (text[2:-2],)
+    return tuple(_json_fast(text) or ())
+
+
+def _json_fast(text: str | None) -> Any:
+    """`_json(text)` without json.loads's Python layers around the C scanner (a snapshot
+    parses two per task); whatever the scanner does not take whole goes the usual way."""
+    if text is None:
+        return None
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError):
+        return _json(text)
+    return value if end == len(text) else _json(text)
+
+
 def read_snapshot(out_dir: Path) -> Snapshot:
     """Read the record of `out_dir` read-only, as one consistent snapshot (safe while a run
     writes it). RecordError if there is none, or it is damaged or not a specrunner record."""
@@ -1073,6 +1106,11 @@ def _snapshot(conn: sqlite3.Connection, db: Path, version: int = SCHEMA_VERSION)
     """Everything the readers need, in one read transaction. Records of an older schema (read
     without migrating them: nothing may write a record it does not lock) lack some columns:
     those read as NULL."""
+    with paused_gc():  # objects by the hundred thousand, none of them garbage
+        return _read_all(conn, db)
+
+
+def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
     def col(table: str, name: str, have: set[str]) -> str:
         return name if name in have else "NULL"
 
@@ -1099,29 +1137,55 @@ def _snapshot(conn: sqlite3.Connection, db: Path, version: int = SCHEMA_VERSION)
                 if isinstance(plan, list):
                     plans[digest] = tuple(str(p.get("task_key")) for p in plan
                                           if isinstance(p, dict))
-        tasks = tuple(TaskRow(
-            r[0], r[1], r[2], r[3], r[4], r[5], Decimal(r[6]), _dec(r[7]), r[8], r[9], r[10],
-            tuple(_json(r[11]) or ()), r[12], r[13], _json(r[14]), r[15], r[16], _json(r[17]))
-            for r in conn.execute(
-                "SELECT task_key, idx, variant_id, state, generation, task_uuid, est_cost, cost, "
-                "error_code, error_message, request_json, outputs_json, run_id, updated_at, "
-                f"{col('tasks', 'axes_json', tcols)}, {col('tasks', 'input_name', tcols)}, "
-                f"{col('tasks', 'prompt_name', tcols)}, {col('tasks', 'inputs_json', tcols)} "
-                "FROM tasks ORDER BY idx, variant_id"))
+        # (Sorted here rather than by SQLite, which sorted whole rows, requests included.)
+        rows = conn.execute(
+            "SELECT task_key, idx, variant_id, state, generation, task_uuid, est_cost, cost, "
+            "error_code, error_message, request_json, outputs_json, run_id, updated_at, "
+            f"{col('tasks', 'axes_json', tcols)}, {col('tasks', 'input_name', tcols)}, "
+            f"{col('tasks', 'prompt_name', tcols)}, {col('tasks', 'inputs_json', tcols)} "
+            "FROM tasks").fetchall()
+        rows.sort(key=itemgetter(1, 2))  # idx, variant id
+        money = _Decimals()
+        # Column by column, each converted by a C-level map (50,000 rows).
+        cols: list[Any] = list(zip(*rows)) or [()] * 18
+        del rows
+        cols[6] = map(money.__getitem__, cols[6])
+        cols[7] = map(money.maybe, cols[7])
+        cols[11] = map(_outputs, cols[11])
+        cols[14] = map(_json_fast, cols[14])
+        inputs = {text: _json(text) for text in set(cols[17])}  # a few texts: parsed once
+        cols[17] = map(inputs.__getitem__, cols[17])
+        tasks = tuple(map(TaskRow, *cols))
+        del cols
         results: dict[str, list[Result]] = {}
         sql = _RESULTS_SQL.replace("provider_prompt", col("results", "provider_prompt", rscols))
-        for r in conn.execute(sql + " ORDER BY task_key, idx"):
-            results.setdefault(r[0], []).append(_result(r))
+        for r in conn.execute(sql):
+            results.setdefault(r[0], []).append(Result(
+                r[0], r[1], r[2], r[3], r[4], money.maybe(r[5]), r[6],
+                None if r[7] is None else bool(r[7]), r[8], r[9], r[10], r[11]))
+        for items in results.values():
+            if len(items) > 1:
+                items.sort(key=attrgetter("index"))
         sends: dict[str, int] = {}
         first: dict[str, float] = {}
-        for key, n, started in conn.execute(
-                "SELECT task_key, count(*), min(started_at) FROM attempts WHERE kind='send' "
-                "GROUP BY task_key"):
-            sends[key], first[key] = n, started
+        for key, started in conn.execute(
+                "SELECT task_key, started_at FROM attempts WHERE kind='send'"):
+            n = sends.get(key)
+            if n is None:
+                sends[key], first[key] = 1, started
+            else:
+                sends[key] = n + 1
+                if started < first[key]:
+                    first[key] = started
         latencies = tuple(e - s for (s, e) in conn.execute(
             "SELECT started_at, ended_at FROM attempts ORDER BY started_at, id"))
-        done_at = dict(conn.execute("SELECT task_key, max(at) FROM transitions "
-                                    "WHERE to_state='done' GROUP BY task_key"))
+        # The last "done" of each task, found here: SQLite's GROUP BY sorted the 200,000
+        # transitions of a 50,000-task record to find it, slower.
+        done_at: dict[str, float] = {}
+        for key, at in conn.execute("SELECT task_key, at FROM transitions "
+                                    "WHERE to_state='done'"):
+            if at >= done_at.get(key, at):
+                done_at[key] = at
         uuids: dict[str, str] = {}
         new_uuids = 0
         for uuid, key, generation in conn.execute(

@@ -120,13 +120,14 @@ def local_server(faults: FaultConfig | None = None,
 
 
 def _plan_json(tasks: Sequence[Task]) -> str:
-    """What a run records of its plan (RunMeta.plan_json): each task's key, variant id and
-    estimate, in plan order. (Not the UUIDs: each follows from its key, and deriving 50,000
-    of them took a tenth of a second of every resume.)"""
-    text: dict[int, str] = {}  # estimates are shared Decimals: str() once per object
-    return json.dumps([{"task_key": t.task_key, "variant_id": t.variant_id,
-                        "est_cost": text.get(id(t.est_cost)) or
-                        text.setdefault(id(t.est_cost), str(t.est_cost))} for t in tasks])
+    """What a run records of its plan (RunMeta.plan_json): the task keys, in plan order, as
+    [{"task_key": ...}, ...]. (Variant ids and estimates are in the record's tasks; UUIDs
+    follow from the keys. Keys are hex, so the text is joined, not encoded: 5 ms for 50,000
+    tasks, where the dicts took 80.)"""
+    keys = [t.task_key for t in tasks]
+    if not all(map(str.isalnum, keys)):  # not sha256 hex (a hand-made task): encode them
+        return json.dumps([{"task_key": k} for k in keys])
+    return "[" + ", ".join(map('{{"task_key": "{}"}}'.format, keys)) + "]"
 
 
 def _refuse_other_shards(record: Record, shard: str) -> None:
