@@ -286,10 +286,7 @@ class Snapshot:
     def request(self, row: TaskRow) -> dict[str, Any]:
         """The planned request of a task (local inputs as `local:<sha256>` placeholders);
         RecordError if the record holds none that is readable."""
-        try:
-            value = json.loads(row.request_json)
-        except ValueError:
-            value = None
+        value = _json_fast(row.request_json)  # (a report reads every task's)
         if not isinstance(value, dict):
             raise _damaged(self.path, f"task {row.task_key} has no readable request")
         return value
@@ -490,11 +487,13 @@ def _placement_digest(tasks: Sequence[Task]) -> str:
         column(list(map(attrgetter(name), tasks)))
     for name in ("index", "number_results"):
         column(list(map(str, map(attrgetter(name), tasks))))  # (ints: str() tells them apart)
+    # (Key sets and input pairs are numbered as they are made: 50,000 tuples alive at once
+    # would outlive young collections and bring on a full one, 50 ms of a resume.)
     axes = list(map(attrgetter("axes"), tasks))
-    key_sets = list(map(tuple, axes))
-    numbered = {k: str(n) for n, k in enumerate(dict.fromkeys(key_sets))}
-    h.update(json.dumps(list(numbered)).encode() + b"\x1e")
-    column(list(map(numbered.__getitem__, key_sets)))
+    key_sets: dict[tuple[str, ...], str] = {}
+    numbers = [key_sets.setdefault(tuple(a), str(len(key_sets))) for a in axes]
+    h.update(json.dumps(list(key_sets)).encode() + b"\x1e")
+    column(numbers)
     column(list(itertools.chain.from_iterable(map(methodcaller("values"), axes))))
     # inputs: a task's are its request's "inputs" and its local inputs (for a planned task,
     # its shared request shape's), numbered by those objects
@@ -502,11 +501,12 @@ def _placement_digest(tasks: Sequence[Task]) -> str:
         holders: list[Any] = list(map(attrgetter("request.shape"), tasks))
     except AttributeError:  # requests of other kinds
         holders = [t.request.get("inputs") for t in tasks]
-    pairs = list(zip(map(id, holders), map(id, map(attrgetter("local_inputs"), tasks))))
-    first = dict(zip(pairs, tasks))  # a task of each pair (any: they share their inputs)
-    refs = {pair: str(n) for n, pair in enumerate(first)}
+    pairs: dict[tuple[int, int], str] = {}
+    refs = [pairs.setdefault((id(held), id(local)), str(len(pairs)))
+            for held, local in zip(holders, map(attrgetter("local_inputs"), tasks))]
+    first = dict(zip(refs, tasks))  # a task of each pair (any: they share their inputs)
     h.update(json.dumps([_inputs_of(t) for t in first.values()]).encode() + b"\x1e")
-    column(list(map(refs.__getitem__, pairs)))
+    column(refs)
     return h.hexdigest()
 
 
@@ -1186,12 +1186,9 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
                                     "WHERE to_state='done'"):
             if at >= done_at.get(key, at):
                 done_at[key] = at
-        uuids: dict[str, str] = {}
-        new_uuids = 0
-        for uuid, key, generation in conn.execute(
-                "SELECT task_uuid, task_key, generation FROM task_uuids"):
-            uuids[uuid] = key
-            new_uuids += generation > 0
+        uuids = dict(conn.execute("SELECT task_uuid, task_key FROM task_uuids"))
+        new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation > 0"
+                                 ).fetchone()[0]
         uploads = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
         spec = conn.execute("SELECT spec_text FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()
         conn.execute("COMMIT")
