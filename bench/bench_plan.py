@@ -1,21 +1,31 @@
-"""Benchmark: load_spec + build_plan for 1k, 10k and 100k tasks (issue 2's "Must show").
+"""Benchmark: planning at 1k to 1M tasks, in-process and as `specrunner plan` end to end.
 
-    python bench/bench_plan.py [--sizes 1000,10000,100000] [--keep DIR] [--refusals-only]
+    python bench/bench_plan.py [--sizes 1000,10000,100000,500000,1000000] [--rounds 3]
+                               [--src DIR] [--keep DIR] [--refusals-only]
 
 Writes a spec with real small local images into a temp folder (10 inputs x P prompts x
-5 styleTypes x 4 magicPrompt values x R repeats), then for each size runs a fresh
-subprocess that measures the wall time of `load_spec` + `build_plan` (best of 3 runs with
-tracemalloc off), and a second fresh subprocess for the tracemalloc peak, and reports each
-child's ru_maxrss (whole process: interpreter, imports and the plan). A third child records
-the plan into a new run record (`Store.plan_tasks`, what `run` does before its first
-request) and then again, as a resume does. Prints a table; then how long a matrix over the
-task cap takes to be refused (10**6 combinations with 50 includes, 10**6 and 10**7 without).
+5 styleTypes x 4 magicPrompt values x R repeats), then for each size:
+
+- `plan table`: the command a user types, `python -m specrunner plan SPEC --format table`,
+  in a fresh process from exec to exit (imports, spec load, plan, reproducibility notes,
+  table, interpreter teardown), best of `--rounds`; its peak RSS (the child's ru_maxrss,
+  measured by a wrapper process whose only child it is);
+- in-process (sizes up to 100k): the wall time of `load_spec` + `build_plan` (best of 3,
+  tracemalloc off) and, in a second fresh process, the tracemalloc peak; a third child
+  records the plan into a new run record (`Record.begin_run` + `Record.plan`, what `run`
+  does before its first request) and then again, as a resume does.
+
+Prints a table; then how long a matrix over the task cap takes to be refused (10**6
+combinations with 50 includes, 10**6 and 10**7 without). `--src DIR` measures the specrunner
+source tree in DIR instead of this one (an older commit unpacked with `git archive`), so
+before and after can be measured side by side in one session.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,7 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ["GENERAL", "REALISTIC", "DESIGN", "RENDER_3D", "ANIME"]
 MAGIC = ["AUTO", "ON", "OFF", "AUTO"]  # 4 values; the duplicate is told apart by a variable
-SHAPES = {1_000: (5, 1), 10_000: (50, 1), 100_000: (100, 5)}  # tasks -> (prompts, repeat)
+SHAPES = {1_000: (5, 1), 10_000: (50, 1), 100_000: (100, 5), 200_000: (200, 5),
+          500_000: (500, 5), 1_000_000: (1000, 5)}  # tasks -> (prompts, repeat)
+IN_PROCESS_MAX = 100_000  # tracemalloc and the record children above this take minutes
 
 CHILD = r"""
 import json, resource, sys, time, tracemalloc
@@ -46,13 +58,15 @@ elif mode == "record":
     # What `run` does next: the plan into a new run record, then again as a resume does.
     import tempfile
     from pathlib import Path
-    from specrunner.store import open_store
+    from specrunner.record import RunMeta, open_record
     plan = build_plan(load_spec(path))
+    meta = RunMeta(spec_path=path, spec_text="", spec_sha256="0" * 64, plan_json="[]",
+                   max_usd=plan.spec.budget.max_usd)
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(Path(tmp))
-        t0 = time.perf_counter(); store.plan_tasks(store.begin_run({}), plan.tasks)
-        t1 = time.perf_counter(); store.plan_tasks(store.begin_run({}), plan.tasks)
-        t2 = time.perf_counter(); store.close()
+        record = open_record(Path(tmp))
+        t0 = time.perf_counter(); record.plan(record.begin_run(meta), plan.tasks)
+        t1 = time.perf_counter(); record.plan(record.begin_run(meta), plan.tasks)
+        t2 = time.perf_counter(); record.close()
     out = {"tasks": len(plan.tasks), "record_s": t1 - t0, "rerecord_s": t2 - t1}
 elif mode == "refuse":
     # A matrix over the task cap must be refused at once, whatever its includes.
@@ -102,7 +116,8 @@ def write_spec(folder: Path, tasks: int) -> Path:
               "  include:",
               "    - {tone: warm, magicPrompt: AUTO}", "    - {tone: cool, magicPrompt: \"ON\"}",
               "    - {tone: bright, magicPrompt: \"OFF\"}",
-              f"repeat: {repeat}", "budget:", "  max_usd: 100000", "  max_tasks: 100000"]
+              f"repeat: {repeat}", "budget:", "  max_usd: 1000000",
+              f"  max_tasks: {max(tasks, 100_000)}"]
     path = folder / f"bench-{tasks}.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -134,47 +149,82 @@ def write_refusal_spec(folder: Path, digits: int, includes: int) -> Path:
     return path
 
 
-def refusals(folder: Path) -> None:
+def refusals(folder: Path, src: Path) -> None:
     """How fast a matrix over the task cap is refused (issue 16: 10**6 x 50 includes took
     28 s and 300 MB)."""
     print(f"\n{'matrix':>24} {'refused':>8} {'seconds':>8} {'maxrss MB':>10}")
     for digits, includes in ((6, 50), (6, 0), (7, 0)):
-        r = measure(write_refusal_spec(folder / "refuse", digits, includes), "refuse")
+        r = measure(write_refusal_spec(folder / "refuse", digits, includes), "refuse", src)
         label = f"10^{digits} x {includes} includes"
         print(f"{label:>24} {str(r['refused']):>8} {r['refuse_s']:>8.2f} {r['maxrss_mb']:>10.1f}")
 
 
-def measure(path: Path, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(path), mode],
+def measure(path: Path, mode: str, src: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(path), mode],
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
 
 
+# Times one command in a fresh wrapper process whose only child it is: RUSAGE_CHILDREN is
+# then that command's own peak RSS.
+WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+seconds = time.perf_counter() - t0
+print(json.dumps({"s": seconds, "code": proc.returncode, "err": proc.stderr.decode()[-2000:],
+                  "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def plan_cli(path: Path, src: Path, rounds: int) -> tuple[float, float]:
+    """(best seconds, peak RSS MB) of `python -m specrunner plan SPEC --format table`."""
+    best, rss = float("inf"), 0.0
+    for _ in range(rounds):
+        proc = subprocess.run(
+            [sys.executable, "-c", WRAPPER, sys.executable, "-m", "specrunner", "plan",
+             str(path), "--format", "table"], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(src)}, cwd=path.parent)
+        r = json.loads(proc.stdout)
+        assert r["code"] == 0, r["err"]
+        best, rss = min(best, r["s"]), max(rss, r["rss_mb"])
+    return best, rss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--sizes", default="1000,10000,100000,500000,1000000")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of `plan` per size (best)")
+    ap.add_argument("--src", help="specrunner source tree to measure (default: this one)")
     ap.add_argument("--keep", help="write the specs here instead of a temp folder")
     ap.add_argument("--refusals-only", action="store_true",
                     help="only time the refusal of matrices over the task cap")
     args = ap.parse_args()
+    src = Path(args.src).resolve() if args.src else ROOT
     sizes = [] if args.refusals_only else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         print(f"python {platform.python_version()} on {platform.machine()}, "
-              f"{__import__('os').cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs; source {src}")
         if sizes:
-            print(f"{'tasks':>8} {'load s':>8} {'plan s':>8} {'total s':>8} {'us/task':>8} "
-                  f"{'tracemalloc MB':>15} {'maxrss MB':>10} {'record s':>9} {'again s':>8}")
+            print(f"plan table = {sys.executable} -m specrunner plan SPEC --format table "
+                  f"(fresh process, best of {args.rounds}; PYTHONPATH=source)\n")
+            print(f"{'tasks':>9} {'plan table s':>13} {'us/task':>8} {'max RSS MB':>11} "
+                  f"{'load s':>7} {'build s':>8} {'tracemalloc MB':>15} {'record s':>9} "
+                  f"{'again s':>8}")
         for n in sizes:
             path = write_spec(folder, n)
-            t = measure(path, "time")
-            m = measure(path, "memory")
-            r = measure(path, "record")
-            assert t["tasks"] == m["tasks"] == r["tasks"] == n, (t, m, r)
-            print(f"{n:>8} {t['load_s']:>8.3f} {t['plan_s']:>8.3f} {t['total_s']:>8.3f} "
-                  f"{t['total_s'] / n * 1e6:>8.1f} {m['peak_mb']:>15.1f} {t['maxrss_mb']:>10.1f} "
-                  f"{r['record_s']:>9.2f} {r['rerecord_s']:>8.2f}")
-        refusals(folder)
+            cli_s, cli_mb = plan_cli(path, src, args.rounds)
+            line = f"{n:>9} {cli_s:>13.2f} {cli_s / n * 1e6:>8.1f} {cli_mb:>11.1f}"
+            if n <= IN_PROCESS_MAX:
+                t = measure(path, "time", src)
+                m = measure(path, "memory", src)
+                r = measure(path, "record", src)
+                assert t["tasks"] == m["tasks"] == r["tasks"] == n, (t, m, r)
+                line += (f" {t['load_s']:>7.3f} {t['plan_s']:>8.3f} {m['peak_mb']:>15.1f} "
+                         f"{r['record_s']:>9.2f} {r['rerecord_s']:>8.2f}")
+            print(line, flush=True)
+        refusals(folder, src)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from specrunner import runware
 
 from specrunner.plan import matrix
 from specrunner.spec.types import Matrix
-from specrunner.plan.matrix import MatrixTooLarge, expand, github_equals
+from specrunner.plan.matrix import Combination, MatrixTooLarge, expand, github_equals
 from specrunner.plan import build_plan
 from test_plan import make_spec, with_matrix
 
@@ -330,3 +330,21 @@ def test_task_uuids_valid_v4_and_unique(spec: Any) -> None:
     assert len({t.task_uuid for t in tasks}) == len(tasks)
     assert len({t.variant_id for t in tasks}) == len(tasks)
     assert sum((t.est_cost for t in tasks), Decimal(0)) == build_plan(spec).total_cost
+
+
+def test_a_plain_product_makes_the_same_combinations_as_the_constructor() -> None:
+    axes = [("a", (1, 2)), ("b", ("x", "y", "z"))]
+    exp = expand(axes)
+    made = tuple(Combination({"a": a, "b": b}, i, None, ()) for i, (a, b) in enumerate(
+        [(a, b) for a in (1, 2) for b in ("x", "y", "z")]))
+    assert exp.combinations == made and made == exp.combinations
+    assert list(exp.combinations) == list(made) and len(exp.combinations) == 6
+    assert (exp.combinations[-1], exp.combinations[1:3]) == (made[-1], made[1:3])
+    assert [repr(c) for c in exp.combinations] == [repr(c) for c in made]
+    assert exp.combinations != made[:-1]
+    with pytest.raises(IndexError):
+        exp.combinations[6]
+    # with an exclude or an include, the same combinations as the general walk makes
+    walked = expand(axes, exclude=[{"b": "nothing"}]).combinations
+    assert isinstance(walked, tuple) and walked == made
+

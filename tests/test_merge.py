@@ -245,10 +245,22 @@ def test_bad_merges_are_one_clear_line_and_exit_2(tmp_path: Path, server, shards
     assert not (tmp_path / "m").exists()
 
 
+def placement_mark(folder: Path) -> list[tuple[str]]:
+    """What the record keeps of the last ended run's plan placement (Record.plan)."""
+    conn = sqlite3.connect(f"{record_path(folder).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return list(conn.execute("SELECT value FROM meta WHERE key = 'placement'"))
+    finally:
+        conn.close()
+
+
 def test_merging_into_a_shard_folder(tmp_path: Path, server, shards) -> None:
     spec, folders = shards
+    assert len(placement_mark(folders[0])) == 1
     code, out, _ = cli_call("merge", folders[1], folders[2], "--out", folders[0])
     assert code == 0 and "plan: 30 of 30 tasks recorded, 30 done" in out
+    # rows came from other folders: the next run checks every task's placement
+    assert placement_mark(folders[0]) == []
     assert audit(billed(server), folders[0]).done == 30
     code, _, err = cli_call("run", spec, "--local", "--out", folders[0], "--shard", "1/3")
     assert code == 2 and "holds shard 2/3, shard 3/3; this run is shard 1/3" in err

@@ -22,7 +22,7 @@ from specrunner.plan import identity
 
 from specrunner.plan import outpaths
 from specrunner import plan as planmod
-from specrunner.plan.task import LocalImage
+from specrunner.plan.task import LocalImage, Task
 from specrunner.spec.types import (Budget, Execution, ImageRef, InputPair, Matrix,
                                    OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
@@ -631,6 +631,35 @@ def test_fast_task_keys_equal_reference_keys() -> None:
     assert t.task_key == planmod.task_key(t.request, "white-edits", 0)
 
 
+def test_the_planner_makes_tasks_equal_to_the_dataclass_constructor() -> None:
+    spec = make_spec(("a", "b"), repeat=2, defaults={"outputFormat": "WEBP"})
+    for t in build_plan(spec).tasks:
+        made = Task(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Task)})
+        assert made == t and repr(made) == repr(t)
+        assert [getattr(made, f.name) for f in dataclasses.fields(Task)] == \
+            [getattr(t, f.name) for f in dataclasses.fields(Task)]
+    assert dataclasses.replace(t, repeat=5).repeat == 5  # still a frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.repeat = 1  # type: ignore[misc]
+
+
+def test_output_collisions_are_found_whatever_the_names_hash_to(monkeypatch) -> None:
+    """The planner holds output names by hash: names whose hashes collide are still told
+    apart, and every real collision (case only, or exact) is reported as before."""
+    spec = make_spec(("a", "b", "A"), repeat=2, output_name="{input}-{repeat}",
+                     defaults={"numberResults": 2})
+    spec = dataclasses.replace(spec, inputs={**spec.inputs, "A": pair("a-upper")})
+    first = [(d.code, d.message) for d in diags(spec)]
+    assert [c for c, _ in first] == ["output-collision"] * 4
+    for collide in (lambda name: 0, len):
+        monkeypatch.setattr(planmod.build, "_name_hash", collide)
+        assert [(d.code, d.message) for d in diags(spec)] == first
+    fine = make_spec(("a", "b"), repeat=3, output_name="{input}-{repeat}",
+                     defaults={"numberResults": 2})
+    monkeypatch.setattr(planmod.build, "_name_hash", lambda name: 0)
+    assert len(build_plan(fine).tasks) == 6  # all 12 names differ, all hashing to 0
+
+
 def test_exclude_key_must_be_an_axis() -> None:
     spec = with_matrix(make_spec(), Matrix(axes=(("styleType", ("DESIGN", "ANIME")),),
                                            include=({"magicPrompt": "ON"},),
@@ -665,6 +694,47 @@ def test_repeat_suffix_cannot_collide_with_another_variant_id() -> None:
     axes = with_matrix(make_spec(repeat=2, output_name="{variant}"),
                        Matrix(axes=(("shop", ("x", "x-r2")),)))
     assert [d.code for d in diags(axes)] == ["duplicate-id"]
+
+
+def _task_id_clashes(ids: list[str], repeat: int) -> list[str]:
+    """What a registry of every task id (first claim wins) reports, as the planner once
+    kept it: the model the planner's cheaper check must agree with."""
+    seen: set[str] = set()
+    held: dict[str, tuple[str, int]] = {}
+    out = []
+
+    def which(v: str, r: int) -> str:
+        return f"variant `{v}`" if r == 0 else f"repeat {r + 1} of variant `{v}`"
+
+    for i, vid in enumerate(ids):
+        if vid in seen:
+            out.append(f"variant id `{vid}` is used twice")
+            continue
+        seen.add(vid)
+        for r in range(repeat):
+            tid = vid if r == 0 else f"{vid}-r{r + 1}"
+            if tid in held:
+                out.append(f"task id `{tid}` is used twice: {which(*held[tid])} and "
+                           f"{which(vid, r)}")
+                continue
+            held[tid] = (vid, r)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "a-r2", "a-r3", "a-r2-r2", "a-r02", "a-r1", "b",
+                                 "b-r2", "a-r", "a-r-r2", "c-r10"]), min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=3))
+def test_task_id_clashes_are_those_of_a_registry_of_every_id(ids: list[str],
+                                                             repeat: int) -> None:
+    spec = make_spec(repeat=repeat, variants=[VariantDecl({"shop": f"S{i}"}, id=v)
+                                              for i, v in enumerate(ids)])
+    try:
+        got = [] if len(build_plan(spec).tasks) == len(ids) * repeat else ["tasks missing"]
+    except SpecError as exc:
+        got = [d.message.split(" (combinations")[0] for d in exc.diagnostics
+               if d.code == "duplicate-id"]
+    assert got == _task_id_clashes(ids, repeat)
 
 
 def test_a_plan_without_tasks_is_an_error() -> None:

@@ -146,6 +146,43 @@ def test_planning_again_rewrites_only_the_tasks_whose_placement_changed(tmp_path
     assert (row.state, row.outputs, row.index) == ("done", ("renamed/v0.png",), 0)
 
 
+def test_a_plan_the_last_ended_run_had_reads_no_task_rows_and_any_change_is_seen(
+        tmp_path: Path) -> None:
+    tasks = make_tasks(5)
+    record, first = planned_record(tmp_path, tasks)
+    record.end_run(first, "complete", 0, Decimal(0))
+    statements: list[str] = []
+    record._conn.set_trace_callback(statements.append)
+
+    def reads(plan: list, *, end: bool = True) -> bool:
+        """Plan as a new run (ended unless `end` is False): whether it read the tasks."""
+        del statements[:]
+        run_id = record.begin_run(meta())
+        record.plan(run_id, plan)
+        read = any("FROM tasks" in s for s in statements)
+        if end:
+            record.end_run(run_id, "complete", 0, Decimal(0))
+        return read
+
+    moved = dataclasses.replace(tasks[0], output_stem="renamed/v0")
+    try:
+        assert not reads(tasks)  # the plan of the last run that ended
+        assert reads([moved, *tasks[1:]])  # an output renamed: the rows are checked...
+        assert next(r for r in record.snapshot().tasks
+                    if r.task_key == moved.task_key).outputs == ("renamed/v0.png",)
+        assert not reads([moved, *tasks[1:]])
+        assert reads([*tasks[1:], moved])  # the same tasks in another order
+        assert not reads([*tasks[1:], moved], end=False)  # a run that never ends (killed)...
+        assert reads([*tasks[1:], moved])  # ...leaves the next one checking the rows
+        assert not reads([*tasks[1:], moved])
+        assert reads([*tasks[1:], moved, *make_tasks(1, prompt="new")])  # a new task
+        rows = record.snapshot().tasks
+    finally:
+        record.close()
+    assert len(rows) == 6 and next(r for r in rows if r.task_key == moved.task_key).outputs \
+        == ("renamed/v0.png",)
+
+
 def test_concurrent_events_are_group_committed(tmp_path: Path) -> None:
     tasks = make_tasks(200)
     record, run_id = planned_record(tmp_path, tasks)

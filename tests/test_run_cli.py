@@ -22,7 +22,7 @@ from specrunner.run import set_testing
 from specrunner.commands import run as run_cmd
 from specrunner.local import LocalConfig, create_app
 from specrunner.errors import RecordError
-from specrunner.record import open_record, read_snapshot
+from specrunner.record import open_record, read_attempts, read_snapshot
 
 SPEC = """\
 version: 1
@@ -105,6 +105,35 @@ def test_local_run_then_resume_makes_zero_calls(tmp_path, server) -> None:
     assert code == 0 and len(server.stats().charges) == 8  # only the two new repeats
     snap = read_snapshot(outdir)
     assert "repeat: 4" in (snap.spec_text or "") and len(snap.runs[-1].spec_sha256 or "") == 64
+
+
+def summary_rows(text: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, v in (line.rsplit("  ", 1) for line in
+                                              text.splitlines() if "  " in line)}
+
+
+def test_resuming_a_finished_campaign_starts_no_server_and_sends_nothing(tmp_path,
+                                                                         monkeypatch) -> None:
+    """Every task done: no backend is reached, so --local's server (which would replay its
+    whole journal first) is not even started; the figures are the campaign's as before."""
+    set_testing(True)
+    spec, out = write_spec(tmp_path), tmp_path / "o"
+    code, first, _ = call(str(spec), "--local", "--out", str(out))
+    assert code == 0
+    attempts = len(read_attempts(out))
+    started: list[object] = []
+    real = specrunner.run.local_server
+    monkeypatch.setattr(specrunner.run, "local_server",
+                        lambda *a, **k: started.append(a) or real(*a, **k))
+    code, again, err = call(str(spec), "--local", "--out", str(out))
+    assert (code, err, started, len(read_attempts(out))) == (0, "", [], attempts)
+    rows = summary_rows(again)
+    assert (rows["done before this run"], rows["requests sent (imageInference)"],
+            rows["campaign spent (USD)"], rows["status"]) == (
+        "6", "0", summary_rows(first)["campaign spent (USD)"], "complete")
+    # a task left to do: the server is started and the task sent
+    code, _, _ = call(str(write_spec(tmp_path, repeat=4)), "--local", "--out", str(out))
+    assert code == 0 and len(started) == 1 and len(read_attempts(out)) > attempts
 
 
 def test_a_local_rerun_after_an_edit_finds_its_uploads_like_runware_would(tmp_path) -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specrunner import runware
 from specrunner.record import read_attempts, read_snapshot
-from specrunner.run.executor import RunOutcome
+from specrunner.run.executor import RunOutcome, _exact_sum
 from specrunner.spec.types import Execution
 from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_record, run_executor
 
@@ -363,3 +365,35 @@ def test_every_send_finds_its_uuid_already_durable(tmp_path: Path) -> None:
     assert out.status == "complete"
     keys = {t.task_key for t in tasks}
     assert len(seen) >= 40 and all(owner in keys for _, owner, _ in seen), seen
+
+
+def one_by_one(terms: list[tuple[Decimal, int]]) -> Decimal:
+    total = Decimal(0)
+    for x, n in terms:
+        for _ in range(n):
+            total += x
+    return total
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.decimals(allow_nan=False, allow_infinity=False, places=4,
+                                      min_value=-10**6, max_value=10**6) |
+                          st.decimals(allow_nan=False, allow_infinity=False),
+                          st.integers(min_value=1, max_value=40)), max_size=6))
+def test_the_campaign_spend_is_summed_as_task_by_task(terms) -> None:
+    """A resume sums what earlier runs spent from per-cost counts (a record of 50,000 tasks
+    holds a few distinct costs): the same Decimal, digit for digit, as adding each task's
+    in record order, or None where the order could matter (then it adds them one by one)."""
+    got = _exact_sum(terms)
+    if got is not None:
+        assert (got, str(got)) == (one_by_one(terms), str(one_by_one(terms)))
+
+
+def test_the_campaign_spend_sum_gives_way_where_rounding_would_decide() -> None:
+    assert str(_exact_sum([(Decimal("0.08"), 50_000), (Decimal("0.0800"), 3)])) == "4000.2400"
+    assert _exact_sum([]) == 0
+    third = Decimal(1) / Decimal(3)  # 28 digits: four of them need 29
+    assert _exact_sum([(third, 4)]) is None
+    assert _exact_sum([(Decimal("1E+30"), 1), (Decimal("1"), 1)]) is None
+    assert _exact_sum([(Decimal("NaN"), 1)]) is None
+

@@ -51,7 +51,7 @@ def make_tasks(n: int, *, numbers: int = 1, local: dict[str, LocalImage] | None 
                "outputFormat": "PNG"}
         key = hashlib.sha256(json.dumps([req, i], sort_keys=True).encode()).hexdigest()
         tasks.append(Task(index=i, variant_id=f"v{i}", task_key=key,
-                          task_uuid=runware.task_uuid(key), request=req, input_name="in",
+                          request=req, input_name="in",
                           prompt_name="p", axes={}, repeat=0, number_results=numbers,
                           est_cost=Decimal("0.08") * numbers, output_stem=f"v{i}",
                           output_ext="png", local_inputs=dict(local or {})))

@@ -57,7 +57,7 @@ def test_the_runner_contract_substitutes_every_key_at_its_path(tmp_path: Path) -
     assert sent["providerSettings"]["ideogram"]["styleReferenceImages"] == [
         f"uuid-of-{KEY}[0]", UUID, f"uuid-of-{KEY}[2]"]
     assert "local:" not in json.dumps(sent)
-    assert "local:" in json.dumps(task.request)  # the planned request is untouched
+    assert "local:" in json.dumps(dict(task.request))  # the planned request is untouched
 
 
 def test_the_reference_bytes_are_part_of_the_task_key(tmp_path: Path) -> None:

@@ -37,19 +37,19 @@ def text_of(value: Scalar) -> str:
 
 def slug(value: Scalar) -> str:
     """A value as an id segment: characters other than [A-Za-z0-9._-] become '_'."""
-    return _slug_text(text_of(value))
+    return slug_text(value if type(value) is str else text_of(value))
 
 
 @lru_cache(maxsize=1 << 16)
-def _slug_text(text: str) -> str:
-    # Memoised on the text, which is all a slug depends on: a plan slugs the same few axis
-    # values for every combination.
+def slug_text(text: str) -> str:
+    """`slug` of a text value. Memoised on the text, which is all a slug depends on: a plan
+    slugs the same few axis values for every combination."""
     return _SLUG.sub("_", text)
 
 
 def base_id(values: Mapping[str, Scalar], index: int) -> str:
     """The default variant id of a combination: its values in key order, slugified."""
-    return "-".join(slug(v) for v in values.values()) or f"variant{index + 1}"
+    return "-".join(map(slug, values.values())) or f"variant{index + 1}"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -84,6 +84,17 @@ def framed_key(frame: tuple[bytes, bytes], prompt_json: bytes, polarity_json: by
                repeat: int) -> str:
     """key_of(body + positivePrompt, ...) from a `prompt_frame` of body and the canonical JSON
     of the prompt and of the polarity, without serialising the request again."""
-    return hashlib.sha256(b"".join((
-        b'{"maskPolarity":', polarity_json, b',"repeat":', str(repeat).encode(),
-        b',"request":', frame[0], prompt_json, frame[1], b"}"))).hexdigest()
+    return hashlib.sha256(key_head(polarity_json, repeat)
+                          + key_tail(frame, prompt_json)).hexdigest()
+
+
+def key_head(polarity_json: bytes, repeat: int) -> bytes:
+    """The bytes a task key hashes before its request: polarity and repeat index."""
+    return b'{"maskPolarity":' + polarity_json + b',"repeat":' + str(repeat).encode() \
+        + b',"request":'
+
+
+def key_tail(frame: tuple[bytes, bytes], prompt_json: bytes) -> bytes:
+    """The bytes a task key hashes from its request on: the same for every repeat of a
+    combination, so the planner joins them once (`framed_key` = head + tail)."""
+    return frame[0] + prompt_json + frame[1] + b"}"

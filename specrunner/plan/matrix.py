@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from operator import getitem
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 Scalar = Any  # str | int | float | bool | None
 Equals = Callable[[Scalar, Scalar], bool]
@@ -78,7 +79,7 @@ class MatrixTooLarge(Exception):
         self.what, self.size, self.limit, self.at_least = what, size, limit, at_least
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Combination:
     """One result combination and where it came from.
 
@@ -93,15 +94,72 @@ class Combination:
     touched_by: tuple[int, ...] = ()
 
 
+assert tuple(f.name for f in fields(Combination)) == (
+    "values", "product_index", "created_by", "touched_by"), "_product_combination sets them all"
+_values, _product_index, _created_by, _touched_by = (
+    Combination.__dict__[f.name].__set__ for f in fields(Combination))
+_new = object.__new__
+
+
+def _product_combination(values: Mapping[str, Scalar], product_index: int) -> Combination:
+    """Combination(values, product_index): the same value without the frozen dataclass's
+    __init__ (four object.__setattr__ calls, two thirds of making one; a product of a
+    million combinations makes a million)."""
+    c = _new(Combination)
+    _values(c, values)
+    _product_index(c, product_index)
+    _created_by(c, None)
+    _touched_by(c, ())
+    return c
+
+
+class ProductCombinations(Sequence[Combination]):
+    """The combinations of a product that no exclude or include changed, made when read:
+    the one at position i is Combination(values[i], i). Only the values are kept (a product
+    of a million combinations keeps a million dicts, not also a million Combinations). Equal
+    to any sequence of the same combinations."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[Mapping[str, Scalar]]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self.values))))
+        n = len(self.values)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError("combination index out of range")
+        return _product_combination(self.values[j], j)
+
+    def __iter__(self) -> Iterator[Combination]:
+        return map(_product_combination, self.values, itertools.count())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ProductCombinations({len(self)} combinations)"
+
+
 @dataclass(frozen=True)
 class Expansion:
     """The combinations in GitHub's order, plus the product combinations excludes removed.
 
     `excluded` holds (product_index, first matching exclude entry index) pairs; use
-    `combination_at` to see the values of one.
+    `combination_at` to see the values of one. `combinations` is a tuple, or for a product
+    that no exclude or include changed a ProductCombinations.
     """
 
-    combinations: tuple[Combination, ...]
+    combinations: Sequence[Combination]
     product_size: int
     excluded: tuple[tuple[int, int], ...]
     axes: tuple[tuple[str, tuple[Scalar, ...]], ...]
@@ -219,35 +277,48 @@ def expand(
     inc_extra = [{k: v for k, v in e.items() if k not in axis_keys} for e in include]
 
     def matches(masks: list[tuple[int, list[bool]]], idx: tuple[int, ...]) -> bool:
-        return all(m[idx[pos]] for pos, m in masks)
+        for pos, m in masks:
+            if not m[idx[pos]]:
+                return False
+        return True
 
-    survivors: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+    # (A million combinations: the walk below is per combination, so it builds each one in
+    # the same pass and avoids generators.)
+    ex_live = [m for m, ok in ex_masks if ok]
     excluded: list[tuple[int, int]] = []
     joined = [False] * len(include)
-    ranges = [range(len(v)) for _, v in axes] if axes else []
-    index_iter = itertools.product(*ranges) if axes else iter(())
-    for pidx, idx in enumerate(index_iter):
-        hit = next((j for j, (m, ok) in enumerate(ex_masks) if ok and matches(m, idx)), None)
-        if hit is not None:
-            excluded.append((pidx, hit))
-            continue
-        touched = tuple(j for j, m in enumerate(inc_masks) if matches(m, idx))
-        for j in touched:
-            joined[j] = True
-        survivors.append((pidx, idx, touched))
-    created = [j for j in range(len(include)) if not joined[j]]
-    total = len(survivors) + len(created)
-    if max_combinations is not None and total > max_combinations:
-        raise MatrixTooLarge("combinations", total, max_combinations)
-
-    combos: list[Combination] = []
     keys = [k for k, _ in axes]
     vals = [v for _, v in axes]
-    for pidx, idx, touched in survivors:
-        values = {k: vals[p][i] for p, (k, i) in enumerate(zip(keys, idx))}
-        for j in touched:
-            values.update(inc_extra[j])
-        combos.append(Combination(values, pidx, None, tuple(t for t in touched if inc_extra[t])))
+    extra_of = [bool(e) for e in inc_extra]
+    inc_enum = list(enumerate(inc_masks))
+    combos: list[Combination] = []
+    if not axes:
+        pass
+    elif not ex_live and not inc_enum and not include:
+        return Expansion(ProductCombinations([dict(zip(keys, combo))
+                                              for combo in itertools.product(*vals)]),
+                         size, (), tuple(axes))
+    else:
+        for pidx, idx in enumerate(itertools.product(*[range(len(v)) for v in vals])):
+            if ex_live:
+                hit = next((j for j, (m, ok) in enumerate(ex_masks) if ok and matches(m, idx)),
+                           None)
+                if hit is not None:
+                    excluded.append((pidx, hit))
+                    continue
+            values = dict(zip(keys, map(getitem, vals, idx)))
+            touched: tuple[int, ...] = ()
+            if inc_enum:
+                touched = tuple([j for j, m in inc_enum if matches(m, idx)])
+                for j in touched:
+                    joined[j] = True
+                    values.update(inc_extra[j])
+                touched = tuple([t for t in touched if extra_of[t]])
+            combos.append(Combination(values, pidx, None, touched))
+    created = [j for j in range(len(include)) if not joined[j]]
+    total = len(combos) + len(created)
+    if max_combinations is not None and total > max_combinations:
+        raise MatrixTooLarge("combinations", total, max_combinations)
     for j in created:
         combos.append(Combination(dict(include[j]), None, j, ()))
     return Expansion(tuple(combos), size, tuple(excluded), tuple(axes))

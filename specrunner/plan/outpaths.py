@@ -15,15 +15,17 @@ import unicodedata
 _WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                  *(f"LPT{i}" for i in range(1, 10))}
 _WIN_BAD = re.compile(r'[<>:"|?*\x00-\x1f]')
-_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}"
+# A segment the full walk accepts, by construction: not a reserved device name (alone or
+# before a '.'), ASCII letters, digits and `._ -`, not ending in '.' or ' ' (so never "",
+# "." or ".."), at most 240 bytes.
+_NOT_RESERVED = r"(?!(?i:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|/|$))"
+_SEGMENT = _NOT_RESERVED + r"[A-Za-z0-9._ -]{0,239}[A-Za-z0-9_-]"
 _SAFE_STEM = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
-_RESERVED_RE = re.compile(r"(?:^|/)(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|/|$)", re.I)
 
 
 def path_problem(stem: str) -> str | None:
     """Why an output stem (relative, '/'-separated) is unsafe or unportable, or None."""
-    if _SAFE_STEM.fullmatch(stem) and not stem.endswith(".") and "./" not in stem \
-            and not _RESERVED_RE.search(stem):
+    if _SAFE_STEM.fullmatch(stem):
         return None  # the common case, decided without the per-segment walk below
     return _path_problem(stem)
 

@@ -12,6 +12,7 @@ Two facts a reviewer of a campaign needs, both read from the model's request sch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ def reproducibility_diagnostics(plan: Plan) -> list[Diagnostic]:
     return [*magic_prompt_warnings(plan), *no_seed_notes(plan)]
 
 
+@functools.lru_cache(maxsize=None)  # a report asks it once per task, of one model
 def _magic_path(model_id: str) -> tuple[tuple[str, ...], Any] | None:
     """(request path, schema default) of the model's magicPrompt field, if it has one."""
     provider = models.get_model(model_id).provider
@@ -63,26 +65,6 @@ def _get(request: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _source(plan: Plan, ci: int, axes: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-    """The JSON path that set the task's magicPrompt, or None when the request omits it."""
-    fields = models.field_paths(plan.spec.model)
-    key = next((k for k in axes if fields.get(k) == path), None)
-    if key is not None:
-        where = plan.value_source(ci, key)
-        matrix = plan.spec.matrix
-        if matrix is not None and where == f"$.matrix.{key}":
-            values = dict(matrix.axes)[key]
-            value = axes[key]
-            j = next((i for i, v in enumerate(values) if type(v) is type(value) and v == value),
-                     None)
-            if j is not None:  # point at the very list item
-                where = f"{where}[{j}]"
-        return where
-    if _get(plan.spec.defaults, path) is not None:
-        return "$.defaults." + ".".join(path)
-    return None
-
-
 def magic_prompt_warnings(plan: Plan) -> list[Diagnostic]:
     """One warning per place that makes tasks send magicPrompt ON or AUTO (or leave it to
     Runware's default AUTO), with the number of tasks it covers."""
@@ -91,15 +73,27 @@ def magic_prompt_warnings(plan: Plan) -> list[Diagnostic]:
         return []
     path, default = found
     repeat = max(plan.spec.repeat, 1)
+    fields = models.field_paths(plan.spec.model)
+    names = {k for k, p in fields.items() if p == path}  # the keys that set magicPrompt
     groups: dict[str | None, list[Any]] = {}  # source -> [value, task count]
+    places: dict[tuple[Any, ...], str] = {}
+    last, slot = None, None
     for task in plan.tasks:
-        value = _get(task.request, path)
-        effective = default if value is None else value
-        if effective not in REWRITES:
-            continue
-        src = _source(plan, task.index // repeat, task.axes, path) if value is not None else None
-        slot = groups.setdefault(src, [value, 0])
-        slot[1] += 1
+        # Every task of a combination sends the same fields: look once per combination
+        # (its tasks are adjacent in plan order, in a shard's plan too).
+        ci = task.index // repeat
+        if ci != last:
+            last = ci
+            value = _get(task.request, path)
+            effective = default if value is None else value
+            if effective not in REWRITES:
+                slot = None
+                continue
+            src = _source(plan, ci, task.axes, path, names, places) if value is not None \
+                else None
+            slot = groups.setdefault(src, [value, 0])
+        if slot is not None:
+            slot[1] += 1
     total = len(plan.tasks)
     dotted = ".".join(path)
     out = []
@@ -120,6 +114,35 @@ def magic_prompt_warnings(plan: Plan) -> list[Diagnostic]:
                               "the plan does not show", where, plan.spec.loc(where), CODE_MAGIC,
                               hint, "warning"))
     return sorted(out, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0))
+
+
+def _source(plan: Plan, ci: int, axes: Mapping[str, Any], path: tuple[str, ...],
+            names: set[str], places: dict[tuple[Any, ...], str]) -> str | None:
+    """The JSON path that set the magicPrompt (at `path`; `names`: the keys that address it)
+    of combination `ci`, or None when its request omits it. `places` memoises the answer by
+    what decides it, so a million combinations cost a few lookups each."""
+    key = next((k for k in axes if k in names), None)
+    if key is None:
+        if _get(plan.spec.defaults, path) is not None:
+            return "$.defaults." + ".".join(path)
+        return None
+    declared = plan.combination_source(ci)
+    value = axes[key]
+    touched = plan.expansion.combinations[ci].touched_by \
+        if plan.expansion is not None and declared == "$.matrix" else ()
+    memo = (declared, key, touched, type(value), value)
+    where = places.get(memo)
+    if where is None:
+        where = plan.value_source(ci, key)
+        matrix = plan.spec.matrix
+        if matrix is not None and where == f"$.matrix.{key}":
+            values = dict(matrix.axes)[key]
+            j = next((i for i, v in enumerate(values) if type(v) is type(value) and v == value),
+                     None)
+            if j is not None:  # point at the very list item
+                where = f"{where}[{j}]"
+        places[memo] = where
+    return where
 
 
 def no_seed_notes(plan: Plan) -> list[Diagnostic]:

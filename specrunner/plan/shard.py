@@ -20,11 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from specrunner import models
 from specrunner.errors import PlanLimitError, UsageError
 from specrunner.money import money
-from specrunner.plan.build import AxisValue, Plan, axis_value
-from specrunner.plan.task import Task
+from specrunner.plan.build import Plan
 
 MAX_SHARDS = 100_000  # a Kubernetes Indexed Job allows at most 100,000 completions
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
@@ -105,7 +103,7 @@ def shard_plan(plan: Plan, shard: Shard, max_usd: Decimal | None = None) -> Plan
                                  f"its budget (--max-usd) is {money(budget)}", limit="max_usd",
                                  needed=cost, allowed=budget)
     spec = plan.spec.with_limits(max_usd=budget)
-    return Plan(spec, tasks, cost, images, _breakdown(plan, tasks), plan.expansion)
+    return Plan(spec, tasks, cost, images, plan.expansion, whole=plan)
 
 
 def describe(plan: Plan, part: Plan, shard: Shard, explicit_budget: bool = False) -> str:
@@ -117,22 +115,3 @@ def describe(plan: Plan, part: Plan, shard: Shard, explicit_budget: bool = False
     return (f"shard {shard}: {len(part.tasks):,} of {len(plan.tasks):,} tasks, est. "
             f"{money(part.total_cost)} of {money(plan.total_cost)}; budget "
             f"{money(part.spec.budget.max_usd)} ({why})")
-
-
-def _breakdown(plan: Plan, tasks: tuple[Task, ...]
-               ) -> tuple[tuple[str, tuple[AxisValue, ...]], ...]:
-    """The plan's breakdown over `tasks` only: same axes and value order, values no task of
-    `tasks` has left out."""
-    fields = models.field_paths(plan.spec.model)
-    out = []
-    for key, values in plan.breakdown:
-        counts: dict[tuple[type, object], list] = {
-            (type(av.value), av.value): [av.value, 0, 0, Decimal(0)] for av in values}
-        for t in tasks:
-            val = axis_value(t, key, fields)
-            slot = counts.setdefault((type(val), val), [val, 0, 0, Decimal(0)])
-            slot[1] += 1
-            slot[2] += t.number_results
-            slot[3] += t.est_cost
-        out.append((key, tuple(AxisValue(v, n, i, c) for v, n, i, c in counts.values() if n)))
-    return tuple(out)

@@ -51,13 +51,14 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 from tabulate import tabulate
 
-from specrunner import models, runware
+from specrunner import runware
 from specrunner.errors import UsageError
+from specrunner.bulk import paused_gc
 from specrunner.money import usd
 from specrunner.plan import identity
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
@@ -134,9 +135,9 @@ class TaskInfo:
     @property
     def provider_prompt(self) -> str | None:
         """The prompt the provider says it used, when an answer said and it differs."""
-        sent = self.prompt
-        return next((i.provider_prompt for i in self.images
-                     if i.provider_prompt and i.provider_prompt != sent), None)
+        said = [i.provider_prompt for i in self.images if i.provider_prompt]
+        sent = self.prompt if said else None
+        return next((p for p in said if p != sent), None)
 
     @property
     def category(self) -> str | None:
@@ -222,35 +223,46 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
                                           for f in flat]
 
 
-def _recorded_axes(rows: Sequence[TaskRow], requests: Sequence[dict[str, Any]]
+def _recorded_axes(rows: Sequence[TaskRow], requests: Sequence[Mapping[str, Any]]
                    ) -> tuple[list[str], list[tuple[tuple[str, str], ...]]]:
     """Axis names (input, prompt, then every combination key in order of first appearance)
     and each task's values, from what the plan recorded. A key a task's combination does not
-    set reads as the value its request carries for that field, or "-"."""
+    set reads as the value its request carries for that field, or "-" (only those tasks'
+    requests are read)."""
     names = ["input", "prompt"]
+    key_sets = set()
     for r in rows:
-        for k in r.axes or {}:
-            if k not in names:
-                names.append(k)
+        keys = tuple(r.axes or ())
+        if keys not in key_sets:  # (the combinations of a matrix share a few key sets)
+            key_sets.add(keys)
+            names += [k for k in keys if k not in names]
     fields: dict[str, dict[str, tuple[str, ...]]] = {}
+    pairs: dict[str, dict[Any, tuple[str, str]]] = {k: {} for k in names}  # shared values
     out = []
     for r, req in zip(rows, requests):
-        model = str(req.get("model", ""))
-        if model not in fields:
-            fields[model] = models.field_paths(model) if model in models.MODELS else {}
+        axes = r.axes or {}
         values = []
         for k in names:
             if k == "input":
                 v: Any = r.input_name
             elif k == "prompt":
                 v = r.prompt_name
-            elif r.axes and k in r.axes:
-                v = r.axes[k]
+            elif k in axes:
+                v = axes[k]
             else:
+                model = str(req.get("model", ""))
+                if model not in fields:
+                    from specrunner import models  # (only here: jsonschema is slow to import)
+
+                    fields[model] = models.field_paths(model) if model in models.MODELS else {}
                 v = req if k in fields[model] else None
                 for part in fields[model].get(k, ()):
                     v = v.get(part) if isinstance(v, Mapping) else None
-            values.append((k, text_of(v)))
+            text = v if type(v) is str else text_of(v)
+            pair = pairs[k].get(text)
+            if pair is None:
+                pair = pairs[k][text] = (k, text)
+            values.append(pair)
         out.append(tuple(values))
     return names, out
 
@@ -266,9 +278,12 @@ def _input_refs(row: TaskRow) -> tuple[InputRef, ...]:
     return tuple(refs)
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
+
+
 def _spec_name(text: str | None) -> str | None:
     try:
-        doc = yaml.safe_load(text) if text else None
+        doc = yaml.load(text, Loader=_Loader) if text else None  # noqa: S506 (a safe loader)
     except yaml.YAMLError:
         return None
     name = doc.get("name") if isinstance(doc, dict) else None
@@ -289,11 +304,18 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = (),
 def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = (),
                   redact: Redactor | None = None) -> RunData:
     """RunData from a record's snapshot (see `load_run`)."""
-    redact = redact or Redactor()
+    with paused_gc():  # a few objects per task and per image, none of them garbage
+        return _from_snapshot(snap, plan, warnings, redact or Redactor())
+
+
+def _from_snapshot(snap: Snapshot, plan: Any, warnings: Sequence[str],
+                   redact: Redactor) -> RunData:
     current = ({t.task_key for t in plan.tasks} if plan is not None
                else set(snap.plan_keys() or ()) or None)
     rows = [r for r in snap.tasks if current is None or r.task_key in current]
     old = [r for r in snap.tasks if current is not None and r.task_key not in current]
+    # Every request is read (the notes ask each its magicPrompt): parsed here, with the
+    # GC paused, where parsing each when first read cost twice as much.
     requests = [snap.request(r) for r in rows + old]
     notes = list(warnings)
     if all(r.axes is not None for r in rows + old):
@@ -302,7 +324,8 @@ def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()
         axis_names, fallback = _fallback_axes(requests)
         values = [tuple((k, f.get(k, "-")) for k in axis_names) for f in fallback]
         notes.append("this record predates recorded axes: they come from the requests")
-    infos = [_info(snap, r, req, axes, redact)
+    refs: dict[int, tuple[InputRef, ...]] = {}  # by inputs object: the snapshot shares them
+    infos = [_info(snap, r, req, axes, redact, refs)
              for r, req, axes in zip(rows + old, requests, values)]
     runs = snap.runs
     wall = 0.0
@@ -321,23 +344,27 @@ def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = ()
         snapshot=snap)
 
 
-def _info(snap: Snapshot, r: TaskRow, request: dict[str, Any],
-          axes: tuple[tuple[str, str], ...], redact: Redactor) -> TaskInfo:
-    images = tuple(Image(x.index, x.output_path, x.sha256, x.bytes, x.cost, x.seed,
-                         x.image_uuid, x.provider_prompt)
-                   for x in snap.results.get(r.task_key, ()))
+def _info(snap: Snapshot, r: TaskRow, request: Mapping[str, Any],
+          axes: tuple[tuple[str, str], ...], redact: Redactor,
+          refs: dict[int, tuple[InputRef, ...]]) -> TaskInfo:
+    images = tuple([Image(x.index, x.output_path, x.sha256, x.bytes, x.cost, x.seed,
+                          x.image_uuid, x.provider_prompt)
+                    for x in snap.results.get(r.task_key, ())])
     first, done = snap.first_send.get(r.task_key), snap.done_at.get(r.task_key)
-    nres = request.get("numberResults", 1)
+    if r.outputs:  # one output name per image asked: the plan's numberResults
+        nres: Any = len(r.outputs)
+    else:
+        nres = request.get("numberResults", 1)
+    inputs = refs.get(id(r.inputs))
+    if inputs is None:
+        inputs = refs[id(r.inputs)] = _input_refs(r)
     return TaskInfo(
-        index=r.index, variant_id=r.variant_id, task_key=r.task_key, state=r.state,
-        status=STATUS_OF.get(r.state, "in_doubt"), axes=axes, est_cost=r.est_cost,
-        cost=r.cost, number_results=nres if isinstance(nres, int) else 1, images=images,
-        error_code=r.error_code,
-        error_message=None if r.error_message is None else redact(r.error_message),
-        sends=snap.sends.get(r.task_key, 0),
-        latency_s=done - first if first is not None and done is not None else None,
-        input_name=r.input_name, inputs=_input_refs(r), prompt_name=r.prompt_name,
-        request=request)
+        r.index, r.variant_id, r.task_key, r.state, STATUS_OF.get(r.state, "in_doubt"), axes,
+        r.est_cost, r.cost, nres if isinstance(nres, int) else 1, images, r.error_code,
+        None if r.error_message is None else redact(r.error_message),
+        snap.sends.get(r.task_key, 0),
+        done - first if first is not None and done is not None else None,
+        r.input_name, inputs, r.prompt_name, request)
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -391,11 +418,25 @@ def unreported(task: TaskInfo) -> int:
 
 def group(value: str, tasks: Sequence[TaskInfo]) -> Group:
     """The figures of `tasks`: count, images, tasks per status, estimated and actual cost."""
-    counts = tuple(sum(t.status == s for t in tasks) for s in STATUSES)
-    return Group(value, len(tasks), sum(len(t.images) for t in tasks),
-                 counts,  # type: ignore[arg-type]
-                 sum((t.est_cost for t in tasks), Decimal(0)),
-                 sum((actual_cost(t) for t in tasks), Decimal(0)))
+    return _group(value, [_facts(t) for t in tasks])
+
+
+def _facts(t: TaskInfo) -> tuple[str, int, Decimal, Decimal]:
+    """What `group` adds up of a task: status, images, estimated and actual cost."""
+    return t.status, len(t.images), t.est_cost, t.cost if t.cost is not None else actual_cost(t)
+
+
+def _group(value: str, facts: Sequence[tuple[str, int, Decimal, Decimal]]) -> Group:
+    counts = dict.fromkeys(STATUSES, 0)
+    images, estimated, actual = 0, Decimal(0), Decimal(0)
+    for status, n, est, cost in facts:  # one pass, in task order
+        if status in counts:
+            counts[status] += 1
+        images += n
+        estimated += est
+        actual += cost
+    return Group(value, len(facts), images, tuple(counts.values()),  # type: ignore[arg-type]
+                 estimated, actual)
 
 
 def varying_axes(axes: Iterable[str], tasks: Sequence[TaskInfo]) -> list[str]:
@@ -419,15 +460,23 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     the run does not have.
     """
     tasks = data.tasks
-    if by is None:
-        by = varying_axes(data.axes, tasks)
+    column: dict[str, list[str]] = {}  # axis -> each task's value, read once
+
+    def values_of(axis: str) -> list[str]:
+        if axis not in column:
+            column[axis] = [t.axis(axis) for t in tasks]
+        return column[axis]
+
+    if by is None:  # varying_axes, reading each axis once
+        by = [a for a in data.axes if len(set(values_of(a))) > 1]
     check_axes(by, data.axes)
+    facts = [_facts(t) for t in tasks]  # (read once for every axis)
     breakdown = []
     for axis in by:
-        groups: dict[str, list[TaskInfo]] = {}
-        for t in tasks:
-            groups.setdefault(t.axis(axis), []).append(t)
-        breakdown.append((axis, tuple(group(v, ts) for v, ts in groups.items())))
+        groups: dict[str, list[tuple[str, int, Decimal, Decimal]]] = {}
+        for v, f in zip(values_of(axis), facts):
+            groups.setdefault(v, []).append(f)
+        breakdown.append((axis, tuple(_group(v, fs) for v, fs in groups.items())))
     failed = [t for t in tasks if t.status == "failed"]
     cats: dict[str, int] = {}
     for t in failed:
@@ -436,7 +485,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     for t in tasks:
         if t.error_code:
             codes[t.error_code] = codes.get(t.error_code, 0) + 1
-    whole = group("", tasks)
+    whole = _group("", facts)
     images, actual = whole.images, whole.actual
     done, n_failed, pending, in_doubt = whole.counts
     task_lat = [t.latency_s for t in tasks if t.latency_s is not None]

@@ -15,14 +15,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, Inexact, getcontext, localcontext
 from typing import Callable, Sequence
 
 import anyio
 
 from specrunner import runware
 from specrunner.plan.task import Task
-from specrunner.record import IN_DOUBT_STATES, Record, TaskState
+from specrunner.record import IN_DOUBT_STATES, Record, Standing, TaskState
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import (Backoff, Counters, GiveUp, RetryBudget, RunContext, Sleep,
                                     StopRun, default_sleep)
@@ -48,6 +48,30 @@ class RunOutcome:
     message: str = ""
 
 
+def _exact_sum(terms: Sequence[tuple[Decimal, int]]) -> Decimal | None:
+    """Decimal(0) + x + x + ... (n times each x) in the current context, computed as a sum of
+    products: equal whenever no partial sum needs more digits than the context's precision
+    (the terms are then added exactly, in any order). None when one might: add them one by
+    one in their order instead."""
+    if not all(x.is_finite() for x, _ in terms):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 1000
+        ctx.traps[Inexact] = True
+        try:
+            total = bound = Decimal(0)
+            for x, n in terms:
+                total += x * n
+                bound += abs(x) * n
+        except Inexact:
+            return None
+    exponent = min([0, *(int(x.as_tuple().exponent) for x, _ in terms)])
+    # every partial sum is a multiple of 10**exponent no larger than `bound`
+    if len(str(int(bound.scaleb(-exponent)))) > getcontext().prec:
+        return None
+    return total
+
+
 def _price_of(tasks: Sequence[Task]) -> Decimal:
     """The table price per image the plan used (its tasks' estimate per image)."""
     for t in tasks:
@@ -70,8 +94,10 @@ class Executor:
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
                  backoff: Backoff = Backoff(),
-                 redact: Callable[[str], str] = lambda s: s) -> None:
+                 redact: Callable[[str], str] = lambda s: s,
+                 standing: Standing | None = None) -> None:
         self.tasks, self.record, self.client = tasks, record, client
+        self.standing = standing  # the record's, read after the plan was (default: at run())
         self.execution, self.run_id = execution, run_id
         self.sleep, self.rng, self.wall, self.clock = sleep, rng or random.Random(), wall, clock
         self.backoff, self.redact = backoff, redact
@@ -118,9 +144,9 @@ class Executor:
                               retry_budget=RetryBudget(self.execution.retry_budget_ratio),
                               backoff=self.backoff, sleep=self.sleep, rng=self.rng,
                               wall=self.wall)
-        states = self.record.task_states()
-        jobs = self._jobs(states)
-        self._budget_for(states, jobs)
+        standing = self.standing or self.record.standing()
+        jobs = self._jobs(standing.open)
+        self._budget_for(standing, jobs)
         need = sum(j.task.number_results for j in jobs)
         if jobs and not self.budget.fits(need):
             self._budget_hit = True
@@ -144,11 +170,13 @@ class Executor:
         return self._outcome()
 
     def _jobs(self, states: dict[str, TaskState]) -> list[Job]:
-        """The jobs still to do, in plan order; done tasks are counted and skipped."""
+        """The jobs still to do, in plan order (`states`: the recorded tasks not done; the
+        plan's others are done: Record.plan recorded every task); done tasks are counted
+        and skipped."""
         jobs = []
         for t in self.tasks:
-            st = states[t.task_key]
-            if st.state == "done":
+            st = states.get(t.task_key)
+            if st is None:
                 self.counters.skipped += 1
                 continue
             job = Job(t, st.state, st.generation, st.task_uuid,
@@ -163,24 +191,37 @@ class Executor:
             jobs.append(job)
         return jobs
 
-    def _budget_for(self, states: dict[str, TaskState], jobs: list[Job]) -> None:
+    def _budget_for(self, standing: Standing, jobs: list[Job]) -> None:
         """The run's Budget: the price the record has seen, and what the campaign spent (or
         may have spent) on every task this run will not send again."""
         budget = Budget(self.max_usd, self.table_price, reported=self.record.reported_prices())
         scale = budget.price / self.table_price if self.table_price else Decimal(1)
         todo = {j.key for j in jobs}
-        before = Decimal(0)
-        for key, st in states.items():
-            if key in todo:
-                continue  # its reservation covers whatever it may already have cost
-            if st.state == "done":
-                before += st.cost if st.cost is not None else st.est_cost * scale
-            elif st.results:
-                before += sum((r.cost if r.cost is not None else budget.price
-                               for r in st.results), Decimal(0))
-            elif st.state in IN_DOUBT_STATES or (
+
+        def spent(st: TaskState) -> Decimal | None:
+            """What a task not done may have cost (None: nothing)."""
+            if st.results:
+                return sum((r.cost if r.cost is not None else budget.price
+                            for r in st.results), Decimal(0))
+            if st.state in IN_DOUBT_STATES or (
                     st.state == "failed" and not runware.documented_not_charged(st.error_code)):
-                before += st.est_cost * scale  # it may have run and been billed
+                return st.est_cost * scale  # it may have run and been billed
+            return None
+
+        # (todo: their reservations cover whatever they may already have cost)
+        terms = [(cost if cost is not None else est * scale, n) for cost, est, n in standing.done]
+        terms += [(x, 1) for key, st in standing.open.items()
+                  if key not in todo and (x := spent(st)) is not None]
+        before = _exact_sum(terms)
+        if before is None:  # the sum rounds: add task by task, in record order, as it always has
+            before = Decimal(0)
+            for key, state, cost, est in self.record.task_costs():
+                if key in todo:
+                    continue
+                if state == "done":
+                    before += cost if cost is not None else est * scale
+                elif (x := spent(standing.open[key])) is not None:
+                    before += x
         budget.spent_before = before
         self.budget = budget
         self._update()

@@ -16,7 +16,7 @@ the exact column. Pure: no I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -40,10 +40,19 @@ class Template:
 
     parts: tuple[tuple[str, str | None], ...]  # (literal text, variable name or None)
     names: tuple[str, ...]  # distinct variable names, in order of first use
+    # The same template in str.format syntax, so that rendering (once per task: a million
+    # times for a plan of a million tasks) is one call into C. Names are identifiers, so
+    # `{name}` is a plain key lookup there; literal braces are doubled.
+    _format: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_format", "".join(
+            lit.replace("{", "{{").replace("}", "}}") + (f"{{{name}}}" if name else "")
+            for lit, name in self.parts))
 
     def render(self, ns: Mapping[str, str]) -> str:
         """The text with every variable substituted; KeyError names a missing variable."""
-        return "".join(lit + (ns[name] if name else "") for lit, name in self.parts)
+        return self._format.format_map(ns)
 
     @property
     def literal(self) -> str:
