@@ -66,3 +66,14 @@ def test_questions_due_before_the_next_post_ride_in_one_post() -> None:
     assert sorted(answered) == sorted(f"u{i}" for i in range(10))
     assert [len(b) for b in client.bodies] == [10]
     assert {t["taskUUID"] for t in client.bodies[0]} == set(answered)
+
+
+def test_first_question_comes_before_the_shortest_edit_seen() -> None:
+    poller, _ = _poller([])
+    assert poller.first_wait() == 0.5  # nothing observed: every half second
+    poller, _ = _poller([13.0])  # only the price probe's edit, maybe a long one: half of it
+    assert poller.first_wait() == pytest.approx(6.5)
+    # edits of 5-15 s: asked at 95% of the shortest, not of a typical one (a task found done
+    # by its first question counts as taking that long, so a typical time only grows)
+    poller, _ = _poller([5.2, 6.0, 7.5, 9.0, 11.0, 12.0, 14.0, 15.0])
+    assert poller.first_wait() == pytest.approx(0.95 * 5.2)

@@ -9,8 +9,13 @@ hands each task the reply.
 
 When a task is due. A slot idle after the edit is done costs far more than a poll (polls of
 many tasks share one POST), so the pacing errs early:
-- First question: at 95% of the processing time the run expects (the 25th percentile of the
-  processing times observed), or after half a second before any was observed.
+- First question: at 95% of the shortest processing time observed (of the last _KEEP), half
+  of it while fewer than _FEW were observed (the price probe's one edit may be a long one),
+  or after half a second before any was observed. Not a typical time: a task its first
+  question finds done counts as taking until that question (all the run knows), so first
+  questions planned from a typical time find every shorter edit late and then learn their
+  own lateness (measured with 5-15 s edits: the probe took 13 s, the first wave's edits
+  done at 5 s were found at 12 s, and later waves stalled the same way: makespan 1.26x).
 - Then at a steady short step: a twentieth of the expected time (0.1 s to poll_interval_s),
   or half a second before any was observed; past twice the expected time (or 10 s with
   nothing observed) the step grows x1.5 up to poll_max_interval_s.
@@ -48,6 +53,7 @@ BATCH = 100  # getResponse tasks per POST
 POSTS_PER_S = 20.0  # at most this many poll POSTs a second, whatever the concurrency
 POSTS_PER_COMPLETION = 0.5  # poll POSTs per completed task, where many tasks wait
 _KEEP = 200  # completions remembered to estimate the processing time
+_FEW = 8  # fewer processing times observed than this: a first question at half the shortest
 _MIN_STEP = 0.1  # the shortest wait between two questions about one task
 # Before any processing time was observed (the price probe runs alone): every half second for
 # 10 s, then growing. A 2 s edit is found by 2.5 s, not 3 s; a minute-long one costs its
@@ -107,8 +113,10 @@ class Poller:
 
     def first_wait(self) -> float:
         """How long after its acknowledgement a task is first asked about."""
-        expected = self.expected()
-        return _UNKNOWN_STEP if expected is None else 0.95 * expected
+        if not self._observed:
+            return _UNKNOWN_STEP
+        shortest = min(self._observed)
+        return (0.5 if len(self._observed) < _FEW else 0.95) * shortest
 
     def next_wait(self, previous: float | None, waited: float) -> float:
         """How long to wait before asking again about a task still running `waited` seconds
