@@ -36,17 +36,18 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from specrunner.errors import RecordError
 from specrunner.bulk import paused_gc
+from specrunner.errors import RecordError
 
 if TYPE_CHECKING:
     from specrunner.plan.task import Task

@@ -7,9 +7,9 @@ Positions refer to tests/fixtures/specfiles.BASE_SPEC (16 lines), edited per cas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from fixtures.specfiles import BASE_SPEC, run_cli, validate_json, write_spec

@@ -25,10 +25,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from test_run_kill import start_server, stats
 
 from specrunner import cli
 from specrunner.record import read_snapshot
-from test_run_kill import start_server, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "docs" / "examples" / "github-actions-shards.yml"
@@ -363,7 +363,7 @@ def test_the_merge_waits_until_the_shards_job_has_finished(tmp_path: Path) -> No
     asked: list[tuple[str, str | None]] = []
 
     class Api(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             asked.append((self.path, self.headers.get("Authorization")))
             body = json.dumps(answers[min(len(asked), len(answers)) - 1]).encode()
             self.send_response(200)

@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_plan import make_spec, with_matrix
 
 from specrunner import runware
-
-from specrunner.plan import matrix
-from specrunner.spec.types import Matrix
+from specrunner.plan import build_plan, matrix
 from specrunner.plan.matrix import Combination, MatrixTooLarge, expand, github_equals
-from specrunner.plan import build_plan
-from test_plan import make_spec, with_matrix
+from specrunner.spec.types import Matrix
 
 FRUIT_AXES = [("fruit", ["apple", "pear"]), ("animal", ["cat", "dog"])]
 FRUIT_INCLUDE = [{"color": "green"}, {"color": "pink", "animal": "cat"},

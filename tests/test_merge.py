@@ -17,13 +17,13 @@ from typing import Any
 
 import anyio
 import pytest
+from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
+from test_run_support import IMAGE, audit
 
 from specrunner import cli
 from specrunner.plan import build_plan
 from specrunner.record import RunMeta, open_record, read_snapshot, record_path
 from specrunner.spec import load_spec
-from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
-from test_run_support import IMAGE, audit
 
 TABLES = ("runs", "tasks", "task_uuids", "transitions", "attempts", "results", "uploads")
 

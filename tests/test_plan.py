@@ -17,17 +17,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specrunner import cli, models, runware
-
-from specrunner.plan import identity
-
-from specrunner.plan import outpaths
 from specrunner import plan as planmod
-from specrunner.plan.task import LocalImage, Task
-from specrunner.spec.types import (Budget, Execution, ImageRef, InputPair, Matrix,
-                                   OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
-from specrunner.plan import build_plan, explain
+from specrunner.plan import build_plan, explain, identity, outpaths
+from specrunner.plan.task import LocalImage, Task
 from specrunner.spec import load_spec
+from specrunner.spec.types import (
+    Budget,
+    Execution,
+    ImageRef,
+    InputPair,
+    Matrix,
+    OutputSettings,
+    Spec,
+    VariantDecl,
+)
 
 FILE = "/camp/spec.yaml"
 LOC_PATHS = ["$.model", "$.defaults", "$.defaults.outputQuality", "$.prompts", "$.matrix",

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_run_cli import write_spec
 
 from specrunner import cli
 from specrunner.run import set_testing
-from test_run_cli import write_spec
 
 
 def git(repo: Path, *args: str) -> str:

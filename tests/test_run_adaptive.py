@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from specrunner.spec.types import Execution
-from specrunner.run.limit import AdaptiveLimit
-from specrunner.run.executor import Executor
 from test_run_support import Fake, make_tasks, run_executor
+
+from specrunner.run.executor import Executor
+from specrunner.run.limit import AdaptiveLimit
+from specrunner.spec.types import Execution
 
 pytestmark = pytest.mark.usefixtures("no_waiting")
 

@@ -18,11 +18,10 @@ from PIL import Image
 
 import specrunner.run
 from specrunner import cli
-from specrunner.run import set_testing
-from specrunner.commands import run as run_cmd
-from specrunner.local import LocalConfig, create_app
 from specrunner.errors import RecordError
+from specrunner.local import LocalConfig, create_app
 from specrunner.record import open_record, read_attempts, read_snapshot
+from specrunner.run import set_testing
 
 SPEC = """\
 version: 1

@@ -15,9 +15,10 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
-from specrunner.record import read_attempts, read_snapshot
 from test_run_cli import write_spec
 from test_run_support import audit
+
+from specrunner.record import read_attempts, read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_run_support import audit, local_image, make_tasks, run_executor
 
-from specrunner.spec.types import Execution
+from specrunner.local import FaultConfig, LocalConfig, create_app
 from specrunner.record import read_attempts, read_snapshot
 from specrunner.run.executor import RunOutcome
-from specrunner.local import FaultConfig, LocalConfig, create_app
-from test_run_support import audit, local_image, make_tasks, run_executor
+from specrunner.spec.types import Execution
 
 EVERY_FAULT = {  # 20% of requests, plus task and download faults
     "http_429": 0.025, "http_500": 0.025, "http_502": 0.02, "http_503": 0.025,

@@ -15,8 +15,9 @@ import base64
 import contextlib
 import io
 import socket
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
 
 from specrunner import cli
 from specrunner.errors import PlanLimitError, UsageError
@@ -22,7 +23,6 @@ from specrunner.plan.shard import Shard, budget_share, budget_unit, shard_of, sh
 from specrunner.record import read_snapshot
 from specrunner.run import Runner
 from specrunner.spec import load_spec
-from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
 
 
 def cli_call(*argv: str) -> tuple[int, str, str]:

@@ -100,7 +100,6 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from specrunner.annotations import DiagnosticWriter
     from specrunner.plan.check import limit_diagnostic
     from specrunner.plan.reproducibility import reproducibility_diagnostics
-
     from specrunner.plan.shard import Shard, describe, shard_of, shard_plan
 
     shard = None if args.shard is None else Shard.parse(args.shard)

@@ -18,9 +18,10 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio
 import httpx

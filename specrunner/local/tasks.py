@@ -17,9 +17,10 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import jsonschema
@@ -55,12 +56,12 @@ class Outcome:
         return (200 if self.data or not self.errors else self.errors[0][0]), doc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quick_check(model: str) -> quickcheck.Check:
     return quickcheck.build(models.load_schema(models.get_model(model).request_schema))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(model: str) -> dict[str, Any]:
     props = models.load_schema(models.get_model(model).request_schema)["properties"]
     return {name: prop["default"] for name, prop in props.items() if "default" in prop}

@@ -34,8 +34,9 @@ import hashlib
 import json
 import uuid as uuidlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio
 

@@ -20,32 +20,38 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from hashlib import sha256
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from specrunner import models, runware
 from specrunner.bulk import paused_gc
-
-from specrunner.plan import matrix
-
-from specrunner.spec import templates
-from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
-from specrunner.plan.task import (LocalImage, PlannedRequest, Task, local_input_path,
-                                  planned_task)
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.money import money
+from specrunner.plan import matrix
 from specrunner.plan.identity import (  # noqa: F401 (framed_key, task_key: public API)
-    base_id, canonical_json, framed_key, key_head, key_of, key_tail, prompt_frame, slug_text,
-    task_key, text_of,
+    base_id,
+    canonical_json,
+    framed_key,
+    key_head,
+    key_of,
+    key_tail,
+    prompt_frame,
+    slug_text,
+    task_key,
+    text_of,
 )
 from specrunner.plan.outpaths import fold, path_problem
+from specrunner.plan.task import LocalImage, PlannedRequest, Task, local_input_path, planned_task
 from specrunner.runware import RUNNER_OWNED
+from specrunner.spec import templates
 from specrunner.spec.suggest import did_you_mean
+from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from operator import getitem
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from operator import getitem
+from typing import Any
 
 Scalar = Any  # str | int | float | bool | None
 Equals = Callable[[Scalar, Scalar], bool]

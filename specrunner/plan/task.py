@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from specrunner.runware import task_uuid
 from specrunner.spec.types import Scalar
@@ -66,7 +67,7 @@ class PlannedRequest(Mapping[str, Any]):
     `dict(request)` makes the request as a dict, in the same key order.
     """
 
-    __slots__ = ("shape", "key", "prompt")
+    __slots__ = ("key", "prompt", "shape")
 
     def __init__(self, shape: Mapping[str, Any], key: str, prompt: str) -> None:
         self.shape, self.key, self.prompt = shape, key, prompt

@@ -46,19 +46,20 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 from tabulate import tabulate
 
 from specrunner import runware
-from specrunner.errors import UsageError
 from specrunner.bulk import paused_gc
+from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
@@ -283,7 +284,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYA
 
 def _spec_name(text: str | None) -> str | None:
     try:
-        doc = yaml.load(text, Loader=_Loader) if text else None  # noqa: S506 (a safe loader)
+        doc = yaml.load(text, Loader=_Loader) if text else None
     except yaml.YAMLError:
         return None
     name = doc.get("name") if isinstance(doc, dict) else None
@@ -518,8 +519,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
         ("task_latency_s", _lat(task_lat)),
     ))
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
-    problems = [t for t in tasks if t.status != "done" and t.status != "pending"
-                or t.error_code]
+    problems = [t for t in tasks if t.status not in ("done", "pending") or t.error_code]
     return Summary(data, tuple(by), totals, tuple(breakdown), errors, tuple(problems), review)
 
 
@@ -533,7 +533,7 @@ def _lat(values: Sequence[float]) -> dict[str, Any]:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in doubt",

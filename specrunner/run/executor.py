@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, Inexact, getcontext, localcontext
-from typing import Callable, Sequence
 
 import anyio
 
 from specrunner import runware
+from specrunner.money import money
 from specrunner.plan.task import Task
 from specrunner.record import IN_DOUBT_STATES, Record, Standing, TaskState
-from specrunner.run.client import RunwareClient
-from specrunner.run.context import (Backoff, Counters, GiveUp, RetryBudget, RunContext, Sleep,
-                                    StopRun, default_sleep)
-from specrunner.money import money
 from specrunner.run.budget import Budget
+from specrunner.run.client import RunwareClient
+from specrunner.run.context import (
+    Backoff,
+    Counters,
+    GiveUp,
+    RetryBudget,
+    RunContext,
+    Sleep,
+    StopRun,
+    default_sleep,
+)
 from specrunner.run.inputs import Inputs
 from specrunner.run.limit import AdaptiveLimit
 from specrunner.run.poll import Poller

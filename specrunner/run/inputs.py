@@ -9,7 +9,8 @@ import hashlib
 import io
 import random
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from PIL import Image, ImageOps

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from specrunner import runware
 from specrunner.plan.task import Task

@@ -9,17 +9,16 @@ jsonschema error into messages a person can act on (did-you-mean, "quote it", ra
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jsonschema
 
 from specrunner import models
+from specrunner.errors import Diagnostic, Loc, nearest_loc
 from specrunner.runware import RUNNER_FIELDS, RUNNER_OWNED, RUNNER_SET
-
 from specrunner.spec import yamlload
 from specrunner.spec.suggest import did_you_mean
-from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
 # Diagnostic groups, in the order they are listed.
@@ -54,13 +53,13 @@ def build_schema(model_id: str = models.DEFAULT_MODEL) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def spec_validator(model_id: str) -> jsonschema.protocols.Validator:
     """The (cached) JSON Schema validator of a spec for `model_id`."""
     return jsonschema.Draft202012Validator(build_schema(model_id))
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]:
     """alias -> validator of that request field's value (runner-owned fields left out)."""
     request = models.load_schema(models.get_model(model_id).request_schema)
@@ -76,7 +75,7 @@ def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
     """Request paths of the fields that hold a list of images (the request schema says
     `items: {$ref: #/$defs/imageInput}`), e.g. providerSettings.ideogram.styleReferenceImages."""
@@ -92,7 +91,7 @@ def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def integer_fields(model_id: str) -> dict[str, tuple[str, ...]]:
     """alias -> request path of every field whose schema type is integer."""
     request = models.load_schema(models.get_model(model_id).request_schema)
