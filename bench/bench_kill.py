@@ -56,7 +56,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASH_POINTS = ("send", "sql", "write", "rename", "dirsync")
-MODES = ("start-up", "mid-run") + CRASH_POINTS
+MODES = ("start-up", "mid-run", *CRASH_POINTS)
 INTERRUPTS = ("ctrl-c", "ctrl-c x2")
 WRITE_SQL = ("INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT")
 

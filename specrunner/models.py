@@ -81,7 +81,7 @@ def request_validator(model_id: str) -> jsonschema.protocols.Validator:
 
 def _leaf_fields(schema: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     for key, sub in schema.get("properties", {}).items():
-        path = prefix + (key,)
+        path = (*prefix, key)
         if sub.get("type") == "object" and "properties" in sub:
             yield from _leaf_fields(sub, path)
         else:

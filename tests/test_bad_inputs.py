@@ -276,6 +276,6 @@ def test_corpus_is_large_enough() -> None:
     ],
 )
 def test_invalid_cli_values(argv: list[str], fragment: str) -> None:
-    code, out, err = run_cli(argv)
+    code, _out, err = run_cli(argv)
     assert code == 2
     assert fragment in err

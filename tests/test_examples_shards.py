@@ -301,7 +301,7 @@ def test_the_indexed_job_is_one_pod_per_shard_on_a_shared_volume() -> None:
 def test_each_index_runs_its_own_shard_from_1_to_n(tmp_path: Path) -> None:
     """The pod's script run by bash for every JOB_COMPLETION_INDEX, with a `specrunner` that
     prints its arguments: shards 1/N..N/N, each to its own folder, each accepted by the CLI."""
-    _, pod, script, n = shard_job()
+    _, _pod, script, n = shard_job()
     stub = tmp_path / "bin" / "specrunner"
     stub.parent.mkdir()
     stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')

@@ -296,7 +296,7 @@ def test_adding_an_input_keeps_other_keys(spec: Any) -> None:
 
     extra = make_spec(inputs=["zeta"]).inputs["zeta"]
     m = spec.matrix
-    axes = tuple((k, v + ("zeta",)) if k == "input" else (k, v) for k, v in m.axes)
+    axes = tuple((k, (*v, "zeta")) if k == "input" else (k, v) for k, v in m.axes)
     grown = dataclasses.replace(spec, inputs={**spec.inputs, "zeta": extra},
                                 matrix=Matrix(axes=axes, include=m.include, exclude=m.exclude))
     before = keys_by_variant(spec)

@@ -56,7 +56,7 @@ def test_cuts_never_go_below_the_minimum() -> None:
 
 
 def test_recovers_additively_after_sustained_success() -> None:
-    lim, clock = make(20)
+    lim, _clock = make(20)
     lim.on_overload("http429")
     assert lim.limit == 14
     for _ in range(13):

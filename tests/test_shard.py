@@ -216,8 +216,8 @@ def test_a_shard_runs_its_tasks_only_records_its_shard_and_keeps_its_folder(
     whole = build_plan(load_spec(spec))
     part = shard_plan(whole, Shard(2, 3))
     out_dir = tmp_path / "shard-2"
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 0, err
     assert err.splitlines()[0].startswith(f"shard 2/3: {len(part.tasks)} of 30 tasks")
     assert set(server.stats().charges) == {t.task_uuid for t in part.tasks}
@@ -234,20 +234,20 @@ def test_a_shard_runs_its_tasks_only_records_its_shard_and_keeps_its_folder(
     before = server.stats().http_requests
     assert cli_call("run", str(spec), "--local", "--shard", "2/3", "--out", str(out_dir),
                     "--progress", "none")[0] == 0
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "1/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "1/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 2 and err.splitlines()[-1] == (
         f"error: the run folder {out_dir.resolve()} holds shard 2/3; this run is shard 1/3: "
         "give each shard its own --out, then join them with `specrunner merge`")
     assert server.stats().http_requests == before and len(read_snapshot(out_dir).runs) == 2
 
     # the whole campaign may always run there: it sends what the shard did not
-    code, out, err = cli_call("run", str(spec), "--local", "--out", str(out_dir),
-                              "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--out", str(out_dir),
+                               "--progress", "none")
     assert code == 0 and len(server.stats().charges) == 30
     assert [r.shard for r in read_snapshot(out_dir).runs] == ["2/3", "2/3", None]
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 2 and "holds the whole plan (runs without --shard)" in err
 
 

@@ -119,12 +119,12 @@ def schema_error(err: jsonschema.ValidationError) -> TaskError:
     if err.validator == "required":
         missing = next(n for n in err.validator_value if n not in err.instance)
         return TaskError(400, "missing" + _cap(missing), f"missing required parameter "
-                         f"{_dotted(path + [missing])}", _dotted(path + [missing]))
+                         f"{_dotted([*path, missing])}", _dotted([*path, missing]))
     if err.validator == "additionalProperties":
         allowed = set(err.schema.get("properties", {}))
         extra = sorted(k for k in err.instance if k not in allowed)[0]
-        return TaskError(400, "unsupportedParameter", f"parameter {_dotted(path + [extra])} "
-                         "is not supported by this model", _dotted(path + [extra]))
+        return TaskError(400, "unsupportedParameter", f"parameter {_dotted([*path, extra])} "
+                         "is not supported by this model", _dotted([*path, extra]))
     leaf = next((p for p in reversed(path) if isinstance(p, str)), "request")
     extra_fields: dict[str, Any] = {}
     if err.validator in ("enum", "const"):

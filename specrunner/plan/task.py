@@ -49,7 +49,7 @@ def with_local_inputs(request: Mapping[str, Any], values: Mapping[str, str]) -> 
     for key, value in values.items():
         path = local_input_path(key)
         node: Any = out
-        for step, nxt in zip(path, path[1:]):
+        for step in path[:-1]:
             child = node[step]
             node[step] = child = list(child) if isinstance(child, list) else dict(child)
             node = child

@@ -186,7 +186,7 @@ class RunwareClient:
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        with anyio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout):
             return await self._download(url, max_bytes, timeout)
         raise DownloadError(RunnerCode.DOWNLOAD_TIMEOUT, "download timed out", transient=True)
 

@@ -45,6 +45,7 @@ from specrunner.spec.types import Execution
 
 # How a run ended -> the status it records and shows (the CLI maps them to exit codes).
 STATUSES = ("complete", "failed", "incomplete", "budget", "interrupted", "stopped")
+_BACKOFF = Backoff()  # the default schedule (a frozen value, so one is shared by every run)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Executor:
                  sleep: Sleep = default_sleep, rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
-                 backoff: Backoff = Backoff(),
+                 backoff: Backoff = _BACKOFF,
                  redact: Callable[[str], str] = lambda s: s,
                  standing: Standing | None = None) -> None:
         self.tasks, self.record, self.client = tasks, record, client

@@ -45,7 +45,7 @@ from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 
 SECRET_KEYS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
                "runwareapikey", "bearer"}
-BUILTINS_OUTPUT = BUILTIN_KEYS + ("variant", "repeat")
+BUILTINS_OUTPUT = (*BUILTIN_KEYS, "variant", "repeat")
 
 
 def scan_secrets(ctx: Collector, node: Any, path: str, secrets: Sequence[str]) -> None:

@@ -286,7 +286,7 @@ def test_the_page_follows_a_run_that_is_still_writing(
                 seen.add(page.inner_text("#where").split(")")[0])
                 counts.append(sum(1 for k, _ in tiles(page) if not k.endswith(":")))
                 time.sleep(0.1)
-            out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             until(lambda: sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 6,
                   what="every image without a reload")
