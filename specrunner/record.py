@@ -504,8 +504,9 @@ def _placement_digest(tasks: Sequence[Task]) -> str:
         holders = [t.request.get("inputs") for t in tasks]
     pairs: dict[tuple[int, int], str] = {}
     refs = [pairs.setdefault((id(held), id(local)), str(len(pairs)))
-            for held, local in zip(holders, map(attrgetter("local_inputs"), tasks))]
-    first = dict(zip(refs, tasks))  # a task of each pair (any: they share their inputs)
+            for held, local in zip(holders, map(attrgetter("local_inputs"), tasks), strict=True)]
+    # a task of each pair (any: they share their inputs)
+    first = dict(zip(refs, tasks, strict=True))
     h.update(json.dumps([_inputs_of(t) for t in first.values()]).encode() + b"\x1e")
     column(refs)
     return h.hexdigest()
@@ -1148,7 +1149,7 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
         rows.sort(key=itemgetter(1, 2))  # idx, variant id
         money = _Decimals()
         # Column by column, each converted by a C-level map (50,000 rows).
-        cols: list[Any] = list(zip(*rows)) or [()] * 18
+        cols: list[Any] = list(zip(*rows, strict=True)) or [()] * 18
         del rows
         cols[6] = map(money.__getitem__, cols[6])
         cols[7] = map(money.maybe, cols[7])

@@ -100,7 +100,8 @@ for _cat, _codes in {
     Category.QUOTA: "insufficientCredits paymentRequired quotaExceeded",
     Category.RATE_LIMIT: "rateLimitExceeded inferenceRateLimitExceeded providerRateLimitExceeded",
     Category.SAFETY: "contentPolicyViolation nsfwContentDetected promptBlocked imageBlocked",
-    Category.PROVIDER: "providerError providerUnavailable inferenceError taskFailed noAvailableServer",
+    Category.PROVIDER: "providerError providerUnavailable inferenceError taskFailed "
+                       "noAvailableServer",
     Category.TIMEOUT: "timeoutProvider providerTimeout timeout",
     Category.NOT_FOUND: "modelNotFound taskNotFound taskExpired taskFailedOrNotFound",
     Category.SERVER: "internalServerError serviceUnavailable unknownError",
@@ -108,7 +109,8 @@ for _cat, _codes in {
 }.items():
     for _c in _codes.split():
         _CODES[_c] = _cat
-_HTTP_CODE = re.compile(r"^http[0-9]{3}$")  # the runner's name for an HTTP status without an envelope
+# the runner's name for an HTTP status without an envelope
+_HTTP_CODE = re.compile(r"^http[0-9]{3}$")
 
 
 def classify(code: str | None, http_status: int | None = None) -> Category:

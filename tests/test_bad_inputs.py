@@ -24,7 +24,7 @@ def r(*pairs: str) -> Callable[[str], str]:
     """An edit of BASE_SPEC: replace each old text (which must occur) by the new one."""
 
     def edit(text: str) -> str:
-        for old, new in zip(pairs[::2], pairs[1::2]):
+        for old, new in zip(pairs[::2], pairs[1::2], strict=True):
             assert old in text, old
             text = text.replace(old, new, 1)
         return text
@@ -222,7 +222,8 @@ CASES = [
     Case("image-too-many-pixels", None, 9, 11, "image is 32x24 pixels",
          patch={"MAX_PIXELS": 100}),
     # credentials
-    Case("secret-key-name", add("apiKey: abcdef123456\n"), 17, 1, "`apiKey` looks like a credential"),
+    Case("secret-key-name", add("apiKey: abcdef123456\n"), 17, 1,
+         "`apiKey` looks like a credential"),
     Case("secret-nested-token", r("    vars: {shop_name: MIRELLE}", TOKEN), 11,
          TOKEN.index("token") + 1, "`token` looks like a credential"),
     Case("secret-env-key", r("A sign reading", f"A sign {CANARY} reading"), 13, 9,

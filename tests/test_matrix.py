@@ -285,7 +285,7 @@ def test_editing_one_prompt_keeps_other_keys(spec: Any) -> None:
     edited = dataclasses.replace(spec, prompts={**spec.prompts, first: "edited {shop}"})
     before, after = build_plan(spec).tasks, build_plan(edited).tasks
     assert [t.variant_id for t in before] == [t.variant_id for t in after]
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert (a.task_key == b.task_key) is (a.prompt_name != first)
 
 

@@ -490,7 +490,8 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 MAGIC = ("magicPrompt is not set for 3 of 3 tasks, so Runware's default \"AUTO\" applies: the "
          "provider may rewrite each prompt before generating, so the image follows a prompt "
          "the plan does not show")
-MAGIC_HINT = 'set providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts as written'
+MAGIC_HINT = ('set providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts '
+              "as written")
 
 
 def mini_stderr(mini: Path) -> str:

@@ -1,6 +1,7 @@
 """SIGKILL a real `specrunner run` process at random moments against `specrunner serve`
 (a separate process, so the ledger outlives the client), then resume until complete (at most
-4 resumes): 0 billed twice, 0 lost, and the campaign completes. bench/bench_kill.py runs the same with more kills and tasks."""
+4 resumes): 0 billed twice, 0 lost, and the campaign completes. bench/bench_kill.py runs the
+same with more kills and tasks."""
 
 from __future__ import annotations
 

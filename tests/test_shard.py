@@ -97,7 +97,7 @@ def test_shard_budgets_are_exact_floors_that_never_add_up_past_max_usd(
     budgets = [budget_share(max_usd, c, total, unit, len(costs)) for c in costs]
     assert sum(budgets) <= max_usd
     assert max_usd - sum(budgets) < unit * len(costs)
-    for c, b in zip(costs, budgets):
+    for c, b in zip(costs, budgets, strict=True):
         assert b >= c  # every shard can afford its own estimate
         if total:
             exact = Fraction(max_usd) * Fraction(c) / Fraction(total)

@@ -188,7 +188,7 @@ def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     rows = [[t.variant_id, t.input_name, t.prompt_name, _style(t.request), t.number_results,
              money(t.est_cost)] for t in tasks]
     if record is not None:
-        for row, status in zip(rows, record.statuses):  # statuses: one per task
+        for row, status in zip(rows, record.statuses, strict=True):  # statuses: one per task
             row.append(status.text)
     return rows
 

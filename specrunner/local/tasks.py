@@ -243,7 +243,7 @@ class Simulator:
         if self.journal is not None:  # the inputs are stored before the task is recorded
             keys = [self._input_key(task["inputs"][name], image)
                     for name, image in (("seedImage", seed), ("maskImage", mask))]
-            missing = [(k, im) for k, im in zip(keys, (seed, mask))
+            missing = [(k, im) for k, im in zip(keys, (seed, mask), strict=True)
                        if not self.journal.has_image(k)]
             if missing:
                 await anyio.to_thread.run_sync(

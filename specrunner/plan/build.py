@@ -336,7 +336,7 @@ def _build_plan(spec: Spec) -> Plan:
     all_text = all(type(v) is str for v in _declared_values(spec))
     # (A combination per task when repeat is 1: what follows runs up to a million times, so
     # it takes fast paths first and keeps to comprehensions and C-level calls.)
-    for ci, (values, explicit_id) in enumerate(zip(combos, explicit_ids)):
+    for ci, (values, explicit_id) in enumerate(zip(combos, explicit_ids, strict=True)):
         if not known_keys.issuperset(values):
             for key in values:
                 if key in known_keys:
@@ -369,7 +369,7 @@ def _build_plan(spec: Spec) -> Plan:
         cached = sig_cache.get(sig)
         if cached is None:
             merged: dict[str, Any] = {k: v for k, v in defaults.items()}
-            for path, v in zip(paths, got):
+            for path, v in zip(paths, got, strict=True):
                 _set_path(merged, path, v)
             nres = merged.get("numberResults", 1)
             nres = nres if isinstance(nres, int) and not isinstance(nres, bool) and nres > 0 else 1
@@ -417,7 +417,7 @@ def _build_plan(spec: Spec) -> Plan:
         if ns is None:
             ns = base_ns[in_name] = {**spec.vars, **pair.vars}
         ns = ns.copy()
-        ns.update(values if all_text else zip(values, map(text_of, values.values())))
+        ns.update(values if all_text else zip(values, map(text_of, values.values()), strict=True))
         ns["input"], ns["prompt"] = in_name, pr_name
         tpl = prompts[pr_name]
         pkey = (pr_name, *map(ns.get, tpl.names))

@@ -142,7 +142,7 @@ class ProductCombinations(Sequence[Combination]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -296,7 +296,7 @@ def expand(
     if not axes:
         pass
     elif not ex_live and not inc_enum and not include:
-        return Expansion(ProductCombinations([dict(zip(keys, combo))
+        return Expansion(ProductCombinations([dict(zip(keys, combo, strict=True))
                                               for combo in itertools.product(*vals)]),
                          size, (), tuple(axes))
     else:
@@ -307,7 +307,7 @@ def expand(
                 if hit is not None:
                     excluded.append((pidx, hit))
                     continue
-            values = dict(zip(keys, map(getitem, vals, idx)))
+            values = dict(zip(keys, map(getitem, vals, idx), strict=True))
             touched: tuple[int, ...] = ()
             if inc_enum:
                 touched = tuple([j for j, m in inc_enum if matches(m, idx)])

@@ -155,7 +155,8 @@ class Task:
         """Relative output file paths, one per result: stem.ext, or stem-1.ext... when N>1."""
         if self.number_results == 1:
             return [f"{self.output_stem}.{self.output_ext}"]
-        return [f"{self.output_stem}-{i}.{self.output_ext}" for i in range(1, self.number_results + 1)]
+        return [f"{self.output_stem}-{i}.{self.output_ext}"
+                for i in range(1, self.number_results + 1)]
 
 
 _FIELDS = ("index", "variant_id", "task_key", "request", "input_name", "prompt_name", "axes",

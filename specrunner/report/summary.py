@@ -219,7 +219,7 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
             seen.setdefault(k, set()).add(json.dumps(v))
     varying = [k for k, vals in seen.items() if len(vals) > 1 or any(k not in f for f in flat)]
     leaf = [k.rsplit(".", 1)[-1] for k in varying]
-    names = {k: (n if leaf.count(n) == 1 else k) for k, n in zip(varying, leaf)}
+    names = {k: (n if leaf.count(n) == 1 else k) for k, n in zip(varying, leaf, strict=True)}
     return [names[k] for k in varying], [{names[k]: text_of(f.get(k)) for k in varying}
                                           for f in flat]
 
@@ -240,7 +240,7 @@ def _recorded_axes(rows: Sequence[TaskRow], requests: Sequence[Mapping[str, Any]
     fields: dict[str, dict[str, tuple[str, ...]]] = {}
     pairs: dict[str, dict[Any, tuple[str, str]]] = {k: {} for k in names}  # shared values
     out = []
-    for r, req in zip(rows, requests):
+    for r, req in zip(rows, requests, strict=True):
         axes = r.axes or {}
         values = []
         for k in names:
@@ -327,7 +327,7 @@ def _from_snapshot(snap: Snapshot, plan: Any, warnings: Sequence[str],
         notes.append("this record predates recorded axes: they come from the requests")
     refs: dict[int, tuple[InputRef, ...]] = {}  # by inputs object: the snapshot shares them
     infos = [_info(snap, r, req, axes, redact, refs)
-             for r, req, axes in zip(rows + old, requests, values)]
+             for r, req, axes in zip(rows + old, requests, values, strict=True)]
     runs = snap.runs
     wall = 0.0
     for run in runs:
@@ -475,7 +475,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     breakdown = []
     for axis in by:
         groups: dict[str, list[tuple[str, int, Decimal, Decimal]]] = {}
-        for v, f in zip(values_of(axis), facts):
+        for v, f in zip(values_of(axis), facts, strict=True):
             groups.setdefault(v, []).append(f)
         breakdown.append((axis, tuple(_group(v, fs) for v, fs in groups.items())))
     failed = [t for t in tasks if t.status == "failed"]
@@ -566,7 +566,7 @@ def to_json(s: Summary) -> dict[str, Any]:
                  for r in d.run_rows],
         "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
                               **dict(zip(("succeeded", "failed", "pending", "in_doubt"),
-                                         g.counts)),
+                                         g.counts, strict=True)),
                               "estimated_usd": usd(g.estimated),
                               "actual_usd": usd(g.actual)}
                              for g in groups] for axis, groups in s.breakdown},

@@ -22,7 +22,8 @@ MAX_PIXELS = 64_000_000
 FORMATS = ("PNG", "JPEG", "WEBP")
 # A mask pixel edits when it is at least this far from "keep" (0-255); JPEG noise stays below.
 EDIT_THRESHOLD = 8
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                     r"[0-9a-fA-F]{12}$")
 SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _SECRET_PARAMS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
                   "key", "auth"}
@@ -78,7 +79,8 @@ def _open(path: Path) -> Image.Image:
     if size > MAX_FILE_BYTES:
         raise ImageProblem(
             "image-too-large",
-            f"file is too large ({size / 1048576:.1f} MiB; at most {MAX_FILE_BYTES // 1048576} MiB)",
+            f"file is too large ({size / 1048576:.1f} MiB; "
+            f"at most {MAX_FILE_BYTES // 1048576} MiB)",
         )
     if size == 0:
         raise ImageProblem("image-invalid", "file is empty, not an image")

@@ -117,8 +117,9 @@ def test_filter_open_approve_by_keyboard_reload_and_the_file_has_it(
     assert request["providerSettings.ideogram.styleType"] == "DESIGN"
     assert request["outputFormat"] == "PNG"
     assert request["inputs.seedImage"].startswith("diner.png (local file, sha256 bc4f820d")
-    info = dict(zip(page.eval_on_selector_all("#v-info dt", "e => e.map(x => x.textContent)"),
-                    page.eval_on_selector_all("#v-info dd", "e => e.map(x => x.textContent)")))
+    texts = "e => e.map(x => x.textContent)"
+    info = dict(zip(page.eval_on_selector_all("#v-info dt", texts),
+                    page.eval_on_selector_all("#v-info dd", texts), strict=True))
     assert info["generation seed"] == "6698897233646220573"
     assert info["sha256"] == SHA["diner-DESIGN"]
     # seed and result side by side, both really decoded; the mask overlay toggles with m
