@@ -35,6 +35,7 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -134,7 +135,7 @@ def _dec(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
 
 
-class _Decimals(dict):  # type: ignore[type-arg]
+class _Decimals(dict[str, Decimal]):
     """Decimal(text), made once per distinct text: a record's 50,000 costs are a few values.
     (Decimals are immutable, so tasks may share one.)"""
 
@@ -303,9 +304,7 @@ class Snapshot:
 # -- the lock ----------------------------------------------------------------------------------
 def _try_lock(fd: int) -> bool:
     """Take an exclusive lock on `fd` without waiting; False when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no fcntl there
         import msvcrt
 
         try:
@@ -313,6 +312,8 @@ def _try_lock(fd: int) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1018,7 +1019,9 @@ def _json(text: str | None) -> Any:
         return None
 
 
-_scan = json.JSONDecoder().scan_once  # the C scanner behind json.loads
+# The C scanner behind json.loads: an instance attribute typeshed does not declare.
+_Scanner = Callable[[str, int], tuple[Any, int]]
+_scan: _Scanner = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _outputs(text: str | None) -> tuple[str, ...]:

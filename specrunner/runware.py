@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 API_URL = "https://api.runware.ai/v1"
 
@@ -34,7 +34,7 @@ RUNNER_OWNED = RUNNER_FIELDS | frozenset(RUNNER_SET)
 NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 
 
-def is_uuid4(value: object) -> bool:
+def is_uuid4(value: object) -> TypeGuard[str]:
     """True if `value` is a string in UUID version 4 form."""
     return isinstance(value, str) and bool(UUID4_RE.match(value))
 
@@ -220,7 +220,8 @@ def parse_envelope(body: bytes | str) -> Envelope:
     kept = []
     for item in env.data:
         if item.get("status") == "error":
-            nested = item.get("error") if isinstance(item.get("error"), dict) else {}
+            error = item.get("error")
+            nested = error if isinstance(error, dict) else {}
             env.errors.append({**nested, "taskUUID": item.get("taskUUID"),
                                "taskType": item.get("taskType")})
         else:

@@ -253,7 +253,7 @@ class WebSocketAPI:
         try:
             fault, latency = self.injector.next_request()
             if fault in BEFORE_BILLING:
-                status = int(fault.removeprefix("http_"))  # type: ignore[union-attr]
+                status = int(fault.removeprefix("http_"))
                 if status in (502, 504):
                     return await socket.close(CLOSE_BAD_GATEWAY, f"injected HTTP {status} "
                                               "at the gateway")
