@@ -330,7 +330,9 @@ def _build_plan(spec: Spec) -> Plan:
     only_input = next(iter(inputs)) if len(inputs) == 1 else None
     only_prompt = next(iter(spec_prompts)) if len(spec_prompts) == 1 else None
     base_ns: dict[str, dict[str, str]] = {}  # input name -> the variables every task has
-    settings_of: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {}
+    # combination keys -> (the request paths they set, a getter of their values)
+    settings_of: dict[tuple[str, ...], tuple[tuple[tuple[str, ...], ...],
+                                             Callable[[Mapping[str, Any]], tuple[Any, ...]]]] = {}
     # Text values read as themselves in templates and ids (text_of): when every value is
     # text, a combination's variables and id are made without a call per value.
     all_text = all(type(v) is str for v in _declared_values(spec))
@@ -417,7 +419,9 @@ def _build_plan(spec: Spec) -> Plan:
         if ns is None:
             ns = base_ns[in_name] = {**spec.vars, **pair.vars}
         ns = ns.copy()
-        ns.update(values if all_text else zip(values, map(text_of, values.values()), strict=True))
+        # all_text: every value is already its text (no cast: this runs once per task)
+        ns.update(values if all_text  # type: ignore[arg-type]
+                  else zip(values, map(text_of, values.values()), strict=True))
         ns["input"], ns["prompt"] = in_name, pr_name
         tpl = prompts[pr_name]
         pkey = (pr_name, *map(ns.get, tpl.names))
@@ -504,9 +508,9 @@ def _build_plan(spec: Spec) -> Plan:
                 folded = p.lower() if p.isascii() else fold(p)
                 first = outputs.setdefault(_name_hash(folded), idx)
                 # the same hash as an earlier task's name: the same name, or (rarely) not
-                held_by = None if first == idx else _writer(folded, idx, tasks[first], more)
-                if held_by is not None:
-                    other = tasks[held_by]
+                writer = None if first == idx else _writer(folded, idx, tasks[first], more)
+                if writer is not None:
+                    other = tasks[writer]
                     diags.add(f"variants `{other.variant_id}` and `{tid}` both write {p!r}"
                               + ("" if p in other.output_paths() else
                                  " (names differ only in case)"),

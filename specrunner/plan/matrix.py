@@ -298,7 +298,7 @@ def expand(
     elif not ex_live and not inc_enum and not include:
         return Expansion(ProductCombinations([dict(zip(keys, combo, strict=True))
                                               for combo in itertools.product(*vals)]),
-                         size, (), tuple(axes))
+                         size, (), tuple((k, tuple(v)) for k, v in axes))
     else:
         for pidx, idx in enumerate(itertools.product(*[range(len(v)) for v in vals])):
             if ex_live:
@@ -322,4 +322,4 @@ def expand(
         raise MatrixTooLarge("combinations", total, max_combinations)
     for j in created:
         combos.append(Combination(dict(include[j]), None, j, ()))
-    return Expansion(tuple(combos), size, tuple(excluded), tuple(axes))
+    return Expansion(tuple(combos), size, tuple(excluded), tuple((k, tuple(v)) for k, v in axes))

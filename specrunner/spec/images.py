@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -129,7 +130,8 @@ def mask_coverage(path: Path, polarity: str = "white-edits") -> MaskCoverage:
         try:
             if im.format == "JPEG":
                 im.draft("L", im.size)
-            low, high = im.convert("L").getextrema()
+            # one band: (min, max) (Pillow's types also allow a tuple per band)
+            low, high = cast("tuple[int, int]", im.convert("L").getextrema())
         except (OSError, ValueError) as exc:
             raise ImageProblem("image-invalid", f"cannot decode image: {exc}") from None
     if polarity == "black-edits":
