@@ -33,25 +33,26 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from specrunner import cli  # noqa: E402
-from specrunner.commands.report import FORMATS as REPORT_FORMATS  # noqa: E402
-from specrunner.local import ALL_FAULTS, FaultConfig, LocalConfig, create_app  # noqa: E402
-from specrunner.local.faults import DOWNLOAD_FAULTS, REQUEST_FAULTS, TASK_FAULTS  # noqa: E402
-from specrunner.plan import build_plan  # noqa: E402
-from specrunner.record import read_snapshot  # noqa: E402
-from specrunner.run import RunResult, Runner, set_testing  # noqa: E402
-from specrunner.spec import load_spec  # noqa: E402
-from test_run_local import EVERY_FAULT  # noqa: E402
-from test_run_support import audit  # noqa: E402
+from test_run_local import EVERY_FAULT
+from test_run_support import audit
+
+from specrunner import cli
+from specrunner.commands.report import FORMATS as REPORT_FORMATS
+from specrunner.local import ALL_FAULTS, FaultConfig, LocalConfig, create_app
+from specrunner.local.faults import DOWNLOAD_FAULTS, REQUEST_FAULTS, TASK_FAULTS
+from specrunner.plan import build_plan
+from specrunner.record import read_snapshot
+from specrunner.run import Runner, RunResult, set_testing
+from specrunner.spec import load_spec
 
 KEY = "rw-bench-faults-canary-3d9a61f0c4b2e8d7a5f1"
 PRICE = Decimal("0.08")  # the table price of ideogram:3@3 per image

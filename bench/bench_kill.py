@@ -48,14 +48,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASH_POINTS = ("send", "sql", "write", "rename", "dirsync")
-MODES = ("start-up", "mid-run") + CRASH_POINTS
+MODES = ("start-up", "mid-run", *CRASH_POINTS)
 INTERRUPTS = ("ctrl-c", "ctrl-c x2")
 WRITE_SQL = ("INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT")
 
@@ -244,10 +245,11 @@ def kill_and_resume(tmp: Path, kills: int, interrupts: int, repeat: int, seed: i
                     progress: Callable[[str], None] = lambda s: None) -> tuple[Figures, Any]:
     """The kills and interrupts, the resumes, and the audit (None if the campaign did not
     complete)."""
-    from specrunner.record import read_snapshot
     from test_run_cli import write_spec
     from test_run_kill import _wait_for_record, run_cmd, start_server, stats
     from test_run_support import audit
+
+    from specrunner.record import read_snapshot
 
     rng = random.Random(seed)
     per_task = calibrate(tmp / "calibration", 10)

@@ -23,14 +23,15 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from specrunner import cli  # noqa: E402
-from specrunner.local import FaultConfig, Latency, LocalConfig, create_app  # noqa: E402
-from specrunner.money import usd  # noqa: E402
-from specrunner.plan import build_plan  # noqa: E402
-from specrunner.record import read_snapshot  # noqa: E402
-from specrunner.run import Runner, set_testing  # noqa: E402
-from specrunner.spec import load_spec  # noqa: E402
-from test_run_cli import write_spec  # noqa: E402
+from test_run_cli import write_spec
+
+from specrunner import cli
+from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
+from specrunner.money import usd
+from specrunner.plan import build_plan
+from specrunner.record import read_snapshot
+from specrunner.run import Runner, set_testing
+from specrunner.spec import load_spec
 
 KEY = "rw-bench-money-key-5f1e2d3c4b5a69788796a5b4"
 

@@ -217,7 +217,7 @@ def zero(args: argparse.Namespace, scratch: Path) -> list[list[object]]:
         for rnd in range(args.rounds):
             folder = Path(tempfile.mkdtemp(dir=scratch))
             spec = write_spec(folder, n, conc, "sync")
-            took, posts, tasks, status = run_specrunner(server.url, spec, folder / "out")
+            took, _posts, tasks, status = run_specrunner(server.url, spec, folder / "out")
             assert status == "complete", status
             plain_out = folder / "plain"
             plain_out.mkdir()

@@ -156,7 +156,7 @@ def refusals(folder: Path, src: Path) -> None:
     for digits, includes in ((6, 50), (6, 0), (7, 0)):
         r = measure(write_refusal_spec(folder / "refuse", digits, includes), "refuse", src)
         label = f"10^{digits} x {includes} includes"
-        print(f"{label:>24} {str(r['refused']):>8} {r['refuse_s']:>8.2f} {r['maxrss_mb']:>10.1f}")
+        print(f"{label:>24} {r['refused']!s:>8} {r['refuse_s']:>8.2f} {r['maxrss_mb']:>10.1f}")
 
 
 def measure(path: Path, mode: str, src: Path) -> dict:

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +145,7 @@ def main() -> None:
             folder = base / f"resume-{n}"
             folder.mkdir(parents=True, exist_ok=True)
             spec = write_spec(folder, n)
-            tasks, built = child(src, CAMPAIGN, spec).split()
+            _tasks, built = child(src, CAMPAIGN, spec).split()
             before = json.loads(child(src, AUDIT, folder / "run"))
             assert before["done"] == before["tasks"] == n, before
             times, rss = [], []

@@ -34,12 +34,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from specrunner.local import FaultConfig, Latency, LocalConfig, create_app  # noqa: E402
-from specrunner.run import set_testing  # noqa: E402
-from specrunner.run.client import RunwareClient  # noqa: E402
-from specrunner.run.executor import Executor  # noqa: E402
-from specrunner.spec.types import Execution  # noqa: E402
-from test_run_support import make_tasks, planned_record  # noqa: E402
+from test_run_support import make_tasks, planned_record
+
+from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
+from specrunner.run import set_testing
+from specrunner.run.client import RunwareClient
+from specrunner.run.executor import Executor
+from specrunner.spec.types import Execution
 
 
 def server(latency: float = 0.0):

@@ -34,10 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from specrunner.record import read_snapshot  # noqa: E402
 from test_run_cli import write_spec  # noqa: E402
 from test_run_kill import start_server, stats  # noqa: E402
 from test_run_support import audit  # noqa: E402
+
+from specrunner.record import read_snapshot  # noqa: E402
 
 PRICE = Decimal("0.08")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -25,10 +25,16 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from specrunner.errors import (PlanLimitError, RecordError, SpecError, SpecrunnerError,
-                                   UsageError)
+    from specrunner.errors import (
+        PlanLimitError,
+        RecordError,
+        SpecError,
+        SpecrunnerError,
+        UsageError,
+    )
     from specrunner.plan import Plan, Task, build_plan
-    from specrunner.report import Summary, render as render_report
+    from specrunner.report import Summary
+    from specrunner.report import render as render_report
     from specrunner.run import Runner, RunResult
     from specrunner.spec import Spec, load_spec
 

@@ -178,7 +178,7 @@ def _available_commands() -> dict[str, ModuleType]:
 
 def _section(title: str, rows: tuple[tuple[object, str], ...]) -> str:
     width = max(len(str(a)) for a, _ in rows)
-    return f"{title}:\n" + "\n".join(f"  {str(a):{width}}  {b}" for a, b in rows)
+    return f"{title}:\n" + "\n".join(f"  {a!s:{width}}  {b}" for a, b in rows)
 
 
 def _examples(title: str, rows: tuple[tuple[str, str], ...]) -> str:

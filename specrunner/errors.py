@@ -14,8 +14,8 @@ run again to finish), 130 interrupted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1

@@ -9,11 +9,12 @@ reports replaces them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 
@@ -51,7 +52,7 @@ DEFAULT_MODEL = "ideogram:3@3"
 
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """Load a JSON Schema from `schemas/` by file name."""
     with open(SCHEMA_DIR / name, encoding="utf-8") as fh:
@@ -63,14 +64,14 @@ def get_model(model_id: str) -> ModelInfo:
     return MODELS[model_id]
 
 
-@lru_cache(maxsize=None)
+@cache
 def prompt_length(model_id: str) -> tuple[int, int]:
     """(min, max) length in characters of `positivePrompt` in `model_id`'s request schema."""
     prop = load_schema(get_model(model_id).request_schema)["properties"].get("positivePrompt", {})
     return int(prop.get("minLength", 1)), int(prop.get("maxLength", 2000))
 
 
-@lru_cache(maxsize=None)
+@cache
 def request_validator(model_id: str) -> jsonschema.protocols.Validator:
     """A Draft 2020-12 validator for one imageInference task of `model_id`."""
     schema = load_schema(get_model(model_id).request_schema)
@@ -80,14 +81,14 @@ def request_validator(model_id: str) -> jsonschema.protocols.Validator:
 
 def _leaf_fields(schema: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     for key, sub in schema.get("properties", {}).items():
-        path = prefix + (key,)
+        path = (*prefix, key)
         if sub.get("type") == "object" and "properties" in sub:
             yield from _leaf_fields(sub, path)
         else:
             yield path
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_paths(model_id: str) -> dict[str, tuple[str, ...]]:
     """Settable request fields of a model: short alias -> path in the request.
 

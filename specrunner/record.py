@@ -35,18 +35,20 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from specrunner.errors import RecordError
 from specrunner.bulk import paused_gc
+from specrunner.errors import RecordError
 
 if TYPE_CHECKING:
     from specrunner.plan.task import Task
@@ -133,7 +135,7 @@ def _dec(text: str | None) -> Decimal | None:
     return Decimal(text) if text else None
 
 
-class _Decimals(dict):  # type: ignore[type-arg]
+class _Decimals(dict[str, Decimal]):
     """Decimal(text), made once per distinct text: a record's 50,000 costs are a few values.
     (Decimals are immutable, so tasks may share one.)"""
 
@@ -302,9 +304,7 @@ class Snapshot:
 # -- the lock ----------------------------------------------------------------------------------
 def _try_lock(fd: int) -> bool:
     """Take an exclusive lock on `fd` without waiting; False when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no fcntl there
         import msvcrt
 
         try:
@@ -312,6 +312,8 @@ def _try_lock(fd: int) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -503,8 +505,9 @@ def _placement_digest(tasks: Sequence[Task]) -> str:
         holders = [t.request.get("inputs") for t in tasks]
     pairs: dict[tuple[int, int], str] = {}
     refs = [pairs.setdefault((id(held), id(local)), str(len(pairs)))
-            for held, local in zip(holders, map(attrgetter("local_inputs"), tasks))]
-    first = dict(zip(refs, tasks))  # a task of each pair (any: they share their inputs)
+            for held, local in zip(holders, map(attrgetter("local_inputs"), tasks), strict=True)]
+    # a task of each pair (any: they share their inputs)
+    first = dict(zip(refs, tasks, strict=True))
     h.update(json.dumps([_inputs_of(t) for t in first.values()]).encode() + b"\x1e")
     column(refs)
     return h.hexdigest()
@@ -1016,7 +1019,9 @@ def _json(text: str | None) -> Any:
         return None
 
 
-_scan = json.JSONDecoder().scan_once  # the C scanner behind json.loads
+# The C scanner behind json.loads: an instance attribute typeshed does not declare.
+_Scanner = Callable[[str, int], tuple[Any, int]]
+_scan: _Scanner = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _outputs(text: str | None) -> tuple[str, ...]:
@@ -1147,7 +1152,7 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
         rows.sort(key=itemgetter(1, 2))  # idx, variant id
         money = _Decimals()
         # Column by column, each converted by a C-level map (50,000 rows).
-        cols: list[Any] = list(zip(*rows)) or [()] * 18
+        cols: list[Any] = list(zip(*rows, strict=True)) or [()] * 18
         del rows
         cols[6] = map(money.__getitem__, cols[6])
         cols[7] = map(money.maybe, cols[7])

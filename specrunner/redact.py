@@ -10,7 +10,7 @@ the key itself, any `Bearer <token>`, and the value of anything named like a cre
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 MARK = "[redacted]"
 _VALUE = r"(?!\[redacted\])[^\s\"',;&)\]}]+"  # a credential's characters, not our mark

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 API_URL = "https://api.runware.ai/v1"
 
@@ -34,7 +34,7 @@ RUNNER_OWNED = RUNNER_FIELDS | frozenset(RUNNER_SET)
 NOT_IN_KEY = frozenset({"taskUUID", "deliveryMethod", "includeCost"})
 
 
-def is_uuid4(value: object) -> bool:
+def is_uuid4(value: object) -> TypeGuard[str]:
     """True if `value` is a string in UUID version 4 form."""
     return isinstance(value, str) and bool(UUID4_RE.match(value))
 
@@ -100,7 +100,8 @@ for _cat, _codes in {
     Category.QUOTA: "insufficientCredits paymentRequired quotaExceeded",
     Category.RATE_LIMIT: "rateLimitExceeded inferenceRateLimitExceeded providerRateLimitExceeded",
     Category.SAFETY: "contentPolicyViolation nsfwContentDetected promptBlocked imageBlocked",
-    Category.PROVIDER: "providerError providerUnavailable inferenceError taskFailed noAvailableServer",
+    Category.PROVIDER: "providerError providerUnavailable inferenceError taskFailed "
+                       "noAvailableServer",
     Category.TIMEOUT: "timeoutProvider providerTimeout timeout",
     Category.NOT_FOUND: "modelNotFound taskNotFound taskExpired taskFailedOrNotFound",
     Category.SERVER: "internalServerError serviceUnavailable unknownError",
@@ -108,7 +109,8 @@ for _cat, _codes in {
 }.items():
     for _c in _codes.split():
         _CODES[_c] = _cat
-_HTTP_CODE = re.compile(r"^http[0-9]{3}$")  # the runner's name for an HTTP status without an envelope
+# the runner's name for an HTTP status without an envelope
+_HTTP_CODE = re.compile(r"^http[0-9]{3}$")
 
 
 def classify(code: str | None, http_status: int | None = None) -> Category:
@@ -218,7 +220,8 @@ def parse_envelope(body: bytes | str) -> Envelope:
     kept = []
     for item in env.data:
         if item.get("status") == "error":
-            nested = item.get("error") if isinstance(item.get("error"), dict) else {}
+            error = item.get("error")
+            nested = error if isinstance(error, dict) else {}
             env.errors.append({**nested, "taskUUID": item.get("taskUUID"),
                                "taskType": item.get("taskType")})
         else:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 CANARY_KEY = "rw-canary-7f3e9d1c2b4a5e6f8091a2b3c4d5e6f7"
 os.environ["RUNWARE_API_KEY"] = CANARY_KEY
 os.environ.pop("RUNWARE_BASE_URL", None)
-
-
-import pytest
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ Positions refer to tests/fixtures/specfiles.BASE_SPEC (16 lines), edited per cas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from fixtures.specfiles import BASE_SPEC, run_cli, validate_json, write_spec
@@ -24,7 +24,7 @@ def r(*pairs: str) -> Callable[[str], str]:
     """An edit of BASE_SPEC: replace each old text (which must occur) by the new one."""
 
     def edit(text: str) -> str:
-        for old, new in zip(pairs[::2], pairs[1::2]):
+        for old, new in zip(pairs[::2], pairs[1::2], strict=True):
             assert old in text, old
             text = text.replace(old, new, 1)
         return text
@@ -222,7 +222,8 @@ CASES = [
     Case("image-too-many-pixels", None, 9, 11, "image is 32x24 pixels",
          patch={"MAX_PIXELS": 100}),
     # credentials
-    Case("secret-key-name", add("apiKey: abcdef123456\n"), 17, 1, "`apiKey` looks like a credential"),
+    Case("secret-key-name", add("apiKey: abcdef123456\n"), 17, 1,
+         "`apiKey` looks like a credential"),
     Case("secret-nested-token", r("    vars: {shop_name: MIRELLE}", TOKEN), 11,
          TOKEN.index("token") + 1, "`token` looks like a credential"),
     Case("secret-env-key", r("A sign reading", f"A sign {CANARY} reading"), 13, 9,
@@ -276,6 +277,6 @@ def test_corpus_is_large_enough() -> None:
     ],
 )
 def test_invalid_cli_values(argv: list[str], fragment: str) -> None:
-    code, out, err = run_cli(argv)
+    code, _out, err = run_cli(argv)
     assert code == 2
     assert fragment in err

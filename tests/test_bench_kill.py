@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_run_cli import write_spec
 
 from specrunner.record import read_snapshot
-from test_run_cli import write_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_KILL = ROOT / "bench" / "bench_kill.py"

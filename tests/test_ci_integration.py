@@ -125,7 +125,7 @@ def specrunner_commands(script: str, specs: list[str]) -> list[list[str]]:
 def test_every_specrunner_command_in_the_workflow_parses_with_the_real_cli() -> None:
     parser, _ = cli.build_parser()
     seen = []
-    for job, name, script in scripts():
+    for job, _name, script in scripts():
         for argv in specrunner_commands(script, EXAMPLES):
             args = parser.parse_args(argv)  # cli._ArgError if the CLI refuses it
             seen.append((job, args.command, getattr(args, "format", None),
@@ -143,7 +143,7 @@ def test_the_pull_request_checks_pass_on_the_example_specs(monkeypatch: pytest.M
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("RUNWARE_API_KEY", raising=False)
     ran = 0
-    for job, name, script in scripts():
+    for job, _name, script in scripts():
         if job != "check":
             continue
         for argv in specrunner_commands(script, EXAMPLES):

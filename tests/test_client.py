@@ -13,10 +13,10 @@ import anyio
 import httpx
 import pytest
 from PIL import Image
+from test_run_support import IMAGE
 
 from specrunner.run.client import DownloadError, Fault, RunwareClient, check_image, inline_output
 from specrunner.run.context import RETRY_AFTER_CAP_S, Backoff, RetryBudget
-from test_run_support import IMAGE
 
 KEY = "client-test-key-0123456789"
 API = "https://api.example.test/v1"

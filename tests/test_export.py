@@ -130,7 +130,7 @@ def test_spec_option_points_at_the_review_file(fx: Path, tmp_path: Path) -> None
     review.save(elsewhere / "spec.review.yaml", [
         Decision("diner-DESIGN", 0, SHA["diner-DESIGN"], "approved")])
     dest = tmp_path / "out"
-    code, out, err = export(str(fx / "run"), str(dest), "--spec", str(elsewhere / "spec.yaml"))
+    code, _out, err = export(str(fx / "run"), str(dest), "--spec", str(elsewhere / "spec.yaml"))
     assert (code, err) == (0, "")
     assert sorted(files(dest)) == ["diner-DESIGN.png", "manifest.csv"]
     code, _, err = export(str(fx / "run"), str(dest), "--spec", str(tmp_path / "nope.yaml"))

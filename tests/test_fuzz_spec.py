@@ -4,7 +4,8 @@ Whatever the bytes, `load_spec` either returns a Spec or raises SpecError whose 
 diagnostic has a location inside the file; planning a loaded spec raises nothing but
 SpecError or PlanLimitError; the CLI exits 0 or 2 with no traceback. Mutations start from
 the example specs and tests/fixtures/specfiles.BASE_SPEC: byte flips, truncation, line
-duplication and deletion, random indentation, other line endings, and inserted YAML-significant text.
+duplication and deletion, random indentation, other line endings, and inserted
+YAML-significant text.
 A spec is at most a few KiB here and the loader's budgets bound every expansion, so each
 example is bounded work; a SIGALRM watchdog turns a real hang into a failure, not a stall.
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml

@@ -35,7 +35,7 @@ def examples() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     reqs = [json.loads(b) for kind, b in blocks if kind == "Request"]
     resps = [json.loads(b) for kind, b in blocks if kind == "Response"]
     assert len(reqs) == len(resps) == 4
-    return list(zip(reqs, resps))
+    return list(zip(reqs, resps, strict=True))
 
 
 def post(server: Any, tasks: list[Any], **kw: Any) -> tuple[int, dict[str, Any], bytes]:

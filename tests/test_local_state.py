@@ -195,7 +195,7 @@ def test_sigkill_at_random_moments_loses_nothing_that_was_answered(tmp_path: Pat
     rng = random.Random(17)
     state = tmp_path / "state"
     answered: dict[str, dict[str, Any]] = {}
-    for round_ in range(3):
+    for _ in range(3):
         proc, url = start(state)
         stop = threading.Event()
         loader = threading.Thread(target=load, args=(url, answered, stop))

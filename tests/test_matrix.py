@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_plan import make_spec, with_matrix
 
 from specrunner import runware
-
-from specrunner.plan import matrix
-from specrunner.spec.types import Matrix
+from specrunner.plan import build_plan, matrix
 from specrunner.plan.matrix import Combination, MatrixTooLarge, expand, github_equals
-from specrunner.plan import build_plan
-from test_plan import make_spec, with_matrix
+from specrunner.spec.types import Matrix
 
 FRUIT_AXES = [("fruit", ["apple", "pear"]), ("animal", ["cat", "dog"])]
 FRUIT_INCLUDE = [{"color": "green"}, {"color": "pink", "animal": "cat"},
@@ -287,7 +285,7 @@ def test_editing_one_prompt_keeps_other_keys(spec: Any) -> None:
     edited = dataclasses.replace(spec, prompts={**spec.prompts, first: "edited {shop}"})
     before, after = build_plan(spec).tasks, build_plan(edited).tasks
     assert [t.variant_id for t in before] == [t.variant_id for t in after]
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert (a.task_key == b.task_key) is (a.prompt_name != first)
 
 
@@ -298,7 +296,7 @@ def test_adding_an_input_keeps_other_keys(spec: Any) -> None:
 
     extra = make_spec(inputs=["zeta"]).inputs["zeta"]
     m = spec.matrix
-    axes = tuple((k, v + ("zeta",)) if k == "input" else (k, v) for k, v in m.axes)
+    axes = tuple((k, (*v, "zeta")) if k == "input" else (k, v) for k, v in m.axes)
     grown = dataclasses.replace(spec, inputs={**spec.inputs, "zeta": extra},
                                 matrix=Matrix(axes=axes, include=m.include, exclude=m.exclude))
     before = keys_by_variant(spec)

@@ -17,13 +17,13 @@ from typing import Any
 
 import anyio
 import pytest
+from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
+from test_run_support import IMAGE, audit
 
 from specrunner import cli
 from specrunner.plan import build_plan
 from specrunner.record import RunMeta, open_record, read_snapshot, record_path
 from specrunner.spec import load_spec
-from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
-from test_run_support import IMAGE, audit
 
 TABLES = ("runs", "tasks", "task_uuids", "transitions", "attempts", "results", "uploads")
 
@@ -35,8 +35,8 @@ def cli_call(*argv: str) -> tuple[int, str, str]:
 
 
 def run(spec: Path, out: Path, shard: str | None = None) -> None:
-    code, text, err = cli_call("run", spec, "--local", "--out", out, "--progress", "none",
-                               *(["--shard", shard] if shard else []))
+    code, _text, err = cli_call("run", spec, "--local", "--out", out, "--progress", "none",
+                                *(["--shard", shard] if shard else []))
     assert code == 0, err
 
 
@@ -64,7 +64,7 @@ def shards(tmp_path: Path, server) -> tuple[Path, list[Path]]:
 
 
 def test_three_shards_merge_into_one_complete_folder(tmp_path: Path, server, shards) -> None:
-    spec, folders = shards
+    _spec, folders = shards
     merged = tmp_path / "merged"
     code, out, err = cli_call("merge", *folders, "--out", merged)
     assert code == 0 and err == ""
@@ -118,13 +118,13 @@ def test_three_shards_merge_into_one_complete_folder(tmp_path: Path, server, sha
 
 
 def test_merging_again_changes_nothing(tmp_path: Path, server, shards) -> None:
-    spec, folders = shards
+    _spec, folders = shards
     merged = tmp_path / "merged"
     assert cli_call("merge", *folders, "--out", merged)[0] == 0
     before = dump(merged)
     files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in merged.rglob("*.png")}
     for sources in (folders, [merged, *folders], [folders[1], merged]):
-        code, out, err = cli_call("merge", *sources, "--out", merged)
+        code, out, _err = cli_call("merge", *sources, "--out", merged)
         assert code == 0 and out.splitlines()[0] == (
             f"nothing new: {merged.resolve()} already holds everything in these "
             f"{len([s for s in sources if s != merged])} folder(s)")
@@ -223,7 +223,7 @@ def test_an_edit_between_shards_is_refused_unless_it_changes_no_task(tmp_path: P
 
 
 def test_bad_merges_are_one_clear_line_and_exit_2(tmp_path: Path, server, shards) -> None:
-    spec, folders = shards
+    _spec, folders = shards
     (tmp_path / "empty").mkdir()
     code, out, err = cli_call("merge", folders[0], tmp_path / "empty", "--out", tmp_path / "m")
     assert (code, out) == (2, "") and err == (
@@ -273,7 +273,7 @@ def test_a_shard_run_twice_is_kept_once_and_costs_nothing_more(tmp_path: Path, s
     run(spec, twin, "1/3")  # the same taskUUIDs: the server answers from the first run
     n1 = len(read_snapshot(folders[0]).tasks)
     assert server.stats().duplicate_attempts_total == n1 and len(server.stats().charges) == 30
-    code, out, err = cli_call("merge", *folders, twin, "--out", tmp_path / "m")
+    code, out, _err = cli_call("merge", *folders, twin, "--out", tmp_path / "m")
     assert code == 0 and (f"duplicates: {n1} tasks done in more than one of these folders "
                           "(one copy kept); each under one taskUUID, so billed once") in out
     assert len(dump(tmp_path / "m")["tasks"]) == 30

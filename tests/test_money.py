@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from test_run_cli import write_spec
+from test_run_support import audit
 
 from specrunner import cli
 from specrunner.errors import UsageError
@@ -21,8 +23,6 @@ from specrunner.plan import build_plan
 from specrunner.record import read_snapshot
 from specrunner.run import Runner, check_base_url
 from specrunner.spec import load_spec
-from test_run_cli import write_spec
-from test_run_support import audit
 
 pytestmark = pytest.mark.usefixtures("no_waiting")
 
@@ -108,9 +108,9 @@ def test_a_failure_that_may_follow_billing_is_asked_about_on_resume(tmp_path: Pa
     the old UUID and fetches the results: nothing is paid twice, no new UUID is minted."""
     import anyio
     import httpx
+    from test_run_support import force_states, planned_record
 
     from specrunner.run.inputs import substitute
-    from test_run_support import force_states, planned_record
 
     app = server()
     spec = campaign(tmp_path, repeat=1, max_usd="5")

@@ -17,17 +17,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specrunner import cli, models, runware
-
-from specrunner.plan import identity
-
-from specrunner.plan import outpaths
 from specrunner import plan as planmod
-from specrunner.plan.task import LocalImage, Task
-from specrunner.spec.types import (Budget, Execution, ImageRef, InputPair, Matrix,
-                                   OutputSettings, Spec, VariantDecl)
 from specrunner.errors import Loc, PlanLimitError, SpecError
-from specrunner.plan import build_plan, explain
+from specrunner.plan import build_plan, explain, identity, outpaths
+from specrunner.plan.task import LocalImage, Task
 from specrunner.spec import load_spec
+from specrunner.spec.types import (
+    Budget,
+    Execution,
+    ImageRef,
+    InputPair,
+    Matrix,
+    OutputSettings,
+    Spec,
+    VariantDecl,
+)
 
 FILE = "/camp/spec.yaml"
 LOC_PATHS = ["$.model", "$.defaults", "$.defaults.outputQuality", "$.prompts", "$.matrix",
@@ -142,8 +146,7 @@ def test_cost_uses_number_results_and_price_table() -> None:
     spec = dataclasses.replace(spec, prices={"ideogram:3@3": Decimal("0.0125")})
     p = build_plan(spec)
     assert (p.total_images, p.total_cost) == (6, Decimal("0.0750"))
-    assert [t.output_paths() for t in p.tasks][0] == ["a-neon-1.jpg", "a-neon-2.jpg",
-                                                      "a-neon-3.jpg"]
+    assert p.tasks[0].output_paths() == ["a-neon-1.jpg", "a-neon-2.jpg", "a-neon-3.jpg"]
     assert [(k, [(v.value, v.tasks, v.images, v.cost) for v in vals])
             for k, vals in p.breakdown] == [
         ("input", [("a", 1, 3, Decimal("0.0375")), ("b", 1, 3, Decimal("0.0375"))]),
@@ -278,7 +281,7 @@ def test_task_cap_message_counts_before_building() -> None:
     assert (exc.value.limit, exc.value.needed, exc.value.allowed) == ("max_tasks", 160, 100)
     variants = make_spec(("a",), variants=[VariantDecl({"shop": str(i)}, id=f"v{i}")
                                            for i in range(3)], max_tasks=2)
-    with pytest.raises(PlanLimitError, match="^plan has 3 tasks; budget max_tasks is 2$") as exc:
+    with pytest.raises(PlanLimitError, match=r"^plan has 3 tasks; budget max_tasks is 2$") as exc:
         build_plan(variants)
     assert (exc.value.limit, exc.value.needed, exc.value.allowed) == ("max_tasks", 3, 2)
 
@@ -487,7 +490,8 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 MAGIC = ("magicPrompt is not set for 3 of 3 tasks, so Runware's default \"AUTO\" applies: the "
          "provider may rewrite each prompt before generating, so the image follows a prompt "
          "the plan does not show")
-MAGIC_HINT = 'set providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts as written'
+MAGIC_HINT = ('set providerSettings.ideogram.magicPrompt: "OFF" in defaults to send prompts '
+              "as written")
 
 
 def mini_stderr(mini: Path) -> str:
@@ -706,7 +710,7 @@ def _task_id_clashes(ids: list[str], repeat: int) -> list[str]:
     def which(v: str, r: int) -> str:
         return f"variant `{v}`" if r == 0 else f"repeat {r + 1} of variant `{v}`"
 
-    for i, vid in enumerate(ids):
+    for _i, vid in enumerate(ids):
         if vid in seen:
             out.append(f"variant id `{vid}` is used twice")
             continue

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_run_support import force_states
 
 from specrunner import cli
-from specrunner.run import set_testing
-from test_run_support import force_states
 from specrunner.plan.status import changed_fields
+from specrunner.run import set_testing
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "specs" / "examples" / "images"

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_run_cli import write_spec
 
 from specrunner import cli
 from specrunner.run import set_testing
-from test_run_cli import write_spec
 
 
 def git(repo: Path, *args: str) -> str:
@@ -64,8 +64,8 @@ def test_a_run_from_a_clean_tree_names_its_commit_everywhere(repo: Path) -> None
 def test_a_run_from_a_dirty_tree_says_so_and_names_what_differs(repo: Path) -> None:
     spec = repo / "spec.yaml"
     spec.write_text(spec.read_text() + "# an uncommitted comment\n")
-    code, out, err = cli_run("run", str(spec), "--local", "--out", str(repo / "out"),
-                             "--progress", "none")
+    code, _out, err = cli_run("run", str(spec), "--local", "--out", str(repo / "out"),
+                              "--progress", "none")
     assert code == 0 and "made from a dirty tree" in err
     doc = json.loads(cli_run("report", str(repo / "out"), "--format", "json")[1])
     assert doc["run"]["provenance"]["dirty"] is True

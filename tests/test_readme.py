@@ -113,8 +113,8 @@ def test_the_quick_start_run_prints_what_the_readme_shows(demo: Path) -> None:
     """Outside a git repository, as after a plain `pip install`: the summary, the provenance
     line and the paths relative to where the command was typed."""
     shown = block_containing("$ specrunner run demo/storefront-local.yaml --local").splitlines()
-    code, out, _ = run_cli(shlex.split(shown[0][2:])[1:] + ["--progress", "none"])
+    code, out, _ = run_cli([*shlex.split(shown[0][2:])[1:], "--progress", "none"])
     assert code == 0
     assert out.splitlines() == shown[1:]
-    again = run_cli(shlex.split(shown[0][2:])[1:] + ["--progress", "none"])[1]
+    again = run_cli([*shlex.split(shown[0][2:])[1:], "--progress", "none"])[1]
     assert "requests sent (imageInference)           0" in again  # a second run sends nothing

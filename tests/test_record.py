@@ -21,11 +21,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from test_run_support import make_tasks, planned_record
 
 from specrunner.errors import RecordError
-from specrunner.record import (SCHEMA_VERSION, Record, RunLog, RunMeta, open_record,
-                               read_snapshot)
-from test_run_support import make_tasks, planned_record
+from specrunner.record import SCHEMA_VERSION, Record, RunLog, RunMeta, open_record, read_snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

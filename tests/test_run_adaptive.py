@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from specrunner.spec.types import Execution
-from specrunner.run.limit import AdaptiveLimit
-from specrunner.run.executor import Executor
 from test_run_support import Fake, make_tasks, run_executor
+
+from specrunner.run.executor import Executor
+from specrunner.run.limit import AdaptiveLimit
+from specrunner.spec.types import Execution
 
 pytestmark = pytest.mark.usefixtures("no_waiting")
 
@@ -56,7 +56,7 @@ def test_cuts_never_go_below_the_minimum() -> None:
 
 
 def test_recovers_additively_after_sustained_success() -> None:
-    lim, clock = make(20)
+    lim, _clock = make(20)
     lim.on_overload("http429")
     assert lim.limit == 14
     for _ in range(13):

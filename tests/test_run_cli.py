@@ -18,11 +18,10 @@ from PIL import Image
 
 import specrunner.run
 from specrunner import cli
-from specrunner.run import set_testing
-from specrunner.commands import run as run_cmd
-from specrunner.local import LocalConfig, create_app
 from specrunner.errors import RecordError
+from specrunner.local import LocalConfig, create_app
 from specrunner.record import open_record, read_attempts, read_snapshot
+from specrunner.run import set_testing
 
 SPEC = """\
 version: 1
@@ -74,14 +73,14 @@ def server(monkeypatch):
 def test_no_key_and_no_local_is_a_usage_error_before_any_work(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("RUNWARE_API_KEY")
     spec = write_spec(tmp_path)
-    code, out, err = call(str(spec), "--out", str(tmp_path / "o"))
+    code, _out, err = call(str(spec), "--out", str(tmp_path / "o"))
     assert code == 2 and "no API key" in err and not (tmp_path / "o").exists()
 
 
 def test_invalid_spec_exits_2_without_a_record(tmp_path, server) -> None:
     spec = write_spec(tmp_path)
     spec.write_text(spec.read_text().replace("styleType", "stlyeType"))
-    code, _, err = call(str(spec), "--local", "--out", str(tmp_path / "o"))
+    code, _, _err = call(str(spec), "--local", "--out", str(tmp_path / "o"))
     assert code == 2 and not (tmp_path / "o").exists()
     assert server.stats().http_requests == 0
 
@@ -234,7 +233,7 @@ def test_ctrl_c_drains_then_cancels_and_exits_130(tmp_path, presses) -> None:
         if presses == 2:
             time.sleep(0.2)
             proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        _stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -251,6 +250,6 @@ def test_ctrl_c_drains_then_cancels_and_exits_130(tmp_path, presses) -> None:
     # the record is consistent: a resume finishes the campaign
     (tmp_path / "none.json").write_text("{}")
     proc = _spawn(spec, out, tmp_path / "none.json")
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert _states(out) == {"done": 6}

@@ -10,12 +10,12 @@ import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_record, run_executor
 
 from specrunner import runware
 from specrunner.record import read_attempts, read_snapshot
 from specrunner.run.executor import RunOutcome, _exact_sum
 from specrunner.spec.types import Execution
-from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_record, run_executor
 
 KEY = "test-key-not-secret"
 

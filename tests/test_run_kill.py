@@ -1,6 +1,7 @@
 """SIGKILL a real `specrunner run` process at random moments against `specrunner serve`
 (a separate process, so the ledger outlives the client), then resume until complete (at most
-4 resumes): 0 billed twice, 0 lost, and the campaign completes. bench/bench_kill.py runs the same with more kills and tasks."""
+4 resumes): 0 billed twice, 0 lost, and the campaign completes. bench/bench_kill.py runs the
+same with more kills and tasks."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
-from specrunner.record import read_attempts, read_snapshot
 from test_run_cli import write_spec
 from test_run_support import audit
+
+from specrunner.record import read_attempts, read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 

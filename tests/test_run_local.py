@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_run_support import audit, local_image, make_tasks, run_executor
 
-from specrunner.spec.types import Execution
+from specrunner.local import FaultConfig, LocalConfig, create_app
 from specrunner.record import read_attempts, read_snapshot
 from specrunner.run.executor import RunOutcome
-from specrunner.local import FaultConfig, LocalConfig, create_app
-from test_run_support import audit, local_image, make_tasks, run_executor
+from specrunner.spec.types import Execution
 
 EVERY_FAULT = {  # 20% of requests, plus task and download faults
     "http_429": 0.025, "http_500": 0.025, "http_502": 0.02, "http_503": 0.025,
@@ -93,11 +93,11 @@ def test_hung_requests_end_at_their_timeout_and_tasks_at_their_deadline(
         seed=1, rates={"hang": 1.0}, hang_s=600.0)))
     tasks = make_tasks(4, delivery="sync")
     t0 = time.monotonic()
-    outcome, ex = run_executor(tmp_path, httpx.ASGITransport(app=server), tasks,
-                               Execution(request_timeout_s=request_timeout,
-                                         task_deadline_s=task_deadline, max_attempts=2,
-                                         concurrency=4),
-                               url="http://local.test/v1")
+    outcome, _ex = run_executor(tmp_path, httpx.ASGITransport(app=server), tasks,
+                                Execution(request_timeout_s=request_timeout,
+                                          task_deadline_s=task_deadline, max_attempts=2,
+                                          concurrency=4),
+                                url="http://local.test/v1")
     took = time.monotonic() - t0
     assert took < 10  # not the 600 s the server holds each answer
     assert outcome.status == "incomplete" and outcome.counters.in_doubt == 4

@@ -6,7 +6,6 @@ import io
 from decimal import Decimal
 
 import specrunner.run
-
 from specrunner.run.context import Counters
 from specrunner.run.progress import Progress, status_line, summary_table
 
@@ -154,11 +153,11 @@ def test_summary_table_rows() -> None:
 
 
 def test_run_command_draws_the_live_line_on_a_terminal(tmp_path, monkeypatch) -> None:
-    from specrunner import cli
-    from specrunner.run import set_testing
-    from specrunner.commands import run as run_cmd
-    from specrunner.local import LocalConfig, create_app
     from test_run_cli import write_spec
+
+    from specrunner import cli
+    from specrunner.local import LocalConfig, create_app
+    from specrunner.run import set_testing
 
     app = create_app(LocalConfig(render=False))
     monkeypatch.setattr(specrunner.run, "local_server", lambda faults, state_dir=None: app)

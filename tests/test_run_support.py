@@ -13,10 +13,11 @@ import hashlib
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable  # noqa: F401
+from typing import Any
 
 import anyio
 import httpx
@@ -28,6 +29,8 @@ from specrunner.record import Record, RunMeta, open_record, read_snapshot
 from specrunner.run.client import RunwareClient
 from specrunner.run.executor import Executor
 from specrunner.spec.types import Execution
+
+
 def png_bytes(color: int = 128, size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
     Image.new("L", size, color).save(buf, "PNG")

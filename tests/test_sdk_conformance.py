@@ -15,8 +15,9 @@ import base64
 import contextlib
 import io
 import socket
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -90,7 +91,7 @@ def test_the_four_documented_requests(transport: str, delivery: str) -> None:
                 return await asyncio.gather(*(rw.run({**doc, "deliveryMethod": delivery})
                                               for doc in docs))
         answers = asyncio.run(main())
-        for doc, items in zip(docs, answers):
+        for doc, items in zip(docs, answers, strict=True):
             (item,) = items
             assert item["taskUUID"] == doc["taskUUID"] and item["taskType"] == "imageInference"
             assert set(item) >= {"imageUUID", "imageURL", "seed"}
@@ -231,7 +232,7 @@ def test_connection_drops_after_billing_never_bill_twice(transport: str) -> None
             async with sdk(url, transport) as rw:
                 return await asyncio.gather(*(run_or_recover(rw, t) for t in tasks))
         answers = asyncio.run(main())
-    for sent, items in zip(tasks, answers):
+    for sent, items in zip(tasks, answers, strict=True):
         assert len(items) == sent["numberResults"]
         assert {i["taskUUID"] for i in items} == {sent["taskUUID"]}
     stats = server.stats()

@@ -3,8 +3,6 @@ including a run full of faults, a failed run, and an auth failure."""
 
 from __future__ import annotations
 
-import specrunner.run
-
 import io
 import json
 import logging
@@ -12,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import CANARY_KEY
-from specrunner import cli
-from specrunner.run import set_testing
-from specrunner.commands import run as run_cmd
-from specrunner.local import FaultConfig, LocalConfig, create_app
 from test_run_cli import write_spec
+
+import specrunner.run
+from specrunner import cli
+from specrunner.local import FaultConfig, LocalConfig, create_app
+from specrunner.run import set_testing
 
 
 def every_byte(folder: Path) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
 
 from specrunner import cli
 from specrunner.errors import PlanLimitError, UsageError
@@ -22,7 +23,6 @@ from specrunner.plan.shard import Shard, budget_share, budget_unit, shard_of, sh
 from specrunner.record import read_snapshot
 from specrunner.run import Runner
 from specrunner.spec import load_spec
-from test_run_cli import server, write_spec  # noqa: F401 (server: a fixture)
 
 
 def cli_call(*argv: str) -> tuple[int, str, str]:
@@ -97,7 +97,7 @@ def test_shard_budgets_are_exact_floors_that_never_add_up_past_max_usd(
     budgets = [budget_share(max_usd, c, total, unit, len(costs)) for c in costs]
     assert sum(budgets) <= max_usd
     assert max_usd - sum(budgets) < unit * len(costs)
-    for c, b in zip(costs, budgets):
+    for c, b in zip(costs, budgets, strict=True):
         assert b >= c  # every shard can afford its own estimate
         if total:
             exact = Fraction(max_usd) * Fraction(c) / Fraction(total)
@@ -216,8 +216,8 @@ def test_a_shard_runs_its_tasks_only_records_its_shard_and_keeps_its_folder(
     whole = build_plan(load_spec(spec))
     part = shard_plan(whole, Shard(2, 3))
     out_dir = tmp_path / "shard-2"
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 0, err
     assert err.splitlines()[0].startswith(f"shard 2/3: {len(part.tasks)} of 30 tasks")
     assert set(server.stats().charges) == {t.task_uuid for t in part.tasks}
@@ -234,20 +234,20 @@ def test_a_shard_runs_its_tasks_only_records_its_shard_and_keeps_its_folder(
     before = server.stats().http_requests
     assert cli_call("run", str(spec), "--local", "--shard", "2/3", "--out", str(out_dir),
                     "--progress", "none")[0] == 0
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "1/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "1/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 2 and err.splitlines()[-1] == (
         f"error: the run folder {out_dir.resolve()} holds shard 2/3; this run is shard 1/3: "
         "give each shard its own --out, then join them with `specrunner merge`")
     assert server.stats().http_requests == before and len(read_snapshot(out_dir).runs) == 2
 
     # the whole campaign may always run there: it sends what the shard did not
-    code, out, err = cli_call("run", str(spec), "--local", "--out", str(out_dir),
-                              "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--out", str(out_dir),
+                               "--progress", "none")
     assert code == 0 and len(server.stats().charges) == 30
     assert [r.shard for r in read_snapshot(out_dir).runs] == ["2/3", "2/3", None]
-    code, out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
-                              str(out_dir), "--progress", "none")
+    code, _out, err = cli_call("run", str(spec), "--local", "--shard", "2/3", "--out",
+                               str(out_dir), "--progress", "none")
     assert code == 2 and "holds the whole plan (runs without --shard)" in err
 
 

@@ -15,11 +15,12 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from specrunner.errors import RecordError
-from specrunner.record import IN_DOUBT_STATES, read_snapshot
 from test_run_cli import write_spec
 from test_run_kill import start_server, stats
 from test_run_support import audit
+
+from specrunner.errors import RecordError
+from specrunner.record import IN_DOUBT_STATES, read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

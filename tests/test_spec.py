@@ -15,11 +15,14 @@ import pytest
 from fixtures.specfiles import BASE_SPEC, SIZE, run_cli, validate_json, write_spec
 
 from specrunner import models, runware
-
-from specrunner.spec import images
 from specrunner.errors import Loc, SpecError
 from specrunner.spec import (
-    SCHEMA_FILE, TemplateSyntaxError, build_schema, load_spec, load_spec_checked,
+    SCHEMA_FILE,
+    TemplateSyntaxError,
+    build_schema,
+    images,
+    load_spec,
+    load_spec_checked,
     template_fields,
 )
 from specrunner.spec.yamlload import load as yaml_load
@@ -83,7 +86,7 @@ def test_other_image_kinds_are_accepted(tmp_path: Path) -> None:
         assert spec.inputs["shop"].seed.format == {"seed.jpg": "JPEG", "seed.webp": "WEBP"}[seed]
 
 
-def images_ref(kind: str, value: str):  # noqa: ANN201
+def images_ref(kind: str, value: str):
     from specrunner.spec.types import ImageRef
     return ImageRef(kind=kind, value=value, display=value)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from specrunner.spec import yamlload
 from specrunner.errors import Loc, SpecError
+from specrunner.spec import yamlload
 
 
 @pytest.fixture(autouse=True, params=sorted(yamlload._COMPOSERS))

@@ -26,8 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Print the comparison; return the exit code."""
     from specrunner import report
-    from specrunner.report import diff as rundiff
     from specrunner.commands.report import locate, parse_by
+    from specrunner.report import diff as rundiff
 
     by = parse_by(args.by)
     sides = []

@@ -100,7 +100,6 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from specrunner.annotations import DiagnosticWriter
     from specrunner.plan.check import limit_diagnostic
     from specrunner.plan.reproducibility import reproducibility_diagnostics
-
     from specrunner.plan.shard import Shard, describe, shard_of, shard_plan
 
     shard = None if args.shard is None else Shard.parse(args.shard)
@@ -189,7 +188,7 @@ def _rows(plan: Any, limit: int | None, record: Any) -> list[list[Any]]:
     rows = [[t.variant_id, t.input_name, t.prompt_name, _style(t.request), t.number_results,
              money(t.est_cost)] for t in tasks]
     if record is not None:
-        for row, status in zip(rows, record.statuses):  # statuses: one per task
+        for row, status in zip(rows, record.statuses, strict=True):  # statuses: one per task
             row.append(status.text)
     return rows
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from specrunner.errors import UsageError
 
@@ -68,22 +69,20 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfi
     from specrunner.local.faults import FaultConfig, Latency, parse_rate
 
     faults = FaultConfig.load(args.faults) if args.faults else FaultConfig()
-    changes: dict[str, object] = {}
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.latency is not None:
-        changes["latency"] = Latency.parse(args.latency)
-    if args.processing is not None:
-        changes["processing"] = Latency.parse(args.processing)
-    if args.capacity is not None:
-        changes["capacity"] = args.capacity
-    if args.hang_s is not None:
-        changes["hang_s"] = args.hang_s
     rates = dict(faults.rates)
     for text in args.fault:
         name, rate = parse_rate(text)
         rates[name] = rate
-    faults = replace(faults, rates=rates, **changes)  # re-validated by __post_init__
+    # An option given on the command line overrides the file's value (re-validated by
+    # __post_init__).
+    faults = replace(
+        faults, rates=rates,
+        seed=faults.seed if args.seed is None else args.seed,
+        latency=faults.latency if args.latency is None else Latency.parse(args.latency),
+        processing=(faults.processing if args.processing is None
+                    else Latency.parse(args.processing)),
+        capacity=faults.capacity if args.capacity is None else args.capacity,
+        hang_s=faults.hang_s if args.hang_s is None else args.hang_s)
     if args.ttl < 1:
         raise UsageError("--ttl must be at least 1 second")
     key = args.api_key if args.api_key is not None else env.get("RUNWARE_API_KEY") or None

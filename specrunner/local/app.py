@@ -18,9 +18,10 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio
 import httpx
@@ -172,7 +173,7 @@ class LocalServer:
         if b"authorization" in headers:
             ok = self._bearer_ok(headers)
         else:
-            ok = bool(lead_auth) and self._key_ok(tasks[0].get("apiKey"))  # type: ignore[index]
+            ok = bool(lead_auth) and self._key_ok(tasks[0].get("apiKey"))
         if not ok:
             return await _json(send, 401, {"errors": [error_object(
                 "invalidApiKey", "missing or invalid API key",

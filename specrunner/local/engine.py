@@ -46,7 +46,8 @@ STYLE_COLOURS: dict[str, tuple[int, int, int]] = {
     "FICTION": (35, 110, 50),
 }
 _DATA_URI = re.compile(r"^data:image/(png|jpe?g|webp);base64,(.*)$", re.S | re.I)
-_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|‘([^’]+)’|(?<![\w])'([^']+?)'(?![\w])")
+# The typographic quotes are meant: prompts quote their text with them as often as with ASCII.
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|‘([^’]+)’|(?<![\w])'([^']+?)'(?![\w])")  # noqa: RUF001
 
 
 class InputError(ValueError):

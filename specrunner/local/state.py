@@ -9,9 +9,10 @@ type, HTTP requests, WebSocket connections and messages, peak concurrency) are p
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from PIL import Image
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import jsonschema
@@ -55,12 +56,12 @@ class Outcome:
         return (200 if self.data or not self.errors else self.errors[0][0]), doc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quick_check(model: str) -> quickcheck.Check:
     return quickcheck.build(models.load_schema(models.get_model(model).request_schema))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(model: str) -> dict[str, Any]:
     props = models.load_schema(models.get_model(model).request_schema)["properties"]
     return {name: prop["default"] for name, prop in props.items() if "default" in prop}
@@ -112,28 +113,32 @@ def _dotted(path: list[Any]) -> str:
 
 def schema_error(err: jsonschema.ValidationError) -> TaskError:
     """Translate one JSON-Schema error to Runware's codes (missingX, invalidX, unsupported...)."""
+    # A raised error has every field set (the stubs also allow "unset", for hand-made errors).
+    instance: Any = err.instance
+    schema: Any = err.schema
+    value: Any = err.validator_value
     path = list(err.absolute_path)
     if "dependentSchemas" in err.schema_path:
         return TaskError(400, "invalidTtl", "ttl applies only when outputType is URL", "ttl")
     if err.validator == "required":
-        missing = next(n for n in err.validator_value if n not in err.instance)
+        missing = next(n for n in value if n not in instance)
         return TaskError(400, "missing" + _cap(missing), f"missing required parameter "
-                         f"{_dotted(path + [missing])}", _dotted(path + [missing]))
+                         f"{_dotted([*path, missing])}", _dotted([*path, missing]))
     if err.validator == "additionalProperties":
-        allowed = set(err.schema.get("properties", {}))
-        extra = sorted(k for k in err.instance if k not in allowed)[0]
-        return TaskError(400, "unsupportedParameter", f"parameter {_dotted(path + [extra])} "
-                         "is not supported by this model", _dotted(path + [extra]))
+        allowed = set(schema.get("properties", {}))
+        extra = sorted(k for k in instance if k not in allowed)[0]
+        return TaskError(400, "unsupportedParameter", f"parameter {_dotted([*path, extra])} "
+                         "is not supported by this model", _dotted([*path, extra]))
     leaf = next((p for p in reversed(path) if isinstance(p, str)), "request")
     extra_fields: dict[str, Any] = {}
     if err.validator in ("enum", "const"):
-        allowed_values = err.validator_value
+        allowed_values = value
         extra_fields["allowedValues"] = (allowed_values if isinstance(allowed_values, list)
                                          else [allowed_values])
     for key, name in (("minimum", "min"), ("maximum", "max"), ("minLength", "min"),
                       ("maxLength", "max")):
-        if key in err.schema:
-            extra_fields[name] = err.schema[key]
+        if key in schema:
+            extra_fields[name] = schema[key]
     return TaskError(400, "invalid" + _cap(leaf), f"invalid value for {_dotted(path) or leaf}: "
                      f"{err.message[:200]}", _dotted(path) or None, **extra_fields)
 
@@ -242,7 +247,7 @@ class Simulator:
         if self.journal is not None:  # the inputs are stored before the task is recorded
             keys = [self._input_key(task["inputs"][name], image)
                     for name, image in (("seedImage", seed), ("maskImage", mask))]
-            missing = [(k, im) for k, im in zip(keys, (seed, mask))
+            missing = [(k, im) for k, im in zip(keys, (seed, mask), strict=True)
                        if not self.journal.has_image(k)]
             if missing:
                 await anyio.to_thread.run_sync(

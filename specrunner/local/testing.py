@@ -11,9 +11,11 @@ import base64
 import contextlib
 import io
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 from PIL import Image
 
@@ -39,7 +41,7 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
 
 def seed_for(config: FaultConfig, pattern: list[str | None]) -> FaultConfig:

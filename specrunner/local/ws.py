@@ -34,8 +34,9 @@ import hashlib
 import json
 import uuid as uuidlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio
 
@@ -252,7 +253,7 @@ class WebSocketAPI:
         try:
             fault, latency = self.injector.next_request()
             if fault in BEFORE_BILLING:
-                status = int(fault.removeprefix("http_"))  # type: ignore[union-attr]
+                status = int(fault.removeprefix("http_"))
                 if status in (502, 504):
                     return await socket.close(CLOSE_BAD_GATEWAY, f"injected HTTP {status} "
                                               "at the gateway")

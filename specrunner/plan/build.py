@@ -20,32 +20,38 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from hashlib import sha256
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from specrunner import models, runware
 from specrunner.bulk import paused_gc
-
-from specrunner.plan import matrix
-
-from specrunner.spec import templates
-from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
-from specrunner.plan.task import (LocalImage, PlannedRequest, Task, local_input_path,
-                                  planned_task)
 from specrunner.errors import Diagnostic, PlanLimitError, SpecError
 from specrunner.money import money
+from specrunner.plan import matrix
 from specrunner.plan.identity import (  # noqa: F401 (framed_key, task_key: public API)
-    base_id, canonical_json, framed_key, key_head, key_of, key_tail, prompt_frame, slug_text,
-    task_key, text_of,
+    base_id,
+    canonical_json,
+    framed_key,
+    key_head,
+    key_of,
+    key_tail,
+    prompt_frame,
+    slug_text,
+    task_key,
+    text_of,
 )
 from specrunner.plan.outpaths import fold, path_problem
+from specrunner.plan.task import LocalImage, PlannedRequest, Task, local_input_path, planned_task
 from specrunner.runware import RUNNER_OWNED
+from specrunner.spec import templates
 from specrunner.spec.suggest import did_you_mean
+from specrunner.spec.types import BUILTIN_KEYS, InputPair, Scalar, Spec
 
 MAX_PRODUCT = 1_000_000  # a matrix product above this is refused before expansion
 _EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -324,13 +330,15 @@ def _build_plan(spec: Spec) -> Plan:
     only_input = next(iter(inputs)) if len(inputs) == 1 else None
     only_prompt = next(iter(spec_prompts)) if len(spec_prompts) == 1 else None
     base_ns: dict[str, dict[str, str]] = {}  # input name -> the variables every task has
-    settings_of: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {}
+    # combination keys -> (the request paths they set, a getter of their values)
+    settings_of: dict[tuple[str, ...], tuple[tuple[tuple[str, ...], ...],
+                                             Callable[[Mapping[str, Any]], tuple[Any, ...]]]] = {}
     # Text values read as themselves in templates and ids (text_of): when every value is
     # text, a combination's variables and id are made without a call per value.
     all_text = all(type(v) is str for v in _declared_values(spec))
     # (A combination per task when repeat is 1: what follows runs up to a million times, so
     # it takes fast paths first and keeps to comprehensions and C-level calls.)
-    for ci, (values, explicit_id) in enumerate(zip(combos, explicit_ids)):
+    for ci, (values, explicit_id) in enumerate(zip(combos, explicit_ids, strict=True)):
         if not known_keys.issuperset(values):
             for key in values:
                 if key in known_keys:
@@ -363,7 +371,7 @@ def _build_plan(spec: Spec) -> Plan:
         cached = sig_cache.get(sig)
         if cached is None:
             merged: dict[str, Any] = {k: v for k, v in defaults.items()}
-            for path, v in zip(paths, got):
+            for path, v in zip(paths, got, strict=True):
                 _set_path(merged, path, v)
             nres = merged.get("numberResults", 1)
             nres = nres if isinstance(nres, int) and not isinstance(nres, bool) and nres > 0 else 1
@@ -411,7 +419,9 @@ def _build_plan(spec: Spec) -> Plan:
         if ns is None:
             ns = base_ns[in_name] = {**spec.vars, **pair.vars}
         ns = ns.copy()
-        ns.update(values if all_text else zip(values, map(text_of, values.values())))
+        # all_text: every value is already its text (no cast: this runs once per task)
+        ns.update(values if all_text  # type: ignore[arg-type]
+                  else zip(values, map(text_of, values.values()), strict=True))
         ns["input"], ns["prompt"] = in_name, pr_name
         tpl = prompts[pr_name]
         pkey = (pr_name, *map(ns.get, tpl.names))
@@ -498,9 +508,9 @@ def _build_plan(spec: Spec) -> Plan:
                 folded = p.lower() if p.isascii() else fold(p)
                 first = outputs.setdefault(_name_hash(folded), idx)
                 # the same hash as an earlier task's name: the same name, or (rarely) not
-                held_by = None if first == idx else _writer(folded, idx, tasks[first], more)
-                if held_by is not None:
-                    other = tasks[held_by]
+                writer = None if first == idx else _writer(folded, idx, tasks[first], more)
+                if writer is not None:
+                    other = tasks[writer]
                     diags.add(f"variants `{other.variant_id}` and `{tid}` both write {p!r}"
                               + ("" if p in other.output_paths() else
                                  " (names differ only in case)"),

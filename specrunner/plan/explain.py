@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from decimal import Decimal
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from specrunner.money import money
-from specrunner.spec.types import Scalar, Spec
 from specrunner.plan.identity import base_id, text_of
+from specrunner.spec.types import Scalar, Spec
 
 if TYPE_CHECKING:
     from specrunner.plan.build import Plan

@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from specrunner.runware import NOT_IN_KEY
 from specrunner.spec.types import Scalar
+
 _SLUG = re.compile(r"[^A-Za-z0-9._-]")
 _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SENTINEL = "\ue000specrunner-prompt\ue000"

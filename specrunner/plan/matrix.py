@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from operator import getitem
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from operator import getitem
+from typing import Any
 
 Scalar = Any  # str | int | float | bool | None
 Equals = Callable[[Scalar, Scalar], bool]
@@ -141,7 +142,7 @@ class ProductCombinations(Sequence[Combination]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -295,9 +296,9 @@ def expand(
     if not axes:
         pass
     elif not ex_live and not inc_enum and not include:
-        return Expansion(ProductCombinations([dict(zip(keys, combo))
+        return Expansion(ProductCombinations([dict(zip(keys, combo, strict=True))
                                               for combo in itertools.product(*vals)]),
-                         size, (), tuple(axes))
+                         size, (), tuple((k, tuple(v)) for k, v in axes))
     else:
         for pidx, idx in enumerate(itertools.product(*[range(len(v)) for v in vals])):
             if ex_live:
@@ -306,7 +307,7 @@ def expand(
                 if hit is not None:
                     excluded.append((pidx, hit))
                     continue
-            values = dict(zip(keys, map(getitem, vals, idx)))
+            values = dict(zip(keys, map(getitem, vals, idx), strict=True))
             touched: tuple[int, ...] = ()
             if inc_enum:
                 touched = tuple([j for j, m in inc_enum if matches(m, idx)])
@@ -321,4 +322,4 @@ def expand(
         raise MatrixTooLarge("combinations", total, max_combinations)
     for j in created:
         combos.append(Combination(dict(include[j]), None, j, ()))
-    return Expansion(tuple(combos), size, tuple(excluded), tuple(axes))
+    return Expansion(tuple(combos), size, tuple(excluded), tuple((k, tuple(v)) for k, v in axes))

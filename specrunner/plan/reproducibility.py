@@ -32,7 +32,7 @@ def reproducibility_diagnostics(plan: Plan) -> list[Diagnostic]:
     return [*magic_prompt_warnings(plan), *no_seed_notes(plan)]
 
 
-@functools.lru_cache(maxsize=None)  # a report asks it once per task, of one model
+@functools.cache  # a report asks it once per task, of one model
 def _magic_path(model_id: str) -> tuple[tuple[str, ...], Any] | None:
     """(request path, schema default) of the model's magicPrompt field, if it has one."""
     provider = models.get_model(model_id).provider

@@ -21,16 +21,17 @@ read: no httpx, no anyio.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from specrunner.errors import RecordError
 from specrunner.money import money
 from specrunner.plan.identity import task_key
-from specrunner.runware import NOT_IN_KEY
 from specrunner.record import IN_DOUBT_STATES, Snapshot, TaskRow, read_snapshot
+from specrunner.runware import NOT_IN_KEY
 
 if TYPE_CHECKING:
     from specrunner.plan.build import Plan

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from specrunner.runware import task_uuid
 from specrunner.spec.types import Scalar
@@ -48,7 +49,7 @@ def with_local_inputs(request: Mapping[str, Any], values: Mapping[str, str]) -> 
     for key, value in values.items():
         path = local_input_path(key)
         node: Any = out
-        for step, nxt in zip(path, path[1:]):
+        for step in path[:-1]:
             child = node[step]
             node[step] = child = list(child) if isinstance(child, list) else dict(child)
             node = child
@@ -66,7 +67,7 @@ class PlannedRequest(Mapping[str, Any]):
     `dict(request)` makes the request as a dict, in the same key order.
     """
 
-    __slots__ = ("shape", "key", "prompt")
+    __slots__ = ("key", "prompt", "shape")
 
     def __init__(self, shape: Mapping[str, Any], key: str, prompt: str) -> None:
         self.shape, self.key, self.prompt = shape, key, prompt
@@ -154,7 +155,8 @@ class Task:
         """Relative output file paths, one per result: stem.ext, or stem-1.ext... when N>1."""
         if self.number_results == 1:
             return [f"{self.output_stem}.{self.output_ext}"]
-        return [f"{self.output_stem}-{i}.{self.output_ext}" for i in range(1, self.number_results + 1)]
+        return [f"{self.output_stem}-{i}.{self.output_ext}"
+                for i in range(1, self.number_results + 1)]
 
 
 _FIELDS = ("index", "variant_id", "task_key", "request", "input_name", "prompt_name", "axes",

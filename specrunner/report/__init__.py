@@ -2,7 +2,15 @@
 
 from specrunner.record import record_path
 from specrunner.report.summary import (
-    FORMATS, RunData, Summary, TaskInfo, from_snapshot, load_run, percentile, render, summarize,
+    FORMATS,
+    RunData,
+    Summary,
+    TaskInfo,
+    from_snapshot,
+    load_run,
+    percentile,
+    render,
+    summarize,
 )
 
 __all__ = ["FORMATS", "RunData", "Summary", "TaskInfo", "from_snapshot", "load_run",

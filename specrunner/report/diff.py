@@ -21,16 +21,24 @@ Pure over two `report.Summary` values. JSON shape (`to_json`):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.report.cells import cell
-from specrunner.report.summary import provenance_of, Summary, TaskInfo, actual_cost, group, varying_axes
+from specrunner.report.summary import (
+    Summary,
+    TaskInfo,
+    actual_cost,
+    group,
+    provenance_of,
+    varying_axes,
+)
 
 FORMATS = ("table", "markdown", "json")
 

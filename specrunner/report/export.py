@@ -21,9 +21,9 @@ import csv
 import hashlib
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Sequence
 
 from specrunner.errors import SpecrunnerError
 from specrunner.money import usd

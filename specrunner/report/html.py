@@ -29,10 +29,10 @@ import html
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from PIL import Image, ImageOps
 

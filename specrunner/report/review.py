@@ -26,10 +26,11 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from specrunner.errors import SpecError, SpecrunnerError
 from specrunner.spec.images import sha256_file

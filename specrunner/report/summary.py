@@ -46,19 +46,20 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 from tabulate import tabulate
 
 from specrunner import runware
-from specrunner.errors import UsageError
 from specrunner.bulk import paused_gc
+from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
@@ -218,7 +219,7 @@ def _fallback_axes(requests: list[dict[str, Any]]) -> tuple[list[str], list[dict
             seen.setdefault(k, set()).add(json.dumps(v))
     varying = [k for k, vals in seen.items() if len(vals) > 1 or any(k not in f for f in flat)]
     leaf = [k.rsplit(".", 1)[-1] for k in varying]
-    names = {k: (n if leaf.count(n) == 1 else k) for k, n in zip(varying, leaf)}
+    names = {k: (n if leaf.count(n) == 1 else k) for k, n in zip(varying, leaf, strict=True)}
     return [names[k] for k in varying], [{names[k]: text_of(f.get(k)) for k in varying}
                                           for f in flat]
 
@@ -239,7 +240,7 @@ def _recorded_axes(rows: Sequence[TaskRow], requests: Sequence[Mapping[str, Any]
     fields: dict[str, dict[str, tuple[str, ...]]] = {}
     pairs: dict[str, dict[Any, tuple[str, str]]] = {k: {} for k in names}  # shared values
     out = []
-    for r, req in zip(rows, requests):
+    for r, req in zip(rows, requests, strict=True):
         axes = r.axes or {}
         values = []
         for k in names:
@@ -283,7 +284,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYA
 
 def _spec_name(text: str | None) -> str | None:
     try:
-        doc = yaml.load(text, Loader=_Loader) if text else None  # noqa: S506 (a safe loader)
+        doc = yaml.load(text, Loader=_Loader) if text else None
     except yaml.YAMLError:
         return None
     name = doc.get("name") if isinstance(doc, dict) else None
@@ -326,7 +327,7 @@ def _from_snapshot(snap: Snapshot, plan: Any, warnings: Sequence[str],
         notes.append("this record predates recorded axes: they come from the requests")
     refs: dict[int, tuple[InputRef, ...]] = {}  # by inputs object: the snapshot shares them
     infos = [_info(snap, r, req, axes, redact, refs)
-             for r, req, axes in zip(rows + old, requests, values)]
+             for r, req, axes in zip(rows + old, requests, values, strict=True)]
     runs = snap.runs
     wall = 0.0
     for run in runs:
@@ -474,7 +475,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     breakdown = []
     for axis in by:
         groups: dict[str, list[tuple[str, int, Decimal, Decimal]]] = {}
-        for v, f in zip(values_of(axis), facts):
+        for v, f in zip(values_of(axis), facts, strict=True):
             groups.setdefault(v, []).append(f)
         breakdown.append((axis, tuple(_group(v, fs) for v, fs in groups.items())))
     failed = [t for t in tasks if t.status == "failed"]
@@ -518,8 +519,7 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
         ("task_latency_s", _lat(task_lat)),
     ))
     errors = tuple((c, category_of(c), n) for c, n in sorted(codes.items()))
-    problems = [t for t in tasks if t.status != "done" and t.status != "pending"
-                or t.error_code]
+    problems = [t for t in tasks if t.status not in ("done", "pending") or t.error_code]
     return Summary(data, tuple(by), totals, tuple(breakdown), errors, tuple(problems), review)
 
 
@@ -533,7 +533,7 @@ def _lat(values: Sequence[float]) -> dict[str, Any]:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 LABELS = {"images_refused": "images refused (content policy)", "in_doubt": "in doubt",
@@ -566,7 +566,7 @@ def to_json(s: Summary) -> dict[str, Any]:
                  for r in d.run_rows],
         "breakdown": {axis: [{"value": g.value, "tasks": g.tasks, "images": g.images,
                               **dict(zip(("succeeded", "failed", "pending", "in_doubt"),
-                                         g.counts)),
+                                         g.counts, strict=True)),
                               "estimated_usd": usd(g.estimated),
                               "actual_usd": usd(g.actual)}
                              for g in groups] for axis, groups in s.breakdown},

@@ -17,9 +17,10 @@ hashing, Pillow, the review file) runs in worker threads.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio

@@ -11,8 +11,8 @@ import io
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image, ImageOps
 
@@ -81,7 +81,7 @@ def mask_overlay(mask: Path, polarity: str, max_side: int | None = None) -> byte
     if max_side is not None:
         alpha.thumbnail((max_side, max_side))
     alpha = alpha.point(lambda v: v * OVERLAY_RGBA[3] // 255)
-    tint = Image.new("RGBA", alpha.size, OVERLAY_RGBA[:3] + (0,))
+    tint = Image.new("RGBA", alpha.size, (*OVERLAY_RGBA[:3], 0))
     tint.putalpha(alpha)
     out = io.BytesIO()
     tint.save(out, "PNG", optimize=False)

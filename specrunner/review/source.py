@@ -13,9 +13,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from specrunner.errors import RecordError
 from specrunner.money import usd
@@ -192,7 +193,7 @@ def page_json(data: RunData, decisions: Mapping[Key, Decision], images: list[Rev
     for t in data.tasks:
         own = by_task.get(id(t))
         axes = [t.axis(a) for a in data.axes]
-        for a, v in zip(data.axes, axes):
+        for a, v in zip(data.axes, axes, strict=True):
             values[a][v] = None
         if own:
             tiles += [{**tile_json(t, r), "axes": axes} for r in own]

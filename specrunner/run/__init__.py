@@ -18,17 +18,24 @@ import platform
 import random
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from specrunner import __version__, runware
-from specrunner.errors import (EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK,
-                               EXIT_TASKS_FAILED, UsageError)
+from specrunner.errors import (
+    EXIT_BUDGET,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TASKS_FAILED,
+    UsageError,
+)
 from specrunner.plan.build import Plan
 from specrunner.plan.shard import Shard, shard_plan
 from specrunner.plan.task import Task

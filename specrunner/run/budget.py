@@ -17,8 +17,8 @@ The rules (README "Promises"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 
 class Budget:

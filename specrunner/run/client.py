@@ -14,8 +14,9 @@ import io
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -35,8 +36,8 @@ class Fault(Exception):
     `code` is a short stable name recorded in the run record.
     """
 
-    def __init__(self, code: str | RunnerCode, message: str, *, ambiguous: bool, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(self, code: str | RunnerCode, message: str, *, ambiguous: bool,
+                 status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = str(code.value if isinstance(code, RunnerCode) else code)
         self.ambiguous = ambiguous
@@ -185,7 +186,7 @@ class RunwareClient:
         """
         if not url.startswith(("https://", "http://")):
             url = str(self._url.join(url))
-        with anyio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout):
             return await self._download(url, max_bytes, timeout)
         raise DownloadError(RunnerCode.DOWNLOAD_TIMEOUT, "download timed out", transient=True)
 
@@ -202,20 +203,21 @@ class RunwareClient:
                                         or resp.status_code == 404, status=resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise DownloadError(RunnerCode.TOO_LARGE, f"download larger than {max_bytes} bytes",
-                                        transient=False)
+                    raise DownloadError(RunnerCode.TOO_LARGE,
+                                        f"download larger than {max_bytes} bytes", transient=False)
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise DownloadError(RunnerCode.TOO_LARGE, f"download larger than {max_bytes} "
-                                            "bytes", transient=False)
+                        raise DownloadError(RunnerCode.TOO_LARGE,
+                                            f"download larger than {max_bytes} bytes",
+                                            transient=False)
                     chunks.append(chunk)
             finally:
                 await resp.aclose()
         except httpx.HTTPError as exc:
-            raise DownloadError(RunnerCode.DOWNLOAD_FAILED, f"download failed ({type(exc).__name__})",
-                                transient=True) from None
+            raise DownloadError(RunnerCode.DOWNLOAD_FAILED,
+                                f"download failed ({type(exc).__name__})", transient=True) from None
         data = b"".join(chunks)
         return data, check_image(data)
 

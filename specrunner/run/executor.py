@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, Inexact, getcontext, localcontext
-from typing import Callable, Sequence
 
 import anyio
 
 from specrunner import runware
+from specrunner.money import money
 from specrunner.plan.task import Task
 from specrunner.record import IN_DOUBT_STATES, Record, Standing, TaskState
-from specrunner.run.client import RunwareClient
-from specrunner.run.context import (Backoff, Counters, GiveUp, RetryBudget, RunContext, Sleep,
-                                    StopRun, default_sleep)
-from specrunner.money import money
 from specrunner.run.budget import Budget
+from specrunner.run.client import RunwareClient
+from specrunner.run.context import (
+    Backoff,
+    Counters,
+    GiveUp,
+    RetryBudget,
+    RunContext,
+    Sleep,
+    StopRun,
+    default_sleep,
+)
 from specrunner.run.inputs import Inputs
 from specrunner.run.limit import AdaptiveLimit
 from specrunner.run.poll import Poller
@@ -37,6 +45,7 @@ from specrunner.spec.types import Execution
 
 # How a run ended -> the status it records and shows (the CLI maps them to exit codes).
 STATUSES = ("complete", "failed", "incomplete", "budget", "interrupted", "stopped")
+_BACKOFF = Backoff()  # the default schedule (a frozen value, so one is shared by every run)
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class Executor:
                  sleep: Sleep = default_sleep, rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
-                 backoff: Backoff = Backoff(),
+                 backoff: Backoff = _BACKOFF,
                  redact: Callable[[str], str] = lambda s: s,
                  standing: Standing | None = None) -> None:
         self.tasks, self.record, self.client = tasks, record, client

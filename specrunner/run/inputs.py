@@ -9,7 +9,8 @@ import hashlib
 import io
 import random
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from PIL import Image, ImageOps
@@ -71,7 +72,8 @@ class Inputs:
     def _bytes(img: LocalImage) -> tuple[bytes, str]:
         data = img.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != img.sha256:
-            raise GiveUp("failed", RunnerCode.INPUT_CHANGED, f"{img.path.name} changed since planning")
+            raise GiveUp("failed", RunnerCode.INPUT_CHANGED,
+                         f"{img.path.name} changed since planning")
         if not img.invert:
             return data, check_image(data)
         with Image.open(io.BytesIO(data)) as im:

@@ -15,7 +15,7 @@ it).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 

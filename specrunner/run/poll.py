@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from specrunner.run import context
 from specrunner.run.client import Fault, Reply, RunwareClient
@@ -173,7 +175,7 @@ class Poller:
                     self._waiting.remove(q)
                 self._last_post = now
                 tg.start_soon(self._post, due)
-                await anyio.sleep(0)  # let the batch leave before gathering the next
+                await anyio.lowlevel.checkpoint()  # let the batch leave before gathering the next
             tg.cancel_scope.cancel()
 
     def close(self) -> None:

@@ -8,9 +8,10 @@ Pure formatting over `Counters`; the caller decides when to tick and where to wr
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, TextIO
+from typing import TextIO
 
 from tabulate import tabulate
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from specrunner import runware
 from specrunner.plan.task import Task
@@ -76,7 +77,7 @@ def read_reply(reply: Reply, uuid: str, number_results: int) -> Outcome:
     items = tuple(i for i in mine if _is_result(i))
     processing = any(i.get("status") == "processing" for i in mine)
     cats = [runware.category(e, reply.status) for e in errs]
-    refused = [e for e, c in zip(errs, cats) if c == Category.SAFETY]
+    refused = [e for e, c in zip(errs, cats, strict=True) if c == Category.SAFETY]
     if refused and len(refused) == len(errs) and len(refused) < number_results:
         # Some results were refused by the content policy; the others are paid for: keep them.
         code = str(refused[0].get("code") or "contentPolicyViolation")

@@ -7,7 +7,15 @@ from specrunner.spec.load import load_spec, load_spec_checked
 from specrunner.spec.schema import SCHEMA_FILE, build_schema
 from specrunner.spec.templates import TemplateSyntaxError, template_fields
 from specrunner.spec.types import (
-    BUILTIN_KEYS, Budget, Execution, ImageRef, InputPair, Matrix, OutputSettings, Scalar, Spec,
+    BUILTIN_KEYS,
+    Budget,
+    Execution,
+    ImageRef,
+    InputPair,
+    Matrix,
+    OutputSettings,
+    Scalar,
+    Spec,
     VariantDecl,
 )
 

@@ -21,27 +21,31 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jsonschema
 
 from specrunner import models
-from specrunner.runware import RUNNER_FIELDS, RUNNER_SET
-
-from specrunner.spec import images, suggest
-
-from specrunner.spec import templates
-from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 from specrunner.errors import Diagnostic
+from specrunner.runware import RUNNER_FIELDS, RUNNER_SET
+from specrunner.spec import images, suggest, templates
 from specrunner.spec.schema import (
-    GROUP_FILES, GROUP_REFS, GROUP_SECRET, Collector, did_you_mean,
-    field_validators, image_list_fields, schema_error,
+    GROUP_FILES,
+    GROUP_REFS,
+    GROUP_SECRET,
+    Collector,
+    did_you_mean,
+    field_validators,
+    image_list_fields,
+    schema_error,
 )
+from specrunner.spec.types import BUILTIN_KEYS, ImageRef, InputPair
 
 SECRET_KEYS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
                "runwareapikey", "bearer"}
-BUILTINS_OUTPUT = BUILTIN_KEYS + ("variant", "repeat")
+BUILTINS_OUTPUT = (*BUILTIN_KEYS, "variant", "repeat")
 
 
 def scan_secrets(ctx: Collector, node: Any, path: str, secrets: Sequence[str]) -> None:

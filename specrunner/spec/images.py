@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -22,7 +23,8 @@ MAX_PIXELS = 64_000_000
 FORMATS = ("PNG", "JPEG", "WEBP")
 # A mask pixel edits when it is at least this far from "keep" (0-255); JPEG noise stays below.
 EDIT_THRESHOLD = 8
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                     r"[0-9a-fA-F]{12}$")
 SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _SECRET_PARAMS = {"apikey", "token", "accesstoken", "authorization", "secret", "password",
                   "key", "auth"}
@@ -78,7 +80,8 @@ def _open(path: Path) -> Image.Image:
     if size > MAX_FILE_BYTES:
         raise ImageProblem(
             "image-too-large",
-            f"file is too large ({size / 1048576:.1f} MiB; at most {MAX_FILE_BYTES // 1048576} MiB)",
+            f"file is too large ({size / 1048576:.1f} MiB; "
+            f"at most {MAX_FILE_BYTES // 1048576} MiB)",
         )
     if size == 0:
         raise ImageProblem("image-invalid", "file is empty, not an image")
@@ -127,7 +130,8 @@ def mask_coverage(path: Path, polarity: str = "white-edits") -> MaskCoverage:
         try:
             if im.format == "JPEG":
                 im.draft("L", im.size)
-            low, high = im.convert("L").getextrema()
+            # one band: (min, max) (Pillow's types also allow a tuple per band)
+            low, high = cast("tuple[int, int]", im.convert("L").getextrema())
         except (OSError, ValueError) as exc:
             raise ImageProblem("image-invalid", f"cannot decode image: {exc}") from None
     if polarity == "black-edits":

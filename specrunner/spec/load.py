@@ -12,23 +12,38 @@ jsonschema's best_match prefers). Messages never repeat a secret.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from specrunner import models
-
-from specrunner.spec import yamlload
-from specrunner.spec.types import (
-    Budget, Execution, ImageRef, InputPair, Matrix, OutputSettings, Spec, VariantDecl,
-)
 from specrunner.errors import Diagnostic, SpecError
+from specrunner.spec import yamlload
 from specrunner.spec.checks import check_reference_images, check_references, redact, scan_secrets
 from specrunner.spec.schema import (  # noqa: F401 (SCHEMA_FILE, build_schema: public API)
-    GROUP_LOADER, GROUP_REFS, GROUP_SCHEMA, SCHEMA_FILE, Collector, build_schema, did_you_mean,
-    integer_fields, schema_error, spec_validator,
+    GROUP_LOADER,
+    GROUP_REFS,
+    GROUP_SCHEMA,
+    SCHEMA_FILE,
+    Collector,
+    build_schema,
+    did_you_mean,
+    integer_fields,
+    schema_error,
+    spec_validator,
 )
 from specrunner.spec.templates import TemplateSyntaxError, template_fields  # noqa: F401 (API)
+from specrunner.spec.types import (
+    Budget,
+    Execution,
+    ImageRef,
+    InputPair,
+    Matrix,
+    OutputSettings,
+    Spec,
+    VariantDecl,
+)
 
 
 def load_spec(path: str | Path, *, secrets: Sequence[str] = ()) -> Spec:

@@ -9,17 +9,16 @@ jsonschema error into messages a person can act on (did-you-mean, "quote it", ra
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jsonschema
 
 from specrunner import models
+from specrunner.errors import Diagnostic, Loc, nearest_loc
 from specrunner.runware import RUNNER_FIELDS, RUNNER_OWNED, RUNNER_SET
-
 from specrunner.spec import yamlload
 from specrunner.spec.suggest import did_you_mean
-from specrunner.errors import Diagnostic, Loc, nearest_loc
 
 SCHEMA_FILE = models.SCHEMA_DIR / "spec.schema.json"
 # Diagnostic groups, in the order they are listed.
@@ -54,17 +53,17 @@ def build_schema(model_id: str = models.DEFAULT_MODEL) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def spec_validator(model_id: str) -> jsonschema.protocols.Validator:
     """The (cached) JSON Schema validator of a spec for `model_id`."""
     return jsonschema.Draft202012Validator(build_schema(model_id))
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]:
     """alias -> validator of that request field's value (runner-owned fields left out)."""
     request = models.load_schema(models.get_model(model_id).request_schema)
-    out = {}
+    out: dict[str, jsonschema.protocols.Validator] = {}
     for alias, path in models.field_paths(model_id).items():
         if path[0] in RUNNER_SET:
             continue
@@ -76,7 +75,7 @@ def field_validators(model_id: str) -> dict[str, jsonschema.protocols.Validator]
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
     """Request paths of the fields that hold a list of images (the request schema says
     `items: {$ref: #/$defs/imageInput}`), e.g. providerSettings.ideogram.styleReferenceImages."""
@@ -92,7 +91,7 @@ def image_list_fields(model_id: str) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def integer_fields(model_id: str) -> dict[str, tuple[str, ...]]:
     """alias -> request path of every field whose schema type is integer."""
     request = models.load_schema(models.get_model(model_id).request_schema)
@@ -165,7 +164,12 @@ _TYPE_NAMES = {"string": "text", "integer": "a whole number", "number": "a numbe
 def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None = None,
                   group: int = GROUP_SCHEMA) -> None:
     """Turn one jsonschema error into located Diagnostics (`base`: path of the instance)."""
-    v, inst, schema = e.validator, e.instance, e.schema
+    # A raised error has every field set (the stubs also allow "unset", for hand-made errors);
+    # the instance, its schema and the keyword's value are any JSON.
+    v = e.validator
+    inst: Any = e.instance
+    schema: Any = e.schema
+    value: Any = e.validator_value
     path = base + e.json_path[1:] if base else e.json_path
     rank = len(e.absolute_path)
     custom = schema.get("errorMessage") if isinstance(schema, dict) else None
@@ -187,7 +191,7 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
                     hint=hint, key=True, rank=rank)
         return
     if v == "required":
-        for k in e.validator_value:
+        for k in value:
             if isinstance(inst, dict) and k not in inst and not _misspelled(k, inst, schema):
                 ctx.add(GROUP_SCHEMA, f"missing required field `{k}`", f"{path}.{k}",
                         "missing-field", rank=rank,
@@ -207,37 +211,37 @@ def schema_error(ctx: Collector, e: jsonschema.ValidationError, base: str | None
         return
     hint = None
     if v == "type":
-        hint = _unquote_hint(inst, _as_list(e.validator_value))
+        hint = _unquote_hint(inst, _as_list(value))
     elif v == "const":
-        hint = _unquote_hint(inst, [type(e.validator_value).__name__])
+        hint = _unquote_hint(inst, [type(value).__name__])
     if custom:
         message = custom
     elif v == "type":
-        types = _as_list(e.validator_value)
+        types = _as_list(value)
         message = f"expected {' or '.join(_TYPE_NAMES.get(t, t) for t in types)}, " \
                   f"got {yamlload.describe(inst)}"
         if "string" in types:
             hint = _plain_hint(ctx, path)
     elif v == "enum":
-        choices = [str(c) for c in e.validator_value]
+        choices = [str(c) for c in value]
         message = f"`{inst}` is not one of: {', '.join(choices)}"
         hint = did_you_mean(str(inst), choices)
     elif v == "const":
-        message = f"must be {json.dumps(e.validator_value)}, got {json.dumps(inst)}"
+        message = f"must be {json.dumps(value)}, got {json.dumps(inst)}"
     elif v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         word = {"minimum": "at least", "exclusiveMinimum": "greater than",
                 "maximum": "at most", "exclusiveMaximum": "less than"}[v]
-        message = f"must be {word} {e.validator_value}, got {inst}"
+        message = f"must be {word} {value}, got {inst}"
     elif v in ("minLength", "maxLength"):
-        if v == "minLength" and e.validator_value == 1:
+        if v == "minLength" and value == 1:
             message = "must not be empty"
         else:
             word = "at least" if v == "minLength" else "at most"
-            message = f"is {len(inst)} characters long; must be {word} {e.validator_value}"
+            message = f"is {len(inst)} characters long; must be {word} {value}"
     elif v in ("minItems", "maxItems", "minProperties", "maxProperties"):
         word = "at least" if v.startswith("min") else "at most"
         what = "items" if v.endswith("Items") else "entries"
-        message = f"has {len(inst)} {what}; must have {word} {e.validator_value}"
+        message = f"has {len(inst)} {what}; must have {word} {value}"
     else:
         message = e.message
     ctx.add(group, message, path, f"invalid-{v}" if v in ("type", "enum") else

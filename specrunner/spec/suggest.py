@@ -7,8 +7,8 @@ a mask, a style reference or the spec itself) that do not exist.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 MAX_LISTED = 10_000  # entries of a folder looked at for a missing file's did-you-mean
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 from specrunner.errors import Loc, nearest_loc
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 # Keys of a matrix combination or variant that are not request fields or variables.
 BUILTIN_KEYS = ("input", "prompt")

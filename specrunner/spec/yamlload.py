@@ -39,10 +39,10 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
-from yaml.events import AliasEvent
+from yaml.events import AliasEvent, Event
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from specrunner.errors import Diagnostic, Loc, SpecError
@@ -169,18 +169,22 @@ class _Compose(yaml.composer.Composer):
         self.tag_notes: list[Diagnostic] = []
         self.alias_marks: dict[tuple[int, int], Any] = {}  # (parent id, slot) -> alias mark
 
+    if TYPE_CHECKING:  # from the parser each composer class is mixed with
+        def peek_event(self) -> Event: ...
+        def dispose(self) -> None: ...
+
     def descend_resolver(self, current_node: Any, current_index: Any) -> None:
         pass  # no path-dependent resolution: every tag is decided in resolve()
 
     def ascend_resolver(self) -> None:
         pass
 
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:  # type: ignore[override]
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         if kind is ScalarNode:
             return _MARK + ("plain" if implicit[0] else "quoted")
         return _MARK + ("seq" if kind is SequenceNode else "map")
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()
         mark = event.start_mark
         if isinstance(event, AliasEvent):
@@ -224,7 +228,7 @@ _COMPOSERS: dict[str, Any] = {"python": _PyComposer}
 try:
     from yaml._yaml import CParser as _CParser
 
-    class _CComposer(_Compose, _CParser):  # type: ignore[misc, valid-type]
+    class _CComposer(_Compose, _CParser):
         """libyaml events: ~5x faster. Its marks count characters too, but its reader errors
         give a byte offset (converted in load())."""
 
@@ -288,7 +292,7 @@ class _Builder:
                                self.alias_marks.get((nid, i)), outer)
                     for i, item in enumerate(node.value)
                 ]
-            return self._mapping(node, path, depth, outer)
+            return self._mapping(cast(MappingNode, node), path, depth, outer)  # the third kind
         finally:
             self.stack.discard(nid)
 
@@ -413,13 +417,13 @@ def load(path: str | Path, display: str | None = None) -> Loaded:
         raise _fatal(where, mark, f"YAML syntax error: {exc}", "yaml-syntax") from None
     finally:
         if composer is not None:
-            composer.dispose()  # type: ignore[attr-defined]
+            composer.dispose()
     if root is None:
         raise SpecError([Diagnostic("file is empty (no YAML content)", code="file-empty",
                                     file=file)])
     builder = _Builder(where, composer.alias_marks if composer else {})
     data = builder.build(root, "$")
-    paths = {}
+    paths: dict[Loc | None, str] = {}  # a diagnostic may have no location
     for path_, loc in builder.locs.items():
         paths.setdefault(loc, path_)
     tag_notes = [replace(d, path=paths.get(d.loc, "$")) for d in composer.tag_notes]

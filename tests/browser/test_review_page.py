@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -116,8 +117,9 @@ def test_filter_open_approve_by_keyboard_reload_and_the_file_has_it(
     assert request["providerSettings.ideogram.styleType"] == "DESIGN"
     assert request["outputFormat"] == "PNG"
     assert request["inputs.seedImage"].startswith("diner.png (local file, sha256 bc4f820d")
-    info = dict(zip(page.eval_on_selector_all("#v-info dt", "e => e.map(x => x.textContent)"),
-                    page.eval_on_selector_all("#v-info dd", "e => e.map(x => x.textContent)")))
+    texts = "e => e.map(x => x.textContent)"
+    info = dict(zip(page.eval_on_selector_all("#v-info dt", texts),
+                    page.eval_on_selector_all("#v-info dd", texts), strict=True))
     assert info["generation seed"] == "6698897233646220573"
     assert info["sha256"] == SHA["diner-DESIGN"]
     # seed and result side by side, both really decoded; the mask overlay toggles with m
@@ -285,7 +287,7 @@ def test_the_page_follows_a_run_that_is_still_writing(
                 seen.add(page.inner_text("#where").split(")")[0])
                 counts.append(sum(1 for k, _ in tiles(page) if not k.endswith(":")))
                 time.sleep(0.1)
-            out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             until(lambda: sum(1 for k, _ in tiles(page) if not k.endswith(":")) == 6,
                   what="every image without a reload")
