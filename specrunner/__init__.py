@@ -6,11 +6,11 @@ The pipeline, one call per stage::
 
     spec = specrunner.load_spec("campaign.yaml")      # validate (SpecError: every problem)
     plan = specrunner.build_plan(spec)                # the exact requests and their cost
-    result = specrunner.run(plan, local=True)         # or api_key=..., base_url=...
+    result = specrunner.run_plan(plan, local=True)    # or api_key=..., base_url=...
     summary = specrunner.read_report(result.out_dir)  # totals, breakdowns, failures
     print(specrunner.render_report(summary, "markdown"))
 
-`Runner` is `run` in parts (an async `run()`, `drain()` and `cancel()`, live `counters`).
+`Runner` is `run_plan` in parts (an async `run()`, `drain()` and `cancel()`, live `counters`).
 Every error is a SpecrunnerError; its `exit_code` is what the CLI exits with. Names load on
 first use, so `import specrunner` stays cheap.
 """
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Plan", "PlanLimitError", "RecordError", "RunResult", "Runner", "Spec", "SpecError",
     "SpecrunnerError", "Summary", "Task", "UsageError", "__version__", "build_plan",
-    "load_spec", "read_report", "render_report", "run",
+    "load_spec", "read_report", "render_report", "run_plan",
 ]
 
 _WHERE = {
@@ -62,13 +62,17 @@ _WHERE = {
 }
 
 
-def run(plan: Plan, **options: Any) -> RunResult:
+def run_plan(plan: Plan, **options: Any) -> RunResult:
     """Run `plan` to completion in a fresh event loop; `options` are Runner's (local,
     api_key, base_url, out_dir, concurrency, max_usd, ...). Raises UsageError for bad
     options and RecordError for a locked or damaged record, before any request."""
     from specrunner.run import Runner
 
     return Runner(plan, **options).run_sync()
+
+
+# (Not `run`: once the subpackage specrunner.run is imported, the import system sets the
+# package's attribute `run` to it, and a function of that name would be replaced.)
 
 
 def read_report(out_dir: str | Path, by: list[str] | None = None) -> Summary:

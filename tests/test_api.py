@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPORTED = [
     "Plan", "PlanLimitError", "RecordError", "RunResult", "Runner", "Spec", "SpecError",
     "SpecrunnerError", "Summary", "Task", "UsageError", "__version__", "build_plan",
-    "load_spec", "read_report", "render_report", "run",
+    "load_spec", "read_report", "render_report", "run_plan",
 ]
 
 
@@ -49,3 +49,15 @@ def test_the_readme_example_runs_exactly_as_written() -> None:
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == shown
+
+
+def test_run_plan_runs_twice_in_one_process(tmp_path) -> None:
+    """The entry stays callable once the run stage is imported (a function named `run` was
+    replaced by the subpackage specrunner.run at its first call)."""
+    plan = specrunner.build_plan(specrunner.load_spec(
+        ROOT / "specs" / "examples" / "storefront-local.yaml"))
+    first = specrunner.run_plan(plan, local=True, out_dir=tmp_path / "out")
+    again = specrunner.run_plan(plan, local=True, out_dir=tmp_path / "out")
+    assert (first.exit_code, first.counters.done) == (0, 12)
+    assert (again.exit_code, again.counters.done, again.counters.skipped) == (0, 0, 12)
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == 12
