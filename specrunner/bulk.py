@@ -3,6 +3,9 @@
 A plan of a million tasks, or a record snapshot and report of 50,000, make objects by the
 hundred thousand, none of which is garbage: each young collection on the way would walk
 them all again only to free nothing (a third of the time of a plan).
+
+Used by the CLI only (cli.SHORT, and `run` while it plans): whether to pause the collector
+is the program's choice, never the library's.
 """
 
 from __future__ import annotations

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from specrunner.bulk import paused_gc
 from specrunner.errors import RecordError
 
 if TYPE_CHECKING:
@@ -1111,8 +1110,7 @@ def _snapshot(conn: sqlite3.Connection, db: Path, version: int = SCHEMA_VERSION)
     """Everything the readers need, in one read transaction. Records of an older schema (read
     without migrating them: nothing may write a record it does not lock) lack some columns:
     those read as NULL."""
-    with paused_gc():  # objects by the hundred thousand, none of them garbage
-        return _read_all(conn, db)
+    return _read_all(conn, db)
 
 
 def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:

@@ -53,3 +53,26 @@ def test_the_gc_is_restored_when_the_block_raises() -> None:
     except KeyError:
         pass
     assert _state() == before
+
+
+def test_the_library_leaves_the_gc_alone_only_the_cli_pauses_it(tmp_path, monkeypatch) -> None:
+    """Plan, run, snapshot and report through the library never touch the GC; `specrunner
+    plan` (a short command) runs with it paused."""
+    from pathlib import Path
+
+    import specrunner
+    from specrunner import cli
+    from specrunner.record import read_snapshot
+
+    example = Path(__file__).resolve().parent.parent / "specs/examples/storefront-local.yaml"
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "disable", lambda: calls.append("disable"))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    plan = specrunner.build_plan(specrunner.load_spec(example))
+    result = specrunner.run_plan(plan, out_dir=tmp_path / "out", local=True)
+    assert result.exit_code == 0
+    read_snapshot(tmp_path / "out")
+    specrunner.read_report(tmp_path / "out")
+    assert calls == []
+    assert cli.run(["plan", str(example)], out=open(tmp_path / "plan.txt", "w")) == 0
+    assert calls and calls[0] == "disable"

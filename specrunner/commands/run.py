@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
+from specrunner.bulk import paused_gc
 from specrunner.errors import EXIT_OK, UsageError
 
 
@@ -100,12 +101,13 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.concurrency is not None and not 1 <= args.concurrency <= 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
     # The same secret scan as validate and plan: a key written in the spec is refused.
-    spec = load_spec(Path(args.spec), secrets=[key or ""]).with_limits(
-        max_usd=cap, concurrency=args.concurrency)
-    if shard is not None and cap is not None:
-        # --max-usd is this shard's budget (shard_plan checks it), not the whole campaign's
-        spec = spec.with_limits(max_usd=Decimal("Infinity"))
-    plan = build_plan(spec)  # full validation before any network call
+    with paused_gc():  # (see cli.SHORT: planning makes objects by the hundred thousand)
+        spec = load_spec(Path(args.spec), secrets=[key or ""]).with_limits(
+            max_usd=cap, concurrency=args.concurrency)
+        if shard is not None and cap is not None:
+            # --max-usd is this shard's budget (shard_plan checks it), not the whole campaign's
+            spec = spec.with_limits(max_usd=Decimal("Infinity"))
+        plan = build_plan(spec)  # full validation before any network call
     if args.locked:
         from specrunner.plan.lock import check_lock
 

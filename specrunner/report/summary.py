@@ -58,7 +58,6 @@ import yaml
 from tabulate import tabulate
 
 from specrunner import runware
-from specrunner.bulk import paused_gc
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
@@ -305,8 +304,7 @@ def load_run(run_dir: Path, plan: Any = None, warnings: Sequence[str] = (),
 def from_snapshot(snap: Snapshot, plan: Any = None, warnings: Sequence[str] = (),
                   redact: Redactor | None = None) -> RunData:
     """RunData from a record's snapshot (see `load_run`)."""
-    with paused_gc():  # a few objects per task and per image, none of them garbage
-        return _from_snapshot(snap, plan, warnings, redact or Redactor())
+    return _from_snapshot(snap, plan, warnings, redact or Redactor())
 
 
 def _from_snapshot(snap: Snapshot, plan: Any, warnings: Sequence[str],
