@@ -812,7 +812,10 @@ class RunLog:
                 for rel, data in e.files:
                     target = self.out_dir / rel
                     self._mkdirs(target.parent)
-                    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    # One name per target, not per process: the folder's lock lets one
+                    # process write here, and the write that a crash interrupted is redone
+                    # over the same name by the resume (O_TRUNC), then renamed: no debris.
+                    tmp = target.with_name(f".{target.name}.tmp")
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                     mine.append((e, fd, tmp, target))
                     view = memoryview(data)
@@ -1403,7 +1406,7 @@ def _place_copy(data: bytes, target: Path, made: set[Path]) -> None:
         with contextlib.suppress(FileExistsError):
             d.mkdir()
         made.add(d.parent)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.merge.tmp")
+    tmp = target.with_name(f".{target.name}.merge.tmp")  # (one per target: see _place)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)

@@ -40,7 +40,7 @@ def test_crash_point_kills_at_the_file_it_names_then_resume_completes(
     died = run(spec, out, point, "1")
     assert died.returncode == -signal.SIGKILL, died.stderr
     [tmp] = list(out.rglob(".*.tmp"))
-    final = tmp.with_name(tmp.name.removeprefix(".").rsplit(".", 2)[0])
+    final = tmp.with_name(tmp.name.removeprefix(".").removesuffix(".tmp"))
     assert not final.exists()
     assert not any(t.state == "done" for t in read_snapshot(out).tasks)
     data = tmp.read_bytes()
@@ -59,3 +59,4 @@ def test_crash_point_kills_at_the_file_it_names_then_resume_completes(
             assert r.output_path
             body = (out / r.output_path).read_bytes()
             assert hashlib.sha256(body).hexdigest() == r.sha256
+    assert not list(out.rglob(".*.tmp"))  # the resume wrote over the crash's temporary file
