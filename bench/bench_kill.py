@@ -22,7 +22,8 @@ Each kill lands at one of these moments, in turn:
 What a kill interrupted is read from evidence, not intent: the server's request counters
 before and after the process (did it send tasks, or only poll and reconcile), the record
 (had the run begun), and temporary files left behind. Then `specrunner run` again until it
-exits 0 (at most 4 times; exit 1 means a task was left in doubt by the injected faults) and
+exits 0 (at most 4 times; exit 1 or 4 means the injected faults left a task failed or in
+doubt, which the next run retries or reconciles) and
 the server's ledger is compared with the record and the files on disk (audit()).
 Between the kills, Ctrl-C rounds (SIGINT once, or twice 0.05-0.3 s apart, a random 0-0.6 s
 after the lock) against the same campaign: how each process exited, how long after the last
@@ -331,12 +332,13 @@ def kill_and_resume(tmp: Path, kills: int, interrupts: int, repeat: int, seed: i
         progress(f"{len(fig.kills)} kills and {len(fig.interrupts)} interrupts landed; "
                  "resuming")
         # Resume until complete: with 5% drops and 5% 503s injected, a resume may end with a
-        # task in doubt after its 3 attempts (exit 1; the next resume reconciles it).
+        # task failed after its attempts (exit 1: the next run retries it) or in doubt (exit
+        # 4, incomplete: the next run asks the server about it before anything else).
         while True:
             fig.resumes += 1
             final = subprocess.run(run_cmd(spec, out, url, max_usd), env=env,
                                    capture_output=True, text=True, timeout=300)
-            if final.returncode != 1 or fig.resumes == 4:
+            if final.returncode not in (1, 4) or fig.resumes == 4:
                 break
         fig.exit, fig.stderr = final.returncode, final.stderr
         s = stats(url)
@@ -410,13 +412,14 @@ def main() -> None:
         print(f"FAILED: final run exit {fig.exit} after {fig.resumes} resume(s): "
               f"{fig.stderr.strip()}; kept in {tmp}")
         raise SystemExit(1)
+    debris = len(temporary_files(tmp / "o"))
     print(f"final exit={fig.exit} after {fig.resumes} resume(s): done={a.done} lost={a.lost} "
           f"billed_twice={a.billed_twice} unknown_charges={a.unknown_charges} "
           f"charged_tasks={a.charged_tasks} billed=${fig.billed} (budget "
           f"${Decimal('0.08') * tasks}); re-sends of an accepted UUID refused="
-          f"{fig.duplicates_refused}; temporary files left in the output folder: "
-          f"{len(temporary_files(tmp / 'o'))}")
-    if not a.clean or a.done != tasks or len(fig.kills) < args.kills or wrong:
+          f"{fig.duplicates_refused}; temporary files left in the output folder: {debris}")
+    # (a crash's temporary file is written over by the resume, which writes that task again)
+    if not a.clean or a.done != tasks or len(fig.kills) < args.kills or wrong or debris:
         print(f"FAILED: run record and outputs kept for inspection in {tmp}")
         raise SystemExit(1)
     shutil.rmtree(tmp)
