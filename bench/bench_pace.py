@@ -1,6 +1,6 @@
 """Where users are: edits that take seconds, over a real socket, both delivery modes.
 
-    python bench/bench_pace.py                    # everything (about 20 minutes)
+    python bench/bench_pace.py                    # everything (about 35 minutes)
     python bench/bench_pace.py --only pace --processing 2 --concurrency 64
     python bench/bench_pace.py --only zero        # the three clients at zero latency
 
@@ -10,6 +10,9 @@
    for the price probe (a run that starts without a known price sends one task alone first);
    for a spread (uniform:LO,HI) the mean makespan of simulated perfect schedules (`_ideal`).
    Figures: makespan / ideal, and POSTs to /v1 per task (counted on the client's transport).
+   Beside specrunner, against the same server and tasks, what a user would write instead
+   (`--no-baselines` skips them): the plain httpx loop and the official SDK of part 2, sync
+   delivery; they keep no budget, so send no probe, and their ideal has no probe wave.
    Targets (issue 13): <= 1.10 at 2 s and 10 s, concurrency 64 and 256, both modes; async
    <= 1.5 POSTs per task.
 2. Zero latency over the socket (`--processing 0`, sync delivery, URL outputs), three clients
@@ -133,16 +136,41 @@ def pace(args: argparse.Namespace, scratch: Path) -> list[list[object]]:
                     spec = write_spec(folder, tasks, conc, delivery)
                     took, posts, n, status = run_specrunner(server.url, spec, folder / "out")
                     ideal = _ideal(processing, n, conc)
-                    rows.append([processing, conc, delivery, n, f"{took:.1f}", f"{ideal:.1f}",
-                                 f"{took / ideal:.3f}", f"{posts / n:.2f}", status])
+                    rows.append([processing, conc, f"specrunner {delivery}", n, f"{took:.1f}",
+                                 f"{ideal:.1f}", f"{took / ideal:.3f}", f"{posts / n:.2f}",
+                                 status])
                     print("  ", rows[-1], flush=True)
                     shutil.rmtree(folder)
+                if args.baselines:
+                    rows += baselines(server.url, processing, 4 * conc, conc, scratch)
         finally:
             server.close()
     return rows
 
 
-def _ideal(processing: str, tasks: int, conc: int, draws: int = 200) -> float:
+def baselines(url: str, processing: str, n: int, conc: int, scratch: Path) -> list[list[object]]:
+    """What a user would write instead, against the same server: the plain loop and the
+    official SDK, sync delivery, each task POSTed, its image downloaded and saved. They send
+    no price probe (they keep no budget), so their ideal has no probe wave."""
+    rows: list[list[object]] = []
+    for name, loop in (("plain httpx loop", "plain"), ("official SDK", "sdk")):
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        try:
+            took = (anyio.run(plain_loop, url, n, conc, folder) if loop == "plain"
+                    else asyncio.run(sdk_loop(url, n, conc, folder)))
+        except ImportError:
+            continue  # runware-sdk not installed
+        finally:
+            shutil.rmtree(folder)
+        ideal = _ideal(processing, n, conc, probe=False)
+        rows.append([processing, conc, name, n, f"{took:.1f}", f"{ideal:.1f}",
+                     f"{took / ideal:.3f}", "1.00", "complete"])
+        print("  ", rows[-1], flush=True)
+    return rows
+
+
+def _ideal(processing: str, tasks: int, conc: int, draws: int = 200, probe: bool = True
+           ) -> float:
     """The makespan of a perfect client: the price probe alone, then every task started the
     instant a slot frees, no time lost between. For a fixed time S that is S x waves; for
     uniform:LO,HI it is the mean over `draws` simulated schedules of the same distribution
@@ -150,13 +178,13 @@ def _ideal(processing: str, tasks: int, conc: int, draws: int = 200) -> float:
     kind, _, params = processing.partition(":")
     values = [float(x) for x in (params or kind).split(",")]
     if kind != "uniform":
-        return (math.ceil(tasks / conc) + 1) * values[-1]
+        return (math.ceil(tasks / conc) + probe) * values[-1]
     rng = random.Random(13)
     total = 0.0
     for _ in range(draws):
-        probe = rng.uniform(*values)
-        free = [probe] * conc  # when each slot is next free
-        for _ in range(tasks - 1):
+        first = rng.uniform(*values) if probe else 0.0
+        free = [first] * conc  # when each slot is next free
+        for _ in range(tasks - probe):
             heapq.heappush(free, heapq.heappop(free) + rng.uniform(*values))
         total += max(free)
     return total / draws
@@ -247,12 +275,14 @@ def main() -> None:
     ap.add_argument("--zero-tasks", type=int, default=2000)
     ap.add_argument("--zero-concurrency", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-baselines", dest="baselines", action="store_false",
+                    help="pace: skip the plain loop and the official SDK beside specrunner")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pace-"))
     try:
         if args.only in (None, "pace"):
             rows = pace(args, scratch)
-            print(tabulate(rows, headers=["processing", "concurrency", "delivery", "tasks",
+            print(tabulate(rows, headers=["processing", "concurrency", "client", "tasks",
                                           "makespan s", "ideal s", "ratio", "POSTs/task",
                                           "status"], disable_numparse=True))
         if args.only in (None, "zero"):
