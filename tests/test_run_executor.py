@@ -14,7 +14,8 @@ from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_recor
 
 from specrunner import runware
 from specrunner.record import read_attempts, read_snapshot
-from specrunner.run.executor import RunOutcome, _exact_sum
+from specrunner.run.budget import _exact_sum
+from specrunner.run.context import RunOutcome
 from specrunner.spec.types import Execution
 
 KEY = "test-key-not-secret"
