@@ -61,6 +61,7 @@ from specrunner import runware
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
+from specrunner.plan.reproducibility import magic_prompt_of
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
 from specrunner.redact import Redactor
 from specrunner.report.review import ReviewSummary, shown
@@ -128,8 +129,6 @@ class TaskInfo:
     @property
     def magic_prompt(self) -> str | None:
         """ON or AUTO: the provider may have rewritten the prompt (None: no such setting)."""
-        from specrunner.plan.reproducibility import magic_prompt_of
-
         return magic_prompt_of(self.request)
 
     @property
