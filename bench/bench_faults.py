@@ -50,7 +50,7 @@ from specrunner.commands.report import FORMATS as REPORT_FORMATS
 from specrunner.local import ALL_FAULTS, FaultConfig, LocalConfig, create_app
 from specrunner.local.faults import DOWNLOAD_FAULTS, REQUEST_FAULTS, TASK_FAULTS
 from specrunner.plan import build_plan
-from specrunner.record import read_snapshot
+from specrunner.record import read_uuids
 from specrunner.run import Runner, RunResult, set_testing
 from specrunner.spec import load_spec
 
@@ -191,11 +191,10 @@ def main() -> None:
     dt = time.perf_counter() - t0
     stats = app.stats()
     a = audit(dict(app.ledger.images), out)
-    snap = read_snapshot(out)
     s = sweep(out)
     leaked_in_messages = sum(r.message.count(KEY) for r, _ in runs)
     sends = stats.requests_by_type.get("imageInference", 0)
-    uuids = len(snap.uuids)
+    uuids = len(read_uuids(out))
     complete = runs[-1][0].status == "complete"
     over_budget = stats.total_billed_usd > budget
 

@@ -29,7 +29,7 @@ from specrunner import cli
 from specrunner.local import FaultConfig, Latency, LocalConfig, create_app
 from specrunner.money import usd
 from specrunner.plan import build_plan
-from specrunner.record import read_snapshot
+from specrunner.record import read_snapshot, read_uuids
 from specrunner.run import Runner, set_testing
 from specrunner.spec import load_spec
 
@@ -69,7 +69,8 @@ def scenario(name: str, folder: Path, max_usd: str, *, extra: str = "", runs: in
     snap = read_snapshot(out)
     kept = sum(1 for rs in snap.results.values() for r in rs
                if r.output_path and (out / r.output_path).is_file())
-    tasks_billed = len({snap.uuids.get(u, u) for u in stats.charges})
+    uuids = read_uuids(out)
+    tasks_billed = len({uuids.get(u, u) for u in stats.charges})
     return [name, f"${usd(stats.total_billed_usd)} / ${max_usd}", f"{tasks_billed} / "
             f"{len(plan.tasks) * (2 if edit else 1)}", len(stats.charges),
             f"{stats.images_billed} / {kept}", key_count(out), " -> ".join(statuses),

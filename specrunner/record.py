@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -263,7 +263,7 @@ class RunRow:
     lock_sha256: str | None
     versions: Mapping[str, str]
     price: Mapping[str, str] | None
-    last_seen: float | None  # the last transition recorded by this run
+    last_seen: float | None  # the last transition of a run that never ended (else None)
 
 
 @dataclass(frozen=True)
@@ -278,8 +278,7 @@ class Snapshot:
     first_send: Mapping[str, float]  # when each task's first request left
     done_at: Mapping[str, float]
     request_latencies: tuple[float, ...]  # every request's seconds, in start order
-    new_uuids: int  # UUIDs minted after a provider failure (generation > 0)
-    uuids: Mapping[str, str]  # every UUID the record ever minted -> its task key
+    new_uuids: int  # UUIDs minted after a provider failure (generation > 0; all: read_uuids)
     uploads: int
     plans: Mapping[str, tuple[str, ...]]  # plan sha256 -> its task keys, in order
     spec_text: str | None  # the spec file as the last run read it
@@ -1091,14 +1090,29 @@ class Attempt:
 
 def read_attempts(out_dir: Path) -> list[Attempt]:
     """Every request the record logged, in the order they started (read-only)."""
+    return _read_rows(out_dir, lambda conn: [Attempt(*r) for r in conn.execute(
+        "SELECT task_key, run_id, task_uuid, kind, started_at, ended_at, http_status, "
+        "outcome, error_code, error_message FROM attempts ORDER BY started_at, id")])
+
+
+def read_uuids(out_dir: Path) -> dict[str, str]:
+    """Every taskUUID the record ever minted -> its task key (read-only): whose task a
+    UUID in a provider's ledger was."""
+    return _read_rows(out_dir, lambda conn: dict(conn.execute(
+        "SELECT task_uuid, task_key FROM task_uuids")))
+
+
+_Out = TypeVar("_Out")
+
+
+def _read_rows(out_dir: Path, read: Callable[[sqlite3.Connection], _Out]) -> _Out:
+    """`read` of the record of `out_dir`, opened read-only; RecordError without one."""
     db = record_path(out_dir)
     if not db.is_file():
         raise RecordError(f"no run record in {out_dir} (expected {db})")
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return [Attempt(*r) for r in conn.execute(
-            "SELECT task_key, run_id, task_uuid, kind, started_at, ended_at, http_status, "
-            "outcome, error_code, error_message FROM attempts ORDER BY started_at, id")]
+        return read(conn)
     except sqlite3.Error as exc:
         raise _damaged(db, exc) from None
     finally:
@@ -1123,7 +1137,11 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
     try:
         conn.execute("BEGIN")
         tcols, rcols, rscols = (_columns(conn, t) for t in ("tasks", "runs", "results"))
-        last_seen = dict(conn.execute("SELECT run_id, max(at) FROM transitions GROUP BY run_id"))
+        # Only a run that never ended needs its last transition (the one reader, a report's
+        # wall time, takes ended_at otherwise): grouping all of them sorted 200,000 rows.
+        last_seen = dict(conn.execute(
+            "SELECT run_id, max(at) FROM transitions WHERE run_id IN "
+            "(SELECT run_id FROM runs WHERE ended_at IS NULL) GROUP BY run_id"))
         runs = tuple(RunRow(
             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], None if r[8] is None else bool(r[8]),
             _json(r[9]), _dec(r[10]), _dec(r[11]), r[12],
@@ -1192,7 +1210,6 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
                                     "WHERE to_state='done'"):
             if at >= done_at.get(key, at):
                 done_at[key] = at
-        uuids = dict(conn.execute("SELECT task_uuid, task_key FROM task_uuids"))
         new_uuids = conn.execute("SELECT count(*) FROM task_uuids WHERE generation > 0"
                                  ).fetchone()[0]
         uploads = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
@@ -1201,7 +1218,7 @@ def _read_all(conn: sqlite3.Connection, db: Path) -> Snapshot:
     except sqlite3.Error as exc:
         raise _damaged(db, exc) from None
     return Snapshot(db, runs, tasks, {k: tuple(v) for k, v in results.items()}, sends, first,
-                    done_at, latencies, new_uuids, uuids, int(uploads), plans,
+                    done_at, latencies, new_uuids, int(uploads), plans,
                     spec[0] if spec else None)
 
 

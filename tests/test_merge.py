@@ -22,7 +22,7 @@ from test_run_support import IMAGE, audit
 
 from specrunner import cli
 from specrunner.plan import build_plan
-from specrunner.record import RunMeta, open_record, read_snapshot, record_path
+from specrunner.record import RunMeta, open_record, read_snapshot, read_uuids, record_path
 from specrunner.spec import load_spec
 
 TABLES = ("runs", "tasks", "task_uuids", "transitions", "attempts", "results", "uploads")
@@ -337,7 +337,7 @@ def test_a_task_paid_under_two_uuids_reports_what_the_second_cost(tmp_path: Path
             "under more than one taskUUID, each billed: $0.08 paid twice") in out
     row = next(r for r in read_snapshot(tmp_path / "m").tasks if r.task_key == first.task_key)
     assert (row.task_uuid, row.generation) == (first.task_uuid, 0)  # the first done is kept
-    assert len(read_snapshot(tmp_path / "m").uuids) == 31  # both UUIDs stay known
+    assert len(read_uuids(tmp_path / "m")) == 31  # both UUIDs stay known
 
 
 def test_in_doubt_beats_failed_and_planned_and_the_next_run_asks_first(

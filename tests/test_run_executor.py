@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from test_run_support import IMAGE, Fake, local_image, make_tasks, planned_record, run_executor
 
 from specrunner import runware
-from specrunner.record import read_attempts, read_snapshot
-from specrunner.run.executor import RunOutcome, _exact_sum
+from specrunner.record import read_attempts, read_snapshot, read_uuids
+from specrunner.run.budget import _exact_sum
+from specrunner.run.context import RunOutcome
 from specrunner.spec.types import Execution
 
 KEY = "test-key-not-secret"
@@ -90,7 +91,7 @@ def test_provider_failure_gets_a_fresh_recorded_uuid(tmp_path: Path) -> None:
     assert [u for k, u in fake.log if k == "imageInference"] == [t0.task_uuid, gen1]
     snap = read_snapshot(tmp_path)
     assert (snap.tasks[0].task_uuid, snap.tasks[0].generation) == (gen1, 1)
-    assert set(snap.uuids) == {t0.task_uuid, gen1}
+    assert set(read_uuids(tmp_path)) == {t0.task_uuid, gen1}
 
 
 def test_validation_error_is_final_for_that_task_only(tmp_path: Path) -> None:
@@ -312,7 +313,7 @@ def test_retry_of_a_failed_task_records_its_fresh_uuid_before_sending(tmp_path: 
     snap = read_snapshot(tmp_path)
     row = snap.tasks[0]
     assert (row.task_uuid, row.generation, row.state) == (gen1, 1, "done")
-    assert snap.uuids[gen1] == t0.task_key and snap.new_uuids == 1
+    assert read_uuids(tmp_path)[gen1] == t0.task_key and snap.new_uuids == 1
 
 
 def test_attempts_record_every_request_of_a_task_including_polls_and_downloads(
@@ -355,7 +356,7 @@ def test_every_send_finds_its_uuid_already_durable(tmp_path: Path) -> None:
         if kind == "imageInference":
             snap = read_snapshot(tmp_path)  # another connection, at the moment it arrives
             state = next((r.state for r in snap.tasks if r.task_uuid == uuid), None)
-            seen.append((uuid, snap.uuids.get(uuid), state))
+            seen.append((uuid, read_uuids(tmp_path).get(uuid), state))
             if n == 1 and len(seen) % 7 == 0:
                 return "provider"  # some fresh generations too, recorded by the send loop
         return None

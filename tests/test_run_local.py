@@ -12,7 +12,7 @@ from test_run_support import audit, local_image, make_tasks, run_executor
 
 from specrunner.local import FaultConfig, LocalConfig, create_app
 from specrunner.record import read_attempts, read_snapshot
-from specrunner.run.executor import RunOutcome
+from specrunner.run.context import RunOutcome
 from specrunner.spec.types import Execution
 
 EVERY_FAULT = {  # 20% of requests, plus task and download faults

@@ -25,7 +25,7 @@ from PIL import Image
 
 from specrunner import runware
 from specrunner.plan.task import LocalImage, Task
-from specrunner.record import Record, RunMeta, open_record, read_snapshot
+from specrunner.record import Record, RunMeta, open_record, read_snapshot, read_uuids
 from specrunner.run.client import RunwareClient
 from specrunner.run.executor import Executor
 from specrunner.spec.types import Execution
@@ -215,12 +215,12 @@ class Audit:
 
 def audit(images_billed: dict[str, int], out_dir: Path) -> Audit:
     """Compare the ledger (taskUUID -> images billed) with the record and the files on disk."""
-    snap = read_snapshot(out_dir)
+    snap, uuids = read_snapshot(out_dir), read_uuids(out_dir)
     rows = {r.task_key: r for r in snap.tasks}
     per_key: dict[str, int] = {}
     unknown = lost = 0
     for uuid, images in images_billed.items():
-        key = snap.uuids.get(uuid)
+        key = uuids.get(uuid)
         if key is None:
             unknown += 1
             continue

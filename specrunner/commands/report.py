@@ -110,12 +110,17 @@ def suggest_targets(folder: Path) -> str | None:
     return None
 
 
-def review_state(run_dir: Path, data: Any, target: str, plan: Any) -> Any:
+def review_state(run_dir: Path, data: Any, target: str, plan: Any, fmt: str) -> Any:
     """The review state of the spec's `<stem>.review.yaml` (the SPEC given, else the spec the
-    record names); None when neither is known. An unreadable review file is an error."""
-    from specrunner.report.review import find_spec, review_of
+    record names); None when neither is known. An unreadable review file is an error.
+
+    Table and Markdown show the review only when its file exists: without one they get None
+    rather than the pending state of every image (0.2 s for 45,000 images, shown nowhere)."""
+    from specrunner.report.review import find_spec, review_of, review_path
 
     spec = find_spec(target, run_dir, plan, data.spec_path)
+    if spec is not None and fmt in ("table", "markdown") and not review_path(spec).exists():
+        return None
     return review_of(run_dir, data.tasks, data.axes, spec)
 
 
@@ -129,7 +134,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     run_dir, plan, warnings = locate(args.target)
     redact = Redactor([os.environ.get("RUNWARE_API_KEY", "")])  # a server may have quoted it
     data = report.load_run(run_dir, plan, warnings, redact)
-    summary = report.summarize(data, by, review_state(run_dir, data, args.target, plan))
+    review = review_state(run_dir, data, args.target, plan, args.format)
+    summary = report.summarize(data, by, review)
     text = None if args.format == "html" else report.render(summary, args.format)
     if text is None:
         from specrunner.report import html as contact_sheet

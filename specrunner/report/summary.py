@@ -61,6 +61,7 @@ from specrunner import runware
 from specrunner.errors import UsageError
 from specrunner.money import usd
 from specrunner.plan import identity
+from specrunner.plan.reproducibility import magic_prompt_of
 from specrunner.record import IN_DOUBT_STATES, RunRow, Snapshot, TaskRow, read_snapshot
 from specrunner.redact import Redactor
 from specrunner.report.review import ReviewSummary, shown
@@ -128,8 +129,6 @@ class TaskInfo:
     @property
     def magic_prompt(self) -> str | None:
         """ON or AUTO: the provider may have rewritten the prompt (None: no such setting)."""
-        from specrunner.plan.reproducibility import magic_prompt_of
-
         return magic_prompt_of(self.request)
 
     @property
@@ -459,21 +458,21 @@ def summarize(data: RunData, by: Sequence[str] | None = None,
     the run does not have.
     """
     tasks = data.tasks
-    column: dict[str, list[str]] = {}  # axis -> each task's value, read once
-
-    def values_of(axis: str) -> list[str]:
-        if axis not in column:
-            column[axis] = [t.axis(axis) for t in tasks]
-        return column[axis]
-
-    if by is None:  # varying_axes, reading each axis once
-        by = [a for a in data.axes if len(set(values_of(a))) > 1]
+    # Each task's value of every axis, as TaskInfo.axis reads it, in one pass: a dict per
+    # task, not one per call of axis()
+    column: dict[str, list[str]] = {a: [] for a in data.axes}
+    for t in tasks:
+        values = dict(t.axes)
+        for axis, out in column.items():
+            out.append(values.get(axis, "-"))
+    if by is None:  # varying_axes
+        by = [a for a in data.axes if len(set(column[a])) > 1]
     check_axes(by, data.axes)
     facts = [_facts(t) for t in tasks]  # (read once for every axis)
     breakdown = []
     for axis in by:
         groups: dict[str, list[tuple[str, int, Decimal, Decimal]]] = {}
-        for v, f in zip(values_of(axis), facts, strict=True):
+        for v, f in zip(column[axis], facts, strict=True):
             groups.setdefault(v, []).append(f)
         breakdown.append((axis, tuple(_group(v, fs) for v, fs in groups.items())))
     failed = [t for t in tasks if t.status == "failed"]

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from specrunner import __version__, runware
 from specrunner.errors import (
@@ -42,12 +41,22 @@ from specrunner.plan.task import Task
 from specrunner.provenance import Provenance, provenance
 from specrunner.record import Record, RunMeta, open_record, record_dir, record_path
 from specrunner.redact import Redactor
-from specrunner.run.client import PooledTransport, RunwareClient
-from specrunner.run.context import Counters, Sleep, default_sleep, set_testing
-from specrunner.run.executor import STATUSES, Executor
+from specrunner.run.budget import campaign_budget, table_price_of
+from specrunner.run.context import (
+    STATUSES,
+    Counters,
+    RunOutcome,
+    Sleep,
+    default_sleep,
+    set_testing,
+)
 
 if TYPE_CHECKING:
+    import httpx
+
     from specrunner.local import FaultConfig, LocalServer
+    from specrunner.record import Standing
+    from specrunner.run.executor import Executor
 
 __all__ = ["EXIT_CODES", "STATUSES", "Counters", "RunResult", "Runner", "check_base_url",
            "local_server",
@@ -76,6 +85,8 @@ class RunResult:
 def check_base_url(url: str) -> str:
     """`url` if the key may travel to it: https, or http to this machine only (the local
     server), and no user:password in it. UsageError otherwise."""
+    import httpx
+
     try:
         parts = httpx.URL(url)
     except httpx.InvalidURL:
@@ -147,13 +158,6 @@ def _refuse_other_shards(record: Record, shard: str) -> None:
         raise UsageError(f"the run folder {record.out_dir} holds {held}; this run is shard "
                          f"{shard}: give each shard its own --out, then join them with "
                          "`specrunner merge`")
-
-
-class _NoRequests(httpx.AsyncBaseTransport):
-    """The transport of a run with nothing to send: any request is a bug, said as such."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise RuntimeError(f"specrunner bug: a run with every task done sent {request.url}")
 
 
 class Runner:
@@ -254,27 +258,11 @@ class Runner:
                 versions={"specrunner": __version__, "python": platform.python_version(),
                           "sqlite": sqlite3.sqlite_version}))
             record.plan(run_id, tasks)
-            conc = spec.execution.concurrency
-            # Requests of the tasks in flight, as many downloads, and the poller's batches.
-            pool = 2 * conc + 8
-            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            # A campaign with every task done sends nothing: no backend to reach (the local
-            # server would replay its whole journal first).
             standing = record.standing()
-            transport, server = self._transport(limits) if standing.open and any(
-                t.task_key in standing.open for t in tasks) else (_NoRequests(), None)
-            async with contextlib.AsyncExitStack() as stack:
-                if server is not None:  # ours: released (its state journal) when the run ends
-                    stack.callback(server.close)
-                http = await stack.enter_async_context(
-                    httpx.AsyncClient(transport=transport, limits=limits))
-                client = RunwareClient(http, self.base_url, self.api_key)
-                self.executor = Executor(tasks, record, client, spec.execution,
-                                         spec.budget.max_usd, run_id,
-                                         price=spec.prices.get(spec.model), sleep=self.sleep,
-                                         rng=self.rng, wall=time.time, redact=self.redact,
-                                         standing=standing)
-                outcome = await self.executor.run()
+            if any(t.task_key in standing.open for t in tasks):
+                outcome = await self._send(record, run_id, tasks, standing)
+            else:  # every task is done: nothing to send, so no client, server or executor
+                outcome = self._finished(record, tasks, standing)
             code = EXIT_CODES[outcome.status]
             c = outcome.counters
             record.end_run(run_id, outcome.status, code, c.spent,
@@ -285,9 +273,50 @@ class Runner:
         return RunResult(outcome.status, code, outcome.counters, self.out_dir,
                          record_path(self.out_dir), spec.budget.max_usd, outcome.message, where)
 
+    async def _send(self, record: Record, run_id: int, tasks: list[Task],
+                    standing: Standing) -> RunOutcome:
+        """Run the Executor over `tasks` (some not done) against the run's backend."""
+        import httpx
+
+        from specrunner.run.client import RunwareClient
+        from specrunner.run.executor import Executor
+
+        spec = self.spec
+        conc = spec.execution.concurrency
+        # Requests of the tasks in flight, as many downloads, and the poller's batches.
+        pool = 2 * conc + 8
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+        transport, server = self._transport(limits)
+        async with contextlib.AsyncExitStack() as stack:
+            if server is not None:  # ours: released (its state journal) when the run ends
+                stack.callback(server.close)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, limits=limits))
+            client = RunwareClient(http, self.base_url, self.api_key)
+            self.executor = Executor(tasks, record, client, spec.execution,
+                                     spec.budget.max_usd, run_id,
+                                     price=spec.prices.get(spec.model), sleep=self.sleep,
+                                     rng=self.rng, wall=time.time, redact=self.redact,
+                                     standing=standing)
+            return await self.executor.run()
+
+    def _finished(self, record: Record, tasks: list[Task], standing: Standing) -> RunOutcome:
+        """How a run whose tasks are all done ends, as the Executor would end it: every
+        task skipped, the campaign's spend and price from the record. (No backend is
+        reached: the local server would replay its whole journal first.)"""
+        spec = self.spec
+        price = spec.prices.get(spec.model)
+        budget = campaign_budget(record, standing, spec.budget.max_usd,
+                                 price if price is not None else table_price_of(tasks), ())
+        self._counters.skipped = len(tasks)
+        self._counters.follow(budget)
+        return RunOutcome("complete", self._counters)
+
     def _transport(self, limits: httpx.Limits
                    ) -> tuple[httpx.AsyncBaseTransport, LocalServer | None]:
         """How the run reaches its backend, and the local server it started (to close)."""
+        import httpx
+
         if self.transport is not None:
             return self.transport, None
         if self.local:
@@ -296,6 +325,8 @@ class Runner:
             # Beside the record: a rerun finds its uploads and tasks, as it would on Runware.
             mine = local_server(self.faults, record_dir(self.out_dir) / "local-server")
             return httpx.ASGITransport(app=mine), mine
+        from specrunner.run.client import PooledTransport
+
         # (A client's `limits` apply only to a transport it makes itself: the pools are
         # sized here. At httpx's default of 100 connections a run at concurrency 256 waited
         # for connections.)

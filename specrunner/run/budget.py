@@ -17,8 +17,16 @@ The rules (README "Promises"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from decimal import Decimal
+from collections.abc import Collection, Iterable, Sequence
+from decimal import Decimal, Inexact, getcontext, localcontext
+from typing import TYPE_CHECKING
+
+from specrunner import runware
+from specrunner.record import IN_DOUBT_STATES
+
+if TYPE_CHECKING:
+    from specrunner.plan.task import Task
+    from specrunner.record import Record, Standing, TaskState
 
 
 class Budget:
@@ -90,3 +98,70 @@ class Budget:
         self.unsettled -= 1
         if maybe_charged:
             self.spent += self.cost_of(asked)
+
+
+def table_price_of(tasks: Sequence[Task]) -> Decimal:
+    """The table price per image the plan used (its tasks' estimate per image)."""
+    for t in tasks:
+        if t.number_results:
+            return t.est_cost / t.number_results
+    return Decimal(0)
+
+
+def campaign_budget(record: Record, standing: Standing, max_usd: Decimal,
+                    table_price: Decimal, todo: Collection[str]) -> Budget:
+    """A run's Budget: the price the record has seen, and what the campaign spent (or may
+    have spent) on every task this run will not send again (`todo`: the keys it sends)."""
+    budget = Budget(max_usd, table_price, reported=record.reported_prices())
+    scale = budget.price / table_price if table_price else Decimal(1)
+
+    def spent(st: TaskState) -> Decimal | None:
+        """What a task not done may have cost (None: nothing)."""
+        if st.results:
+            return sum((r.cost if r.cost is not None else budget.price
+                        for r in st.results), Decimal(0))
+        if st.state in IN_DOUBT_STATES or (
+                st.state == "failed" and not runware.documented_not_charged(st.error_code)):
+            return st.est_cost * scale  # it may have run and been billed
+        return None
+
+    # (todo: their reservations cover whatever they may already have cost)
+    terms = [(cost if cost is not None else est * scale, n) for cost, est, n in standing.done]
+    terms += [(x, 1) for key, st in standing.open.items()
+              if key not in todo and (x := spent(st)) is not None]
+    before = _exact_sum(terms)
+    if before is None:  # the sum rounds: add task by task, in record order, as it always has
+        before = Decimal(0)
+        for key, state, cost, est in record.task_costs():
+            if key in todo:
+                continue
+            if state == "done":
+                before += cost if cost is not None else est * scale
+            elif (x := spent(standing.open[key])) is not None:
+                before += x
+    budget.spent_before = before
+    return budget
+
+
+def _exact_sum(terms: Sequence[tuple[Decimal, int]]) -> Decimal | None:
+    """Decimal(0) + x + x + ... (n times each x) in the current context, computed as a sum of
+    products: equal whenever no partial sum needs more digits than the context's precision
+    (the terms are then added exactly, in any order). None when one might: add them one by
+    one in their order instead."""
+    if not all(x.is_finite() for x, _ in terms):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 1000
+        ctx.traps[Inexact] = True
+        try:
+            total = bound = Decimal(0)
+            for x, n in terms:
+                total += x * n
+                bound += abs(x) * n
+        except Inexact:
+            return None
+    exponent = min([0, *(int(x.as_tuple().exponent) for x, _ in terms)])
+    # every partial sum is a multiple of 10**exponent no larger than `bound`
+    if len(str(int(bound.scaleb(-exponent)))) > getcontext().prec:
+        return None
+    return total

@@ -21,6 +21,7 @@ from specrunner.runware import RunnerCode
 
 if TYPE_CHECKING:
     from specrunner.record import RunLog
+    from specrunner.run.budget import Budget
     from specrunner.run.client import RunwareClient
     from specrunner.run.inputs import Inputs
     from specrunner.run.limit import AdaptiveLimit
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from specrunner.spec.types import Execution
 
 Sleep = Callable[[float], Awaitable[None]]
+# How a run ended -> the status it records and shows (the CLI maps them to exit codes).
+STATUSES = ("complete", "failed", "incomplete", "budget", "interrupted", "stopped")
 RETRY_AFTER_CAP_S = 120.0  # a Retry-After above this is read as this (openai-python's cap)
 
 _testing = False
@@ -138,6 +141,21 @@ class Counters:
     def remaining(self) -> int:
         """Tasks neither done (before or in this run), failed nor left in doubt."""
         return self.total - self.skipped - self.done - self.failed - self.in_doubt
+
+    def follow(self, budget: Budget) -> None:
+        """Take the money figures of `budget` (spent, price and where it comes from)."""
+        self.spent, self.campaign_spent = budget.spent, budget.campaign_spent
+        self.price, self.table_price, self.price_source = (budget.price, budget.table_price,
+                                                           budget.source)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended (`status`, one of STATUSES), its counters, and a message."""
+
+    status: str
+    counters: Counters
+    message: str = ""
 
 
 @dataclass

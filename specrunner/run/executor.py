@@ -15,8 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal, Inexact, getcontext, localcontext
+from decimal import Decimal
 
 import anyio
 
@@ -24,7 +23,7 @@ from specrunner import runware
 from specrunner.money import money
 from specrunner.plan.task import Task
 from specrunner.record import IN_DOUBT_STATES, Record, Standing, TaskState
-from specrunner.run.budget import Budget
+from specrunner.run.budget import Budget, campaign_budget, table_price_of
 from specrunner.run.client import RunwareClient
 from specrunner.run.context import (
     Backoff,
@@ -32,6 +31,7 @@ from specrunner.run.context import (
     GiveUp,
     RetryBudget,
     RunContext,
+    RunOutcome,
     Sleep,
     StopRun,
     default_sleep,
@@ -43,50 +43,7 @@ from specrunner.run.task import Job, TaskRun
 from specrunner.runware import RunnerCode
 from specrunner.spec.types import Execution
 
-# How a run ended -> the status it records and shows (the CLI maps them to exit codes).
-STATUSES = ("complete", "failed", "incomplete", "budget", "interrupted", "stopped")
 _BACKOFF = Backoff()  # the default schedule (a frozen value, so one is shared by every run)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How a run ended (`status`, one of STATUSES), its counters, and a message."""
-
-    status: str
-    counters: Counters
-    message: str = ""
-
-
-def _exact_sum(terms: Sequence[tuple[Decimal, int]]) -> Decimal | None:
-    """Decimal(0) + x + x + ... (n times each x) in the current context, computed as a sum of
-    products: equal whenever no partial sum needs more digits than the context's precision
-    (the terms are then added exactly, in any order). None when one might: add them one by
-    one in their order instead."""
-    if not all(x.is_finite() for x, _ in terms):
-        return None
-    with localcontext() as ctx:
-        ctx.prec = 1000
-        ctx.traps[Inexact] = True
-        try:
-            total = bound = Decimal(0)
-            for x, n in terms:
-                total += x * n
-                bound += abs(x) * n
-        except Inexact:
-            return None
-    exponent = min([0, *(int(x.as_tuple().exponent) for x, _ in terms)])
-    # every partial sum is a multiple of 10**exponent no larger than `bound`
-    if len(str(int(bound.scaleb(-exponent)))) > getcontext().prec:
-        return None
-    return total
-
-
-def _price_of(tasks: Sequence[Task]) -> Decimal:
-    """The table price per image the plan used (its tasks' estimate per image)."""
-    for t in tasks:
-        if t.number_results:
-            return t.est_cost / t.number_results
-    return Decimal(0)
 
 
 class Executor:
@@ -111,7 +68,7 @@ class Executor:
         self.sleep, self.rng, self.wall, self.clock = sleep, rng or random.Random(), wall, clock
         self.backoff, self.redact = backoff, redact
         self.max_usd = max_usd
-        self.table_price = price if price is not None else _price_of(tasks)
+        self.table_price = price if price is not None else table_price_of(tasks)
         self.budget = Budget(max_usd, self.table_price)
         self._settled = anyio.Event()  # set whenever a task's cost becomes known
         self.counters = Counters(total=len(tasks), limit=execution.concurrency)
@@ -201,45 +158,14 @@ class Executor:
         return jobs
 
     def _budget_for(self, standing: Standing, jobs: list[Job]) -> None:
-        """The run's Budget: the price the record has seen, and what the campaign spent (or
-        may have spent) on every task this run will not send again."""
-        budget = Budget(self.max_usd, self.table_price, reported=self.record.reported_prices())
-        scale = budget.price / self.table_price if self.table_price else Decimal(1)
-        todo = {j.key for j in jobs}
-
-        def spent(st: TaskState) -> Decimal | None:
-            """What a task not done may have cost (None: nothing)."""
-            if st.results:
-                return sum((r.cost if r.cost is not None else budget.price
-                            for r in st.results), Decimal(0))
-            if st.state in IN_DOUBT_STATES or (
-                    st.state == "failed" and not runware.documented_not_charged(st.error_code)):
-                return st.est_cost * scale  # it may have run and been billed
-            return None
-
-        # (todo: their reservations cover whatever they may already have cost)
-        terms = [(cost if cost is not None else est * scale, n) for cost, est, n in standing.done]
-        terms += [(x, 1) for key, st in standing.open.items()
-                  if key not in todo and (x := spent(st)) is not None]
-        before = _exact_sum(terms)
-        if before is None:  # the sum rounds: add task by task, in record order, as it always has
-            before = Decimal(0)
-            for key, state, cost, est in self.record.task_costs():
-                if key in todo:
-                    continue
-                if state == "done":
-                    before += cost if cost is not None else est * scale
-                elif (x := spent(standing.open[key])) is not None:
-                    before += x
-        budget.spent_before = before
-        self.budget = budget
+        """The run's Budget, from what the record says the campaign spent."""
+        self.budget = campaign_budget(self.record, standing, self.max_usd, self.table_price,
+                                      {j.key for j in jobs})
         self._update()
 
     def _update(self) -> None:
         """The counters the progress line and the summary show, from the budget."""
-        c, b = self.counters, self.budget
-        c.spent, c.campaign_spent = b.spent, b.campaign_spent
-        c.price, c.table_price, c.price_source = b.price, b.table_price, b.source
+        self.counters.follow(self.budget)
 
     async def _dispatch(self, jobs: list[Job], work: anyio.abc.TaskGroup) -> None:
         """Start each job once a slot is free and the budget takes it; stop at the first job
