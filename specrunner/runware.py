@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -266,3 +267,14 @@ def error_object(
     obj["documentation"] = "https://runware.ai/docs/platform/errors"
     obj.update(extra)
     return obj
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): where the key may go
+    over plain http, and where the local servers may listen."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -8,7 +8,6 @@ benchmarks. Accepted connections get TCP_NODELAY and stay alive between requests
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import socket
 import threading
@@ -20,16 +19,7 @@ import uvicorn
 
 from specrunner.errors import UsageError
 from specrunner.local.app import ConnectionDropped, LocalServer
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from specrunner.runware import is_loopback
 
 
 def bind(host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> socket.socket:

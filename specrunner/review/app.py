@@ -26,10 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 
 from specrunner.errors import SpecrunnerError
-from specrunner.local.server import is_loopback
 from specrunner.report.review import Conflict, ReviewFileError
 from specrunner.review import media
 from specrunner.review.source import Source, task_json
+from specrunner.runware import is_loopback
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -12,7 +12,6 @@ again. `drain()` stops dispatching (the tasks in flight finish); `cancel()` stop
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import platform
 import random
@@ -96,19 +95,10 @@ def check_base_url(url: str) -> str:
                          "URL leak into logs; give the key with RUNWARE_API_KEY or --key-file")
     if parts.scheme == "https" and parts.host:
         return url
-    if parts.scheme == "http" and _loopback(parts.host):
+    if parts.scheme == "http" and runware.is_loopback(parts.host):
         return url
     raise UsageError(f"base URL {url!r} refused: the key may travel only over https, or over "
                      "http to this machine (localhost, 127.0.0.1, ::1)")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
